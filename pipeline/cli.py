@@ -1,0 +1,102 @@
+"""The `pixelbeam` command: run, plan, emulate.
+
+`pixelbeam run CONFIG [Beam options]` runs the job (Beam options such as --runner pass straight
+through); `pixelbeam plan CONFIG` plans it and sends nothing. Bad input is one line on stderr
+and exit status 2; a run whose failed fraction exceeds --max_failed_fraction exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+from pipeline.config import ConfigError, load_config
+
+log = logging.getLogger("pixelbeam")
+
+# DirectRunner first tries to download the Prism runner; FnApiRunner is the same local
+# execution without that attempt (and honours direct_num_workers / direct_running_mode).
+LOCAL_RUNNER = "FnApiRunner"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pixelbeam", description="Regions of the Earth -> ML training patches.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the extraction (extra arguments are Beam pipeline options)")
+    run.add_argument("config")
+    run.add_argument("--max_failed_fraction", type=float, default=0.0,
+                     help="exit 1 when more than this fraction of planned patches failed (default 0)")
+    run.add_argument("-v", "--verbose", action="store_true")
+    plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")
+    plan.add_argument("config")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sub.add_parser("emulate", help="start a local Earth Engine REST emulator (see --help)", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "emulate":
+        from pipeline.ee_emulator.__main__ import main as emulate
+        return emulate(list(rest))
+    if args.command == "plan" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        from pipeline.plan import prepare_job
+        job = prepare_job(config)
+    except ConfigError as e:
+        print(f"pixelbeam: error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "plan":
+        return print_plan(job, as_json=args.json)
+    return run_job(job, rest, args.max_failed_fraction)
+
+
+def print_plan(job, as_json: bool) -> int:
+    from pipeline.plan import plan_summary
+    summary = plan_summary(job)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+def pipeline_options(beam_args: Sequence[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    options = PipelineOptions(list(beam_args))
+    standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner"):
+        standard.runner = LOCAL_RUNNER
+    return options
+
+
+def run_job(job, beam_args: Sequence[str], max_failed_fraction: float) -> int:
+    import apache_beam as beam
+    from pipeline.graph import build_pipeline
+    from pipeline.summary import summarize, write_dataset_json
+
+    options = pipeline_options(beam_args)
+    started = time.monotonic()
+    pipeline = build_pipeline(job, beam.Pipeline(options=options))
+    result = pipeline.run()
+    result.wait_until_finish()
+    write_dataset_json(job)
+    summary = summarize(job, result, time.monotonic() - started)
+    for line in summary.lines():
+        print(line)
+    failed = summary.counts.get("failed", 0)
+    if not summary.complete:
+        return 1
+    if failed > max_failed_fraction * summary.planned:
+        print(f"pixelbeam: {failed} patches failed (see failed.jsonl); rerun to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The job's YAML config: schema, validation and path resolution, before anything runs.
+
+One frozen `Config` object (pydantic models with unknown keys forbidden). Every problem is a
+`ConfigError` whose message is one line naming the field and saying what to do. Relative
+paths in a config resolve against the config file's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
+FORMATS = ("tfrecord", "npy")
+REMOTE = re.compile(r"^(/vsi|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; `str()` is one line naming the field and the fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RasterSourceConfig(Strict):
+    """Any GDAL-readable raster, or a list of them mosaicked in order (later wins)."""
+
+    kind: Literal["raster"] = "raster"
+    uri: Union[str, list[str]]
+    bands: Optional[list[Union[int, str]]] = None
+    resampling: str = "nearest"
+
+    @property
+    def uris(self) -> tuple[str, ...]:
+        return (self.uri,) if isinstance(self.uri, str) else tuple(self.uri)
+
+    @field_validator("uri")
+    @classmethod
+    def _nonempty(cls, v):
+        if not v:
+            raise ValueError("give a raster path or URL, or a non-empty list of them")
+        return v
+
+
+class EarthEngineFilter(Strict):
+    """A metadata filter on a collection: `property op value`, op one of eq, neq, lt, lte, gt, gte."""
+
+    property: str
+    op: Literal["eq", "neq", "lt", "lte", "gt", "gte"] = "eq"
+    value: Union[float, int, str]
+
+
+class EarthEngineSourceConfig(Strict):
+    """An Earth Engine image asset (getPixels) or a computed image (computePixels)."""
+
+    kind: Literal["earthengine"]
+    asset: Optional[str] = None
+    collection: Optional[str] = None
+    start: Optional[str] = None
+    end: Optional[str] = None
+    filters: list[EarthEngineFilter] = []
+    composite: Optional[Literal["median", "mean", "min", "max", "first", "mosaic"]] = None
+    bands: list[str] = Field(default_factory=list)
+    mask: Optional[Literal["source", "none"]] = "source"
+    project: Optional[str] = None
+    url: str = HIGH_VOLUME_URL
+    credentials: str = "default"
+
+    @model_validator(mode="after")
+    def _one_image(self):
+        if bool(self.asset) == bool(self.collection):
+            raise ValueError("give exactly one of asset (getPixels) or collection (computePixels)")
+        if self.collection and not self.composite:
+            raise ValueError("a collection needs composite: median, mean, min, max, first or mosaic")
+        if self.asset and (self.start or self.end or self.filters or self.composite):
+            raise ValueError("start, end, filters and composite apply to a collection, not to an asset")
+        return self
+
+
+SourceConfig = Annotated[Union[RasterSourceConfig, EarthEngineSourceConfig], Field(discriminator="kind")]
+
+
+class GridConfig(Strict):
+    """The patch grid. Units: `scale` in CRS units per pixel; sizes in pixels."""
+
+    crs: str = "native"
+    scale: Union[float, tuple[float, float], Literal["native"]] = "native"
+    origin: Optional[Union[tuple[float, float], Literal["native"]]] = None
+    patch_size: Union[int, tuple[int, int]] = 256
+    overlap: int = Field(0, ge=0)
+    margin: int = Field(0, ge=0)
+    min_coverage: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_size(cls, v):
+        sizes = (v, v) if isinstance(v, int) else v
+        if min(sizes) < 1:
+            raise ValueError(f"patch sizes must be at least 1 px, got {v}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, v):
+        if v != "native" and min((v, v) if isinstance(v, (int, float)) else v) <= 0:
+            raise ValueError(f"the pixel size must be positive (CRS units), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self):
+        if self.overlap >= min(self.patch_sizes):
+            raise ValueError(f"overlap ({self.overlap} px) must be smaller than patch_size {self.patch_size}")
+        return self
+
+    @property
+    def patch_sizes(self) -> tuple[int, int]:
+        return (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else tuple(self.patch_size)
+
+
+class OutputConfig(Strict):
+    """Where and how patches are written; `max_masked_ratio` filters mostly masked patches."""
+
+    path: str
+    formats: list[Literal["tfrecord", "npy"]] = ["tfrecord", "npy"]
+    max_masked_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    tfrecord_shards: int = Field(0, ge=0)
+
+    @field_validator("formats")
+    @classmethod
+    def _some_format(cls, v):
+        if not v:
+            raise ValueError(f"give at least one of {', '.join(FORMATS)}")
+        return v
+
+
+class FetchConfig(Strict):
+    """Request control for the whole job (divided over workers)."""
+
+    max_concurrent_requests: int = Field(40, ge=1)
+    max_requests_per_second: float = Field(100.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class Config(Strict):
+    source: SourceConfig
+    regions: Union[str, list[float]]
+    grid: GridConfig = GridConfig()
+    output: OutputConfig
+    fetch: FetchConfig = FetchConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _raster_by_default(cls, data: Any):
+        if isinstance(data, dict) and isinstance(data.get("source"), dict) and "kind" not in data["source"]:
+            data = {**data, "source": {"kind": "raster", **data["source"]}}
+        return data
+
+
+def load_config(path: str) -> Config:
+    """Read, validate and resolve a YAML config; raises ConfigError (one line)."""
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; give the path to a YAML config") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch")
+    return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
+
+
+def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config:
+    """Validate a config mapping and resolve its relative paths against `base_dir`."""
+    try:
+        config = Config.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(f"{name}: {describe_validation_error(e)}") from None
+    return resolve_paths(config, base_dir)
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """The first pydantic error as 'field.path: what is wrong (got …)'."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p) in ("raster", "earthengine")]
+    loc = [p for p in loc if not p.startswith(("function-", "literal[", "tuple[", "list[", "str", "int", "float"))]
+    field = ".".join(loc) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown key; remove it or check its spelling against the config reference"
+    if err["type"] == "missing":
+        return f"{field}: required key is missing; add it"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{field}: {msg}{shown}"
+
+
+def resolve(path: str, base_dir: str) -> str:
+    """A config path made absolute against the config's folder; URLs and /vsi paths untouched."""
+    if REMOTE.match(path) or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def resolve_paths(config: Config, base_dir: str) -> Config:
+    updates: dict[str, Any] = {"output": config.output.model_copy(update={"path": resolve(config.output.path, base_dir)})}
+    if isinstance(config.regions, str):
+        updates["regions"] = resolve(config.regions, base_dir)
+    if isinstance(config.source, RasterSourceConfig):
+        uris = [resolve(u, base_dir) for u in config.source.uris]
+        updates["source"] = config.source.model_copy(update={"uri": uris[0] if isinstance(config.source.uri, str) else uris})
+    return config.model_copy(update=updates)

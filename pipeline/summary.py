@@ -1,0 +1,107 @@
+"""After a run: read the manifest back, count outcomes, collect request metrics, write dataset.json."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from typing import Optional
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.plan import Job
+from transforms.encode import feature_spec
+from transforms.patch import FAILED, FILTERED, WRITTEN
+from transforms.sinks import join, write_atomically
+
+
+@dataclasses.dataclass
+class RunSummary:
+    planned: int
+    counts: dict
+    elapsed_s: float
+    metrics: dict
+    duplicates: int = 0
+
+    @property
+    def accounted(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def complete(self) -> bool:
+        """Every planned patch has exactly one manifest row."""
+        return self.accounted == self.planned and self.duplicates == 0
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        rate = c.get(WRITTEN, 0) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        out = [f"planned {self.planned} | written {c.get(WRITTEN, 0)} | filtered {c.get(FILTERED, 0)} | "
+               f"failed {c.get(FAILED, 0)} | {self.elapsed_s:.1f} s | {rate:.1f} patches/s"]
+        m = self.metrics
+        if m:
+            retries = sum(v for k, v in m.items() if k.startswith("retries_"))
+            out.append(f"requests {m.get('requests', 0)} | retries {retries} | 429s {m.get('quota_errors', 0)} | "
+                       f"throttled {m.get('throttling-msecs', 0) / 1000:.1f} s | bytes {m.get('bytes', 0)}")
+        if not self.complete:
+            out.append(f"INCOMPLETE: {self.accounted} manifest rows ({self.duplicates} duplicated) for "
+                       f"{self.planned} planned patches")
+        return out
+
+
+def read_manifest(output_path: str) -> list[dict]:
+    path = join(output_path, "manifest.jsonl")
+    if not FileSystems.exists(path):
+        return []
+    with FileSystems.open(path) as f:
+        return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
+
+
+def count_outcomes(rows: list[dict]) -> tuple[dict, int]:
+    """Statuses counted once per patch id, and how many ids appear more than once."""
+    by_id = collections.Counter(r["patch_id"] for r in rows)
+    statuses = collections.Counter(r["status"] for r in {r["patch_id"]: r for r in rows}.values())
+    return dict(statuses), sum(n - 1 for n in by_id.values() if n > 1)
+
+
+def beam_metrics(result) -> dict:
+    """Counter totals by name (pixelbeam and throttling namespaces); {} where unsupported."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # e.g. a dry run, or a runner without metrics
+        return {}
+    totals: dict = collections.defaultdict(int)
+    for c in counters:
+        if c.key.metric.namespace in ("pixelbeam", "beam-throttling-metrics"):
+            totals[c.key.metric.name] += c.committed or c.attempted or 0
+    return dict(totals)
+
+
+def dataset_description(job: Job) -> dict:
+    """dataset.json: bands, dtype, shapes, the TFRecord feature spec and the config used."""
+    s = job.specs[0]
+    return {
+        "bands": list(job.info.band_names),
+        "dtype": job.info.dtype,
+        "npy_shape": [len(job.info.band_names), s.fetch_height, s.fetch_width],
+        "bands_axis": 0,
+        "patch_size": [s.width, s.height],
+        "margin": s.margin,
+        "patches_planned": len(job.specs),
+        "crs": sorted({sp.crs for sp in job.specs}),
+        "tfrecord": {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
+                     "features": feature_spec(job.info.band_names, s.fetch_height, s.fetch_width)},
+        "config": job.config.model_dump(mode="json"),
+    }
+
+
+def write_dataset_json(job: Job) -> str:
+    path = join(job.config.output.path, "dataset.json")
+    write_atomically(path, json.dumps(dataset_description(job), indent=2).encode("utf-8"))
+    return path
+
+
+def summarize(job: Job, result, elapsed_s: float, rows: Optional[list[dict]] = None) -> RunSummary:
+    rows = read_manifest(job.config.output.path) if rows is None else rows
+    counts, duplicates = count_outcomes(rows)
+    return RunSummary(planned=len(job.specs), counts=counts, elapsed_s=elapsed_s,
+                      metrics=beam_metrics(result), duplicates=duplicates)

@@ -1,0 +1,30 @@
+"""pixelbeam: regions of the Earth -> fixed-size raster patches for ML, as an Apache Beam pipeline."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "apache-beam==2.77.*",
+    "numpy>=1.26",
+    "rasterio>=1.4",
+    "shapely>=2.0",
+    "pyproj>=3.6",
+    "pyyaml>=6.0",
+    "pydantic>=2.6",
+    "google-crc32c>=1.5",  # CRC32C for Beam's TFRecord sink
+]
+GCP = ["apache-beam[gcp]==2.77.*", "google-cloud-storage>=2.14"]
+EE = ["earthengine-api>=1.5"]
+TF = ["tensorflow-cpu>=2.16"]
+TEST = ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8"] + GCP + EE + TF
+
+setup(
+    name="pixelbeam",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    package_data={"": ["*.json"]},
+    install_requires=CORE,
+    extras_require={"gcp": GCP, "ee": EE, "tf": TF, "test": TEST},
+    entry_points={"console_scripts": ["pixelbeam=pipeline.cli:main"]},
+)

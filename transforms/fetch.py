@@ -1,0 +1,158 @@
+"""FetchPatches: PatchSpecs in, Patches (and FailedPatches on a dead-letter output) out.
+
+The DoFn brings its own concurrency: the DirectRunner runs a stage's bundle on one thread, so
+each worker process keeps one thread pool, one throttler and one retry policy (shared between
+DoFn instances with Beam's `Shared`) and keeps up to `threads` patches in flight across the
+elements of a bundle, yielding each patch as soon as it is done (no waves, no stragglers
+holding a batch back). Request logic lives in `fetch_patch` and the request runner, not here.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from typing import Callable, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.shared import Shared
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.patch import FailedPatch, Patch, PatchSpec
+from transforms.request_runner import RequestRunner, RequestStats
+from transforms.retry import FetchError, RetryPolicy, classify_exception
+from transforms.sources import PixelReader, PixelSource, SourceInfo, assemble_patch, patch_parts
+from transforms.throttle import AdaptiveThrottler, Throttler
+
+FAILED = "failed"
+METRICS_NAMESPACE = "pixelbeam"
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchSettings:
+    """Per-worker-process request limits (already divided over workers) and retry settings."""
+
+    max_concurrent: int = 40
+    max_requests_per_second: float = 100.0
+    max_attempts: int = 6
+    timeout_s: float = 120.0
+    threads: int = 40
+
+
+def fetch_patch(spec: PatchSpec, info: SourceInfo, reader: PixelReader, runner: RequestRunner) -> Patch | FailedPatch:
+    """Fetch every request of one patch through `runner` and assemble it; never raises."""
+    attempts = 0
+    try:
+        parts = patch_parts(spec, info)
+        results = []
+        for part in parts:
+            result, tries = runner.run(lambda part=part: reader.fetch(spec, part), describe=spec.patch_id)
+            attempts += tries
+            results.append(result)
+        return assemble_patch(spec, info, parts, results, retries=attempts - len(parts))
+    except FetchError as e:
+        return FailedPatch(spec, "fetch", f"{type(e).__name__}:{e.cause}", str(e), attempts + (getattr(e, "attempts", 1) or 1))
+    except Exception as e:  # a bug or an unexpected library error: dead-letter it, keep the job
+        err = classify_exception(e)
+        return FailedPatch(spec, "fetch", type(e).__name__, f"{err}", attempts + 1)
+
+
+class _WorkerFetcher:
+    """What one worker process shares between threads: reader, runner, pool, stats."""
+
+    def __init__(self, source: PixelSource, info: SourceInfo, settings: FetchSettings,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self.info = info
+        self.reader = source.open()
+        self.stats = RequestStats()
+        self.runner = RequestRunner(
+            throttler=Throttler(settings.max_concurrent, settings.max_requests_per_second, clock=clock, sleep=sleep),
+            adaptive=AdaptiveThrottler(clock=clock),
+            policy=RetryPolicy(max_attempts=settings.max_attempts),
+            stats=self.stats, clock=clock, sleep=sleep)
+        self.pool = concurrent.futures.ThreadPoolExecutor(settings.threads, thread_name_prefix="pixelbeam-fetch")
+        self.lock = threading.Lock()
+
+    def submit(self, spec: PatchSpec) -> concurrent.futures.Future:
+        return self.pool.submit(fetch_patch, spec, self.info, self.reader, self.runner)
+
+
+class FetchDoFn(beam.DoFn):
+    """Keeps up to `settings.threads` patches in flight; main output Patch, FAILED FailedPatch."""
+
+    def __init__(self, source: PixelSource, info: SourceInfo, settings: FetchSettings):
+        self.source, self.info, self.settings = source, info, settings
+        self._shared = Shared()
+        self._counters = {}
+
+    def setup(self):
+        self.worker = self._shared.acquire(lambda: _WorkerFetcher(self.source, self.info, self.settings),
+                                           tag="fetch")
+        self.written = Metrics.counter(METRICS_NAMESPACE, "patches_fetched")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "patches_failed")
+        self.latency = Metrics.distribution(METRICS_NAMESPACE, "request_latency_ms")
+
+    def start_bundle(self):
+        self.pending: collections.deque = collections.deque()
+
+    def process(self, spec: PatchSpec):
+        self.pending.append(self.worker.submit(spec))
+        while self.pending and (self.pending[0].done() or len(self.pending) >= self.settings.threads * 2):
+            yield self._output(self.pending.popleft().result())
+        self._report_metrics()
+
+    def finish_bundle(self):
+        while self.pending:
+            yield self._output(self.pending.popleft().result(), windowed=True)
+        self._report_metrics()
+
+    def _output(self, result: Patch | FailedPatch, windowed: bool = False):
+        value = WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()]) if windowed else result
+        if isinstance(result, FailedPatch):
+            self.failed.inc()
+            return beam.pvalue.TaggedOutput(FAILED, value)
+        self.written.inc()
+        return value
+
+    def _report_metrics(self):
+        deltas = self.worker.stats.drain_deltas()
+        report_request_metrics(deltas, self.latency)
+
+
+def report_request_metrics(deltas: dict, latency=None) -> None:
+    """Push request-stat deltas into Beam counters, including the throttling counters Dataflow's
+    autoscaler reads (`beam-throttling-metrics/throttling-msecs`, `cumulativeThrottlingSeconds`)."""
+    for name in ("requests", "successes", "quota_errors", "bytes"):
+        if deltas.get(name):
+            Metrics.counter(METRICS_NAMESPACE, name).inc(int(deltas[name]))
+    for cause, n in (deltas.get("retries_by_cause") or {}).items():
+        if n:
+            Metrics.counter(METRICS_NAMESPACE, f"retries_{cause}").inc(int(n))
+    throttled = deltas.get("throttled_seconds", 0.0) + deltas.get("backoff_seconds", 0.0)
+    if throttled:
+        Metrics.counter("beam-throttling-metrics", "throttling-msecs").inc(int(throttled * 1000))
+        Metrics.counter(METRICS_NAMESPACE, "cumulativeThrottlingSeconds").inc(int(throttled))
+    if latency is not None:
+        for ms in deltas.get("latencies_ms", ()):
+            latency.update(int(ms))
+
+
+@dataclasses.dataclass
+class FetchPatches(beam.PTransform):
+    """PCollection[PatchSpec] -> DoOutputsTuple with main `patches` and `failed`."""
+
+    source: PixelSource
+    info: SourceInfo
+    settings: FetchSettings = FetchSettings()
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, specs):
+        return specs | "FetchPixels" >> beam.ParDo(FetchDoFn(self.source, self.info, self.settings)).with_outputs(
+            FAILED, main="patches")

@@ -1,0 +1,198 @@
+"""The global patch grid and patch planning: pure, vectorised with shapely 2, Beam-free.
+
+One grid per CRS: pixel (0, 0) has its top-left corner at `origin` (CRS units, default the CRS
+origin), pixels are `scale` CRS units wide/high, north up. Patch (row, col) has its top-left
+pixel at (row * stride_y, col * stride_x) where stride = patch_size - overlap, so a patch id
+always names the same pixels whatever region asked for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyproj
+import shapely
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+
+from transforms.patch import PatchSpec
+from transforms.regions import Region
+
+# Longest segment (degrees) of a region's outline before projecting, so that edges that are
+# straight in lon/lat follow the right curve in the grid's CRS.
+DENSIFY_DEGREES = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """A resolved grid: `crs` is a CRS string or "utm" (each region's own UTM zone).
+
+    `scale` is (x, y) pixel size in CRS units (both positive); `origin` the grid anchor in
+    CRS units; `patch_size` (width, height), `overlap` and `margin` in pixels;
+    `min_coverage` the fraction of a patch that must lie inside its region (0..1).
+    """
+
+    crs: str
+    scale: tuple[float, float]
+    origin: tuple[float, float] = (0.0, 0.0)
+    patch_size: tuple[int, int] = (256, 256)
+    overlap: int = 0
+    margin: int = 0
+    min_coverage: float = 0.0
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return (self.patch_size[0] - self.overlap, self.patch_size[1] - self.overlap)
+
+    def __post_init__(self):
+        w, h = self.patch_size
+        if min(w, h) < 1 or self.overlap < 0 or self.overlap >= min(w, h) or self.margin < 0:
+            raise ValueError(f"invalid grid: patch_size {self.patch_size}, overlap {self.overlap}, margin {self.margin}")
+        if min(self.scale) <= 0:
+            raise ValueError(f"invalid grid: scale {self.scale} must be positive")
+
+
+def crs_tag(crs: str) -> str:
+    """A short file-name-safe name for a CRS: 'epsg32618', or a hash-like tag for others."""
+    code = _epsg_code(crs)
+    if code is not None:
+        return f"epsg{code}"
+    wkt = pyproj.CRS.from_user_input(crs).to_wkt()
+    return "crs" + hashlib.sha1(wkt.encode()).hexdigest()[:8]
+
+
+def patch_id(crs: str, row: int, col: int) -> str:
+    """The stable id of patch (row, col) of the grid in `crs`."""
+    return f"{crs_tag(crs)}_r{row}_c{col}"
+
+
+def utm_crs_for(lon: float, lat: float) -> str:
+    """The WGS 84 UTM zone (e.g. 'EPSG:32618') containing a lon/lat point (degrees)."""
+    infos = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+    if not infos:
+        raise ValueError(f"no UTM zone for lon {lon}, lat {lat}")
+    return f"{infos[0].auth_name}:{infos[0].code}"
+
+
+def region_crs(grid: GridSpec, region: Region) -> str:
+    if grid.crs.lower() != "utm":
+        return grid.crs
+    c = region.geometry.centroid
+    return utm_crs_for(c.x, c.y)
+
+
+@functools.lru_cache(maxsize=64)
+def _epsg_code(crs: str):
+    m = re.fullmatch(r"(?i)epsg:(\d+)", crs.strip())
+    return int(m.group(1)) if m else pyproj.CRS.from_user_input(crs).to_epsg()
+
+
+@functools.lru_cache(maxsize=64)
+def _transformer(src: str, dst: str) -> pyproj.Transformer:
+    return pyproj.Transformer.from_crs(src, dst, always_xy=True)
+
+
+def project_lonlat(geometry, crs: str):
+    """A lon/lat geometry in `crs`, densified first so its edges bend as they should."""
+    if _epsg_code(crs) == 4326:
+        return geometry
+    dense = shapely.segmentize(geometry, DENSIFY_DEGREES) if geometry.geom_type not in ("Point", "MultiPoint") else geometry
+    t = _transformer("EPSG:4326", crs)
+    return shapely.transform(dense, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+
+
+def bounds_to_lonlat(crs: str, bounds: Sequence[float]) -> tuple[float, float, float, float]:
+    """(min_lon, min_lat, max_lon, max_lat) of CRS bounds, edges densified (21 points a side)."""
+    if _epsg_code(crs) == 4326:
+        return tuple(bounds)
+    return _transformer(crs, "EPSG:4326").transform_bounds(*bounds, densify_pts=21)
+
+
+def patch_transform(grid: GridSpec, row: int, col: int) -> tuple[float, ...]:
+    """The affine transform (a, b, c, d, e, f) of patch (row, col)'s top-left pixel."""
+    sx, sy = grid.scale
+    (swx, swy), (x0, y0) = grid.stride, grid.origin
+    return (sx, 0.0, x0 + col * swx * sx, 0.0, -sy, y0 - row * swy * sy)
+
+
+def _candidate_indices(grid: GridSpec, bounds) -> tuple[np.ndarray, np.ndarray]:
+    """Row and col ranges of patches whose footprint may intersect `bounds` (CRS units)."""
+    minx, miny, maxx, maxy = bounds
+    sx, sy = grid.scale
+    (w, h), (swx, swy), (x0, y0) = grid.patch_size, grid.stride, grid.origin
+    col_lo = math.floor((minx - x0 - w * sx) / (swx * sx)) + 1
+    col_hi = math.ceil((maxx - x0) / (swx * sx)) - 1
+    row_lo = math.floor((y0 - maxy - h * sy) / (swy * sy)) + 1
+    row_hi = math.ceil((y0 - miny) / (swy * sy)) - 1
+    return np.arange(row_lo, row_hi + 1), np.arange(col_lo, col_hi + 1)
+
+
+def patch_boxes(grid: GridSpec, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Shapely boxes (CRS units) of the patches (rows[i], cols[i]), without margin."""
+    sx, sy = grid.scale
+    (w, h), (swx, swy), (x0, y0) = grid.patch_size, grid.stride, grid.origin
+    left = x0 + cols * swx * sx
+    top = y0 - rows * swy * sy
+    return shapely.box(left, top - h * sy, left + w * sx, top)
+
+
+def region_cells(grid: GridSpec, geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, coverage) of the patches kept for one region given in the grid's CRS.
+
+    Polygons keep patches whose area inside the region is > 0 and >= `min_coverage` of the
+    patch; each point keeps the one patch whose stride cell contains it (coverage 1).
+    """
+    if geometry.geom_type in ("Point", "MultiPoint"):
+        return _point_cells(grid, geometry)
+    rows, cols = _candidate_indices(grid, geometry.bounds)
+    if rows.size == 0 or cols.size == 0:
+        return (np.empty(0, int),) * 2 + (np.empty(0),)
+    rr, cc = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
+    boxes = patch_boxes(grid, rr, cc)
+    shapely.prepare(geometry)
+    inside = shapely.contains_properly(geometry, boxes)
+    coverage = inside.astype(float)
+    edge = ~inside & shapely.intersects(geometry, boxes)
+    if edge.any():
+        coverage[edge] = shapely.area(shapely.intersection(boxes[edge], geometry)) / shapely.area(boxes[edge])
+    keep = (coverage > 0) & (coverage >= grid.min_coverage)
+    return rr[keep], cc[keep], coverage[keep]
+
+
+def _point_cells(grid: GridSpec, geometry):
+    pts = shapely.get_coordinates(geometry)
+    sx, sy = grid.scale
+    (swx, swy), (x0, y0) = grid.stride, grid.origin
+    cols = np.floor((pts[:, 0] - x0) / (swx * sx)).astype(int)
+    rows = np.floor((y0 - pts[:, 1]) / (swy * sy)).astype(int)
+    return rows, cols, np.ones(len(pts))
+
+
+def plan_patches(regions: Iterable[Region], grid: GridSpec) -> list[PatchSpec]:
+    """Every patch of every region, each patch once, sorted by id.
+
+    A patch kept by several regions is planned once and credited to the smallest region id,
+    so the plan does not depend on the order of the regions.
+    """
+    owner: dict[tuple[str, int, int], str] = {}
+    for region in sorted(regions, key=lambda r: r.region_id):
+        crs = region_crs(grid, region)
+        rows, cols, _ = region_cells(grid, project_lonlat(region.geometry, crs))
+        for row, col in zip(rows.tolist(), cols.tolist()):
+            owner.setdefault((crs, row, col), region.region_id)
+    specs = [make_spec(grid, crs, row, col, rid) for (crs, row, col), rid in owner.items()]
+    return sorted(specs, key=lambda s: (s.crs, s.row, s.col))
+
+
+def make_spec(grid: GridSpec, crs: str, row: int, col: int, region_id: str) -> PatchSpec:
+    w, h = grid.patch_size
+    return PatchSpec(
+        patch_id=patch_id(crs, row, col), region_id=region_id, crs=crs,
+        transform=patch_transform(grid, row, col), width=w, height=h,
+        row=row, col=col, margin=grid.margin)

@@ -1,0 +1,63 @@
+"""What became of each planned patch: manifest rows and patch filters. Pure, Beam-free.
+
+Every planned patch ends as exactly one manifest row with status `written`, `filtered` (with a
+reason) or `failed` (with the error), so the statuses add up to the plan.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from transforms.grid import bounds_to_lonlat
+from transforms.patch import FAILED, FILTERED, WRITTEN, FailedPatch, Patch, PatchSpec
+
+
+def npy_relpath(patch_id: str) -> str:
+    return f"npy/{patch_id}.npy"
+
+
+def manifest_row(spec: PatchSpec, status: str, *, reason: Optional[str] = None, files: Sequence[str] = (),
+                 patch: Optional[Patch] = None, attempts: Optional[int] = None) -> dict:
+    """One manifest row: ids, lon/lat bounds (degrees), crs, transform, status and provenance."""
+    row = {
+        "patch_id": spec.patch_id,
+        "region_id": spec.region_id,
+        "status": status,
+        "reason": reason,
+        "bounds_lonlat": [round(v, 9) for v in bounds_to_lonlat(spec.crs, spec.bounds)],
+        "crs": spec.crs,
+        "transform": list(spec.transform),
+        "width": spec.width,
+        "height": spec.height,
+        "margin": spec.margin,
+        "files": list(files),
+        "valid_fraction": None,
+        "requests": 0,
+        "attempts": attempts or 0,
+        "bytes": 0,
+    }
+    if patch is not None:
+        row.update(valid_fraction=round(patch.valid_fraction, 6), requests=patch.requests,
+                   attempts=patch.requests + patch.retries, bytes=patch.bytes)
+    return row
+
+
+def failed_row(failed: FailedPatch) -> dict:
+    return manifest_row(failed.spec, FAILED, reason=f"{failed.stage}: {failed.error_class}: {failed.message}",
+                        attempts=failed.attempts)
+
+
+def filter_reason(patch: Patch, max_masked_ratio: float) -> Optional[str]:
+    """Why a fetched patch is not written, or None to keep it (Earth Engine's maxMaskedRatio)."""
+    masked = 1.0 - patch.valid_fraction
+    if masked > max_masked_ratio:
+        return f"masked ratio {masked:.4f} > max_masked_ratio {max_masked_ratio}"
+    return None
+
+
+def written_row(patch: Patch, files: Sequence[str]) -> dict:
+    return manifest_row(patch.spec, WRITTEN, files=files, patch=patch)
+
+
+def filtered_row(patch: Patch, reason: str) -> dict:
+    return manifest_row(patch.spec, FILTERED, reason=reason, patch=patch)

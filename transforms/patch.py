@@ -1,0 +1,117 @@
+"""The data model that crosses pipeline stages: PatchSpec, Patch and FailedPatch.
+
+Everything here is plain, picklable and Beam-free. Units: pixel counts are ints, the affine
+transform is in CRS units per pixel, in GDAL/rasterio order (a, b, c, d, e, f) where
+x = a*col + b*row + c and y = d*col + e*row + f. That is also Earth Engine's
+`affineTransform` order (scaleX, shearX, translateX, shearY, scaleY, translateY).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+WRITTEN = "written"
+FILTERED = "filtered"
+FAILED = "failed"
+STATUSES = (WRITTEN, FILTERED, FAILED)
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchSpec:
+    """One planned patch on the global grid: which pixels to fetch, not the pixels.
+
+    `transform`, `width` and `height` describe the patch proper (pixels). `margin` extra
+    pixels are fetched on every side (Earth Engine's kernelSize), so the fetched window is
+    `fetch_width` x `fetch_height` with origin `fetch_transform`.
+    """
+
+    patch_id: str
+    region_id: str
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+    row: int = 0
+    col: int = 0
+    margin: int = 0
+    start: Optional[str] = None  # ISO date, inclusive (collections)
+    end: Optional[str] = None  # ISO date, exclusive (collections)
+
+    @property
+    def fetch_width(self) -> int:
+        return self.width + 2 * self.margin
+
+    @property
+    def fetch_height(self) -> int:
+        return self.height + 2 * self.margin
+
+    @property
+    def fetch_transform(self) -> tuple[float, float, float, float, float, float]:
+        """The transform of the fetched window: the patch origin moved `margin` px up-left."""
+        a, b, c, d, e, f = self.transform
+        m = self.margin
+        return (a, b, c - m * (a + b), d, e, f - m * (d + e))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) of the patch proper, in CRS units."""
+        a, b, c, d, e, f = self.transform
+        xs = [c + a * i + b * j for i in (0, self.width) for j in (0, self.height)]
+        ys = [f + d * i + e * j for i in (0, self.width) for j in (0, self.height)]
+        return (min(xs), min(ys), max(xs), max(ys))
+
+    def pixel_grid(self) -> dict:
+        """The fetched window as an Earth Engine REST `PixelGrid`."""
+        a, b, c, d, e, f = self.fetch_transform
+        return {
+            "dimensions": {"width": self.fetch_width, "height": self.fetch_height},
+            "affineTransform": {
+                "scaleX": a, "shearX": b, "translateX": c,
+                "shearY": d, "scaleY": e, "translateY": f,
+            },
+            "crsCode": self.crs,
+        }
+
+
+@dataclasses.dataclass
+class Patch:
+    """A fetched patch: pixels `(C, H, W)` (or `(T, C, H, W)` for time stacks) of the fetch
+    window, and `mask`, True where every band of a pixel is valid, of shape `(H, W)`
+    (or `(T, H, W)`)."""
+
+    spec: PatchSpec
+    data: np.ndarray
+    mask: np.ndarray
+    band_names: tuple[str, ...]
+    requests: int = 1
+    retries: int = 0
+    bytes: int = 0
+    times: tuple[str, ...] = ()
+
+    @property
+    def valid_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedPatch:
+    """A patch that could not be produced; it goes to the dead-letter output."""
+
+    spec: PatchSpec
+    stage: str  # "fetch", "encode", "write"
+    error_class: str
+    message: str
+    attempts: int = 1
+
+    def to_record(self) -> dict:
+        return {
+            "patch_id": self.spec.patch_id,
+            "region_id": self.spec.region_id,
+            "stage": self.stage,
+            "error_class": self.error_class,
+            "message": self.message,
+            "attempts": self.attempts,
+        }

@@ -1,0 +1,130 @@
+"""Regions of interest: loaded from GeoJSON (RFC 7946, lon/lat degrees) or a bbox, validated.
+
+Beam-free. A region is a shapely geometry in lon/lat with a stable id. Errors are
+`RegionError`s whose one-line message names the feature and says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Sequence
+
+import shapely
+from shapely.geometry import box, shape
+from shapely.validation import explain_validity, make_valid
+
+log = logging.getLogger(__name__)
+
+AREAL = ("Polygon", "MultiPolygon")
+PUNCTUAL = ("Point", "MultiPoint")
+
+
+class RegionError(ValueError):
+    """A region file or bbox that cannot be used; the message says which feature and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One region: `geometry` in lon/lat degrees (shapely), `region_id` unique in the job."""
+
+    region_id: str
+    geometry: Any
+    properties: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def is_points(self) -> bool:
+        return self.geometry.geom_type in PUNCTUAL
+
+
+def load_regions(regions: str | Sequence[float], where: str = "regions") -> list[Region]:
+    """Regions from a GeoJSON path (FeatureCollection, Feature or bare geometry) or a
+    `[min_lon, min_lat, max_lon, max_lat]` bbox."""
+    if isinstance(regions, (list, tuple)):
+        return [Region("bbox", _bbox_geometry(regions, where))]
+    if not os.path.exists(regions):
+        raise RegionError(f"{where}: file {regions!r} does not exist; give a GeoJSON path or a bbox")
+    try:
+        with open(regions, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RegionError(f"{where}: {regions!r} is not readable GeoJSON ({e}); fix the file") from None
+    return regions_from_geojson(doc, where=f"{where} ({os.path.basename(regions)})")
+
+
+def regions_from_geojson(doc: Any, where: str = "regions") -> list[Region]:
+    """Regions from a parsed GeoJSON object; one per feature, ids from `id` or a property."""
+    if not isinstance(doc, dict) or "type" not in doc:
+        raise RegionError(f"{where}: not a GeoJSON object; expected a FeatureCollection")
+    if doc["type"] == "FeatureCollection":
+        features = doc.get("features") or []
+    elif doc["type"] == "Feature":
+        features = [doc]
+    else:
+        features = [{"type": "Feature", "geometry": doc, "properties": {}}]
+    if not features:
+        raise RegionError(f"{where}: the FeatureCollection has no features; add at least one polygon or point")
+    out, seen = [], set()
+    for index, feature in enumerate(features):
+        region = _region_from_feature(feature, index, where)
+        if region.region_id in seen:
+            raise RegionError(f"{where}: feature {index}: duplicate region id {region.region_id!r}; ids must be unique")
+        seen.add(region.region_id)
+        out.append(region)
+    return out
+
+
+def _region_from_feature(feature: Any, index: int, where: str) -> Region:
+    props = (feature or {}).get("properties") or {}
+    rid = feature.get("id", props.get("id", props.get("name"))) if isinstance(feature, dict) else None
+    region_id = str(rid) if rid is not None else f"region-{index:04d}"
+    label = f"{where}: feature {index} ({region_id})"
+    geom_doc = feature.get("geometry") if isinstance(feature, dict) else None
+    if not geom_doc:
+        raise RegionError(f"{label}: has no geometry; give a Polygon, MultiPolygon, Point or MultiPoint")
+    try:
+        geom = shape(geom_doc)
+    except Exception as e:  # shapely raises several types for malformed coordinates
+        raise RegionError(f"{label}: malformed geometry ({e}); fix its coordinates") from None
+    if geom.geom_type not in AREAL + PUNCTUAL:
+        raise RegionError(f"{label}: geometry type {geom.geom_type} is not supported; use polygons or points")
+    if geom.is_empty:
+        raise RegionError(f"{label}: geometry is empty; remove the feature or give coordinates")
+    _check_lonlat(geom, label)
+    if not geom.is_valid:
+        reason = explain_validity(geom)
+        geom = _polygonal_part(make_valid(geom))
+        if geom.is_empty:
+            raise RegionError(f"{label}: invalid geometry ({reason}) has no area once repaired; fix the polygon")
+        log.warning("%s: invalid geometry (%s) repaired with make_valid", label, reason)
+    return Region(region_id, geom, dict(props))
+
+
+def _polygonal_part(geom):
+    """The areal part of a repaired geometry (make_valid may return a GeometryCollection)."""
+    if geom.geom_type in AREAL:
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if g.geom_type in AREAL]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
+def _check_lonlat(geom, label: str) -> None:
+    minx, miny, maxx, maxy = geom.bounds
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        hint = " (latitude and longitude swapped?)" if -90 <= minx and maxx <= 90 else ""
+        raise RegionError(
+            f"{label}: coordinates {geom.bounds} are outside lon [-180, 180] / lat [-90, 90]{hint}; "
+            "GeoJSON must be longitude, latitude in degrees (RFC 7946)")
+
+
+def _bbox_geometry(bbox: Sequence[float], where: str):
+    if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+        raise RegionError(f"{where}: a bbox is [min_lon, min_lat, max_lon, max_lat]; got {list(bbox)!r}")
+    minx, miny, maxx, maxy = bbox
+    if minx >= maxx or miny >= maxy:
+        raise RegionError(f"{where}: bbox {list(bbox)} has min >= max; order is [min_lon, min_lat, max_lon, max_lat]")
+    geom = box(minx, miny, maxx, maxy)
+    _check_lonlat(geom, where)
+    return geom

@@ -1,0 +1,132 @@
+"""Sinks: NPY files, TFRecord shards, manifest and dead letters, through Beam's filesystems
+(so a local folder and gs://bucket/prefix work alike).
+
+NPY files are written atomically (a temporary name, then a rename); TFRecord shards, the
+manifest and the dead letters use Beam's file sinks, which finalize by renaming whole files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.encode import npy_bytes, patch_to_example
+from transforms.outcomes import filter_reason, filtered_row, failed_row, npy_relpath, written_row
+from transforms.patch import FailedPatch, Patch
+
+TFRECORD_PREFIX = "tfrecord/patches"
+TFRECORD_SUFFIX = ".tfrecord.gz"
+FILTERED = "filtered"
+FAILED = "failed"
+
+
+def join(base: str, relpath: str) -> str:
+    return FileSystems.join(base, *relpath.split("/"))
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the whole file or none of it."""
+    directory, name = FileSystems.split(path)
+    tmp = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+
+
+def patch_files(templates, patch_id: str) -> list[str]:
+    """The files a patch was written to, relative to the output path."""
+    return [t.format(patch_id=patch_id) for t in templates]
+
+
+def to_json_line(row: dict) -> str:
+    return json.dumps(row, separators=(",", ":"), sort_keys=False)
+
+
+class JudgePatches(beam.DoFn):
+    """Main output: patches to write; FILTERED: manifest rows of patches filtered out."""
+
+    def __init__(self, max_masked_ratio: float):
+        self.max_masked_ratio = max_masked_ratio
+
+    def process(self, patch: Patch):
+        reason = filter_reason(patch, self.max_masked_ratio)
+        if reason is None:
+            yield patch
+        else:
+            yield beam.pvalue.TaggedOutput(FILTERED, filtered_row(patch, reason))
+
+
+class WriteNpyFiles(beam.DoFn):
+    """Writes `npy/<patch_id>.npy` per patch; main output the patch's manifest row, FAILED
+    the FailedPatch of a write that raised."""
+
+    def __init__(self, output_path: str, files: tuple[str, ...]):
+        self.output_path, self.files = output_path, files
+
+    def process(self, patch: Patch):
+        try:
+            write_atomically(join(self.output_path, npy_relpath(patch.spec.patch_id)), npy_bytes(patch.data))
+        except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
+            yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
+            return
+        yield written_row(patch, patch_files(self.files, patch.spec.patch_id))
+
+
+@dataclasses.dataclass
+class WritePatches(beam.PTransform):
+    """Patches -> files; returns (manifest rows of written patches, FailedPatches)."""
+
+    output_path: str
+    formats: tuple[str, ...]
+    tfrecord_shards: int = 0
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, patches):
+        pipeline = patches.pipeline
+        files = []
+        if "npy" in self.formats:
+            files.append("npy/{patch_id}.npy")
+        if "tfrecord" in self.formats:
+            files.append(f"{TFRECORD_PREFIX}-*{TFRECORD_SUFFIX}")
+            _ = (patches
+                 | "EncodeExamples" >> beam.Map(patch_to_example)
+                 | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+                     join(self.output_path, TFRECORD_PREFIX), file_name_suffix=TFRECORD_SUFFIX,
+                     compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
+        if "npy" in self.formats:
+            written = patches | "WriteNpy" >> beam.ParDo(WriteNpyFiles(self.output_path, tuple(files))).with_outputs(
+                FAILED, main="rows")
+            return written.rows, written[FAILED]
+        rows = patches | "ManifestRows" >> beam.Map(lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id)))
+        return rows, pipeline | "NoWriteFailures" >> beam.Create([])
+
+
+@dataclasses.dataclass
+class WriteReports(beam.PTransform):
+    """Manifest rows and FailedPatches -> `manifest.jsonl` and `failed.jsonl` (one file each)."""
+
+    output_path: str
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, inputs):
+        rows, failed = inputs
+        failed_rows = failed | "FailedRows" >> beam.Map(failed_row)
+        all_rows = (rows, failed_rows) | "AllRows" >> beam.Flatten()
+        _ = (all_rows
+             | "ManifestJson" >> beam.Map(to_json_line)
+             | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),
+                                                     shard_name_template="", num_shards=1))
+        _ = (failed
+             | "DeadLetterJson" >> beam.Map(lambda f: to_json_line(f.to_record()))
+             | "WriteDeadLetters" >> beam.io.WriteToText(join(self.output_path, "failed.jsonl"),
+                                                        shard_name_template="", num_shards=1))
+        return all_rows
