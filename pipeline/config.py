@@ -198,6 +198,9 @@ def describe_validation_error(e: ValidationError) -> str:
     field = ".".join(loc) or "config"
     if err["type"] == "extra_forbidden":
         return f"{field}: unknown key; remove it or check its spelling against the config reference"
+    if err["type"] == "union_tag_invalid":
+        tag = (err.get("ctx") or {}).get("tag")
+        return f"{field}.kind: {tag!r} is not a source kind; use raster or earthengine"
     if err["type"] == "missing":
         return f"{field}: required key is missing; add it"
     msg = err["msg"].removeprefix("Value error, ")

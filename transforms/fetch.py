@@ -74,7 +74,9 @@ class _WorkerFetcher:
             throttler=Throttler(settings.max_concurrent, settings.max_requests_per_second, clock=clock, sleep=sleep),
             adaptive=AdaptiveThrottler(clock=clock),
             policy=RetryPolicy(max_attempts=settings.max_attempts),
-            stats=self.stats, clock=clock, sleep=sleep)
+            stats=self.stats, clock=clock, sleep=sleep,
+            # a backstop: sources also set their own transport deadline to timeout_s
+            attempt_timeout_s=settings.timeout_s * 1.5)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.threads, thread_name_prefix="pixelbeam-fetch")
         self.lock = threading.Lock()
 
@@ -121,13 +123,15 @@ class FetchDoFn(beam.DoFn):
 
     def _report_metrics(self):
         deltas = self.worker.stats.drain_deltas()
-        report_request_metrics(deltas, self.latency)
+        self._throttled_carry = report_request_metrics(deltas, self.latency, getattr(self, "_throttled_carry", 0.0))
 
 
-def report_request_metrics(deltas: dict, latency=None) -> None:
+def report_request_metrics(deltas: dict, latency=None, carry_s: float = 0.0) -> float:
     """Push request-stat deltas into Beam counters, including the throttling counters Dataflow's
-    autoscaler reads (`beam-throttling-metrics/throttling-msecs`, `cumulativeThrottlingSeconds`)."""
-    for name in ("requests", "successes", "quota_errors", "bytes"):
+    autoscaler reads (`beam-throttling-metrics/throttling-msecs`, `cumulativeThrottlingSeconds`).
+    Throttled time counts waits for the throttler and retry backoffs (time the server made us
+    idle). Returns the fraction of a second not yet reported, to carry into the next call."""
+    for name in ("requests", "successes", "quota_errors", "timeouts", "bytes"):
         if deltas.get(name):
             Metrics.counter(METRICS_NAMESPACE, name).inc(int(deltas[name]))
     for cause, n in (deltas.get("retries_by_cause") or {}).items():
@@ -136,10 +140,14 @@ def report_request_metrics(deltas: dict, latency=None) -> None:
     throttled = deltas.get("throttled_seconds", 0.0) + deltas.get("backoff_seconds", 0.0)
     if throttled:
         Metrics.counter("beam-throttling-metrics", "throttling-msecs").inc(int(throttled * 1000))
-        Metrics.counter(METRICS_NAMESPACE, "cumulativeThrottlingSeconds").inc(int(throttled))
+    carry_s += throttled
+    if carry_s >= 1.0:
+        Metrics.counter(METRICS_NAMESPACE, "cumulativeThrottlingSeconds").inc(int(carry_s))
+        carry_s -= int(carry_s)
     if latency is not None:
         for ms in deltas.get("latencies_ms", ()):
             latency.update(int(ms))
+    return carry_s
 
 
 @dataclasses.dataclass

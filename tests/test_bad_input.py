@@ -1,0 +1,151 @@
+"""Bad input: one clear line naming the field, exit status 2, no traceback, nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
+REGIONS = os.path.join(ROOT, "data", "regions.geojson")
+
+
+def base_config(tmp_path):
+    return {
+        "source": {"kind": "raster", "uri": LANDSAT, "bands": [1, 2, 3]},
+        "regions": REGIONS,
+        "grid": {"crs": "native", "scale": "native", "patch_size": 64},
+        "output": {"path": str(tmp_path / "out")},
+    }
+
+
+def feature_collection(*geometries):
+    return {"type": "FeatureCollection",
+            "features": [{"type": "Feature", "properties": {}, "geometry": g} for g in geometries]}
+
+
+def write_regions(tmp_path, doc):
+    path = tmp_path / "regions.geojson"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return str(path)
+
+
+def with_regions(doc):
+    def change(cfg, tmp_path):
+        cfg["regions"] = write_regions(tmp_path, doc)
+    return change
+
+
+def setter(*path, value):
+    def change(cfg, tmp_path):
+        node = cfg
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return change
+
+
+def remover(*path):
+    def change(cfg, tmp_path):
+        node = cfg
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+    return change
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("not a folder")
+    return path
+
+
+FAR_AWAY = {"type": "Polygon", "coordinates": [[[10, 10], [11, 10], [11, 11], [10, 11], [10, 10]]]}
+LINE = {"type": "LineString", "coordinates": [[-77.9, 24.2], [-77.8, 24.3]]}
+
+CASES = {
+    "unknown top-level key": (setter("extra", value=1), "extra: unknown key"),
+    "unknown grid key": (setter("grid", "patchsize", value=64), "grid.patchsize: unknown key"),
+    "missing output": (remover("output"), "output: required key is missing"),
+    "missing source uri": (remover("source", "uri"), "source.uri: required key is missing"),
+    "wrong type": (setter("grid", "patch_size", value="big"), "grid.patch_size"),
+    "zero patch size": (setter("grid", "patch_size", value=0), "grid.patch_size: patch sizes must be at least 1"),
+    "negative overlap": (setter("grid", "overlap", value=-1), "grid.overlap"),
+    "overlap >= size": (setter("grid", "overlap", value=64), "grid: overlap (64 px) must be smaller"),
+    "negative scale": (setter("grid", "scale", value=-10), "grid.scale: the pixel size must be positive"),
+    "coverage above 1": (setter("grid", "min_coverage", value=1.5), "grid.min_coverage"),
+    "unknown source kind": (setter("source", "kind", value="wms"), "source.kind: 'wms' is not a source kind"),
+    "unknown crs": (setter("grid", "crs", value="EPSG:999999"), "grid.crs: 'EPSG:999999' is not a CRS"),
+    "native scale with another crs": (setter("grid", "crs", value="EPSG:4326"), "grid.scale: native needs"),
+    "unknown format": (setter("output", "formats", value=["tiff"]), "output.formats"),
+    "no formats": (setter("output", "formats", value=[]), "output.formats: give at least one"),
+    "missing raster": (setter("source", "uri", value="/nonexistent/scene.tif"), "source.uri: cannot open"),
+    "band index too high": (setter("source", "bands", value=[1, 4]), "source.bands: band 4 does not exist"),
+    "band name unknown": (setter("source", "bands", value=["nir"]), "source.bands: band 'nir' does not exist"),
+    "unknown resampling": (setter("source", "resampling", value="smooth"), "source.resampling: 'smooth' is not known"),
+    "missing region file": (setter("regions", value="/nonexistent/regions.geojson"), "regions: file"),
+    "region file not json": (with_regions("{not json"), "is not readable GeoJSON"),
+    "empty region file": (with_regions({"type": "FeatureCollection", "features": []}), "has no features"),
+    "line region": (with_regions(feature_collection(LINE)), "LineString is not supported"),
+    "feature without geometry": (with_regions({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": None}]}), "has no geometry"),
+    "lat/lon swapped": (with_regions(feature_collection({"type": "Point", "coordinates": [24.5, -95.0]})), "latitude and longitude swapped"),
+    "region outside raster": (with_regions(feature_collection(FAR_AWAY)), "lies outside the source's footprint"),
+    "bad bbox": (setter("regions", value=[-77, 24, -78, 25]), "regions: bbox"),
+    "output under a file": (lambda cfg, tmp: cfg["output"].update(path=str(_a_file(tmp) / "out")), "output.path: "),
+    "earthengine without image": (setter("source", value={"kind": "earthengine"}), "give exactly one of asset"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_clear_line(name, tmp_path, capsys):
+    change, expected = CASES[name]
+    cfg = base_config(tmp_path)
+    change(cfg, tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pixelbeam: error: "), err
+    assert expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_yaml_names_the_line(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("source:\n  uri: [a, b\nregions: x\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML at line" in err and err.count("\n") == 1
+
+
+def test_missing_config_file(capsys):
+    assert main(["plan", "/nonexistent/job.yaml"]) == 2
+    assert "no such config file" in capsys.readouterr().err
+
+
+def test_cli_process_prints_no_traceback(tmp_path):
+    cfg = base_config(tmp_path)
+    cfg["source"]["bands"] = [9]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"pixelbeam: error: source.bands: band 9 does not exist in {LANDSAT!r}, which has bands 1..3"]
+
+
+def test_invalid_polygon_is_repaired_with_a_warning(tmp_path, caplog):
+    bowtie = {"type": "Polygon", "coordinates": [[[-78.0, 24.2], [-77.8, 24.4], [-77.8, 24.2], [-78.0, 24.4], [-78.0, 24.2]]]}
+    cfg = base_config(tmp_path)
+    cfg["regions"] = write_regions(tmp_path, feature_collection(bowtie))
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["plan", str(path)]) == 0
+    assert any("repaired with make_valid" in r.message for r in caplog.records)
