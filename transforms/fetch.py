@@ -68,7 +68,7 @@ class _WorkerFetcher:
     def __init__(self, source: PixelSource, info: SourceInfo, settings: FetchSettings,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.info = info
-        self.reader = source.open()
+        self.reader = source.open(info)
         self.stats = RequestStats()
         self.runner = RequestRunner(
             throttler=Throttler(settings.max_concurrent, settings.max_requests_per_second, clock=clock, sleep=sleep),

@@ -73,8 +73,8 @@ class RasterSource:
         except RasterioIOError as e:
             raise SourceError(f"source.uri: cannot open {uri!r} ({_first_line(e)}); check the path or URL") from None
 
-    def open(self) -> "RasterReader":
-        return RasterReader(self, self.describe())
+    def open(self, info: Optional[SourceInfo] = None) -> "RasterReader":
+        return RasterReader(self, info or self.describe())
 
 
 def band_indexes(ds, bands: Optional[Sequence], uri: str) -> tuple[int, ...]:

@@ -1,8 +1,8 @@
 """The one small interface every pixel source implements (raster files, Earth Engine). Pure.
 
 A `PixelSource` is a picklable description built on the launcher; `describe()` checks it
-(files exist, bands exist) and says what it yields. On a worker, `open()` (called once in
-`DoFn.setup`) returns a `PixelReader` that is safe to share between threads. Fetching a
+(files exist, bands exist) and says what it yields. On a worker, `open(info)` (called once in
+`DoFn.setup`, with the launcher's `describe()` result) returns a `PixelReader` that is safe to share between threads. Fetching a
 patch is: `plan_parts` splits it into requests that fit `reader.limits`, the fetch layer runs
 `reader.fetch(spec, part)` for each under its throttler and retry policy, and
 `assemble_patch` puts the parts back together.
@@ -66,7 +66,7 @@ class PixelReader(Protocol):
 class PixelSource(Protocol):
     def describe(self) -> SourceInfo: ...
 
-    def open(self) -> PixelReader: ...
+    def open(self, info: Optional[SourceInfo] = None) -> PixelReader: ...
 
 
 def patch_parts(spec: PatchSpec, info: SourceInfo) -> list[RequestPart]:

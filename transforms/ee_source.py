@@ -1,0 +1,234 @@
+"""Earth Engine pixel source: `getPixels` on an image asset, `computePixels` on a computed image.
+
+Requests carry the patch's PixelGrid and ask for NPY (a structured array, one field per band).
+Earth Engine returns masked pixels as 0, so unless `mask: none` the request adds one uint8 band,
+`pixelbeam_valid`, that is 1 where every requested band is valid; with `mask: none` an asset is
+read with `getPixels` (no computation) and every pixel counts as valid. The `ee` client is
+initialized once per worker process, with its own retries off (pixelbeam's request runner is
+the only one deciding) and its HTTP deadline set to `timeout_s`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import ipaddress
+import threading
+import urllib.parse
+from typing import Optional
+
+import numpy as np
+
+from transforms.patch import PatchSpec
+from transforms.retry import PermanentError
+from transforms.sizing import EE_MAX_BANDS, EE_MAX_BYTES, RequestLimits, RequestPart
+from transforms.sources import PartResult, SourceError, SourceInfo
+
+VALID_BAND = "pixelbeam_valid"
+EE_SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform")
+FILTER_OPS = {"eq": "eq", "neq": "neq", "lt": "lt", "lte": "lte", "gt": "gt", "gte": "gte"}
+
+_init_lock = threading.Lock()
+_initialized_for: Optional[tuple] = None
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_credentials(credentials: str, url: str):
+    """`default` (application default credentials), `anonymous` (a loopback url only, e.g. the
+    emulator), or the path of a service-account key file."""
+    if credentials == "anonymous":
+        if not is_loopback(url):
+            raise SourceError(f"source.credentials: anonymous is only allowed for a loopback url (got {url!r}); "
+                              "use default credentials or a service-account key file")
+        import google.auth.credentials
+        return google.auth.credentials.AnonymousCredentials()
+    if credentials == "default":
+        import google.auth
+        try:
+            creds, _ = google.auth.default(scopes=list(EE_SCOPES))
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise SourceError("source.credentials: no Google application default credentials; run "
+                              "'gcloud auth application-default login' or give a service-account key file") from None
+        return creds
+    from google.oauth2 import service_account
+    try:
+        return service_account.Credentials.from_service_account_file(credentials, scopes=list(EE_SCOPES))
+    except (OSError, ValueError) as e:
+        raise SourceError(f"source.credentials: cannot read the service-account key file ({type(e).__name__}); "
+                          "give a readable JSON key, default, or anonymous for a local emulator") from None
+
+
+def initialize_earth_engine(url: str, project: Optional[str], credentials: str, timeout_s: float) -> None:
+    """Initialize the `ee` client once per process for (url, project, credentials)."""
+    global _initialized_for
+    key = (url, project, credentials, timeout_s)
+    with _init_lock:
+        if _initialized_for == key:
+            return
+        import ee
+        creds = load_credentials(credentials, url)
+        if is_loopback(url):
+            _initialize_offline(ee, creds, url, project)
+        else:
+            ee.Initialize(credentials=creds, url=url, project=project)
+        ee.data.setMaxRetries(0)
+        ee.data.setDeadline(int(timeout_s * 1000))
+        _initialized_for = key
+
+
+def _initialize_offline(ee, creds, url: str, project: Optional[str]) -> None:
+    """ee.Initialize against a local server: skip the client's download of the public data
+    catalog (used only to warn about deprecated assets), which needs the internet."""
+    import ee.deprecation
+    fetch = ee.deprecation._FetchDataCatalogStac
+    ee.deprecation._FetchDataCatalogStac = lambda: {}
+    try:
+        ee.Initialize(credentials=creds, url=url, project=project or "pixelbeam-local")
+    finally:
+        ee.deprecation._FetchDataCatalogStac = fetch
+
+
+@dataclasses.dataclass(frozen=True)
+class EarthEngineSource:
+    """An Earth Engine image: `asset`, or `collection` filtered and composited."""
+
+    asset: Optional[str] = None
+    collection: Optional[str] = None
+    start: Optional[str] = None
+    end: Optional[str] = None
+    filters: tuple = ()  # (property, op, value)
+    composite: Optional[str] = None
+    bands: tuple[str, ...] = ()
+    mask: str = "source"
+    project: Optional[str] = None
+    url: str = "https://earthengine-highvolume.googleapis.com"
+    credentials: str = "default"
+    timeout_s: float = 120.0
+
+    @property
+    def uses_get_pixels(self) -> bool:
+        return bool(self.asset) and self.mask == "none"
+
+    def image(self):
+        """The ee.Image to request (data bands only). Needs an initialized client."""
+        import ee
+        if self.asset:
+            img = ee.Image(self.asset)
+        else:
+            coll = ee.ImageCollection(self.collection)
+            if self.start or self.end:
+                coll = coll.filterDate(self.start or "1970-01-01", self.end or "2100-01-01")
+            for prop, op, value in self.filters:
+                coll = coll.filter(getattr(ee.Filter, FILTER_OPS[op])(prop, value))
+            img = getattr(coll, self.composite)()
+        return img.select(list(self.bands)) if self.bands else img
+
+    def describe(self) -> SourceInfo:
+        """Band names and dtypes, learnt from a 1x1 px request (Earth Engine's NPY header)."""
+        initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
+        reader = EarthEngineReader(self, None)
+        probe = PatchSpec("probe", "probe", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1)
+        try:
+            fields = reader.request_structured(probe, None)
+        except Exception as e:
+            from transforms.retry import classify_exception
+            err = classify_exception(e)
+            what = f"asset {self.asset!r}" if self.asset else f"collection {self.collection!r}"
+            raise SourceError(f"source: Earth Engine refused {what} ({err}); check the id, bands and credentials") from None
+        names = tuple(n for n in fields.dtype.names if n != VALID_BAND)
+        dtypes = tuple(fields.dtype[n].name for n in names)
+        data_bytes = max(1, min(np.dtype(d).itemsize for d in dtypes))
+        # each request also carries the 1-byte valid band: keep data bytes within the share left
+        max_bytes = EE_MAX_BYTES if self.mask == "none" else EE_MAX_BYTES * data_bytes // (data_bytes + 1)
+        return SourceInfo(band_names=names, dtypes=dtypes,
+                          limits=RequestLimits(max_bytes=max_bytes, max_bands=EE_MAX_BANDS - 1))
+
+    def open(self, info: Optional[SourceInfo] = None) -> "EarthEngineReader":
+        """A reader for a worker; `info` from the launcher's describe() saves a probe request."""
+        initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
+        return EarthEngineReader(self, info or self.describe())
+
+
+def valid_band(ee, img, band_names):
+    """A uint8 band, 1 where every band in `band_names` is valid, else 0: a constant masked by
+    each band's mask in turn, then unmasked to 0 (only ops every Earth Engine server has)."""
+    valid = ee.Image.constant(1).toByte()
+    for name in band_names:
+        valid = valid.updateMask(img.select([name]).mask())
+    return valid.unmask(0, False).rename([VALID_BAND])
+
+
+def part_pixel_grid(spec: PatchSpec, part: Optional[RequestPart]) -> dict:
+    """The PixelGrid of one request: the patch's fetch window, or a sub-window of it."""
+    grid = spec.pixel_grid()
+    if part is None:
+        return grid
+    t = grid["affineTransform"]
+    t = {**t, "translateX": t["translateX"] + part.col_off * t["scaleX"] + part.row_off * t["shearX"],
+         "translateY": t["translateY"] + part.col_off * t["shearY"] + part.row_off * t["scaleY"]}
+    return {**grid, "affineTransform": t, "dimensions": {"width": part.width, "height": part.height}}
+
+
+class EarthEngineReader:
+    """Fetches patch requests from Earth Engine; one per worker process, shared by threads."""
+
+    def __init__(self, source: EarthEngineSource, info: Optional[SourceInfo]):
+        import ee
+        self.ee, self.source, self.info = ee, source, info
+        self.limits = info.limits if info else None
+        img = source.image()
+        if source.mask != "none" and info is not None:  # (the describe probe needs data bands only)
+            img = img.addBands(valid_band(ee, img, info.band_names))
+        self.image = img
+
+    def request_structured(self, spec: PatchSpec, part: Optional[RequestPart]) -> np.ndarray:
+        """The raw NPY structured array (H, W) of one request."""
+        band_ids = None
+        if part is not None:
+            band_ids = [self.info.band_names[b] for b in part.bands]
+            if self.source.mask != "none":
+                band_ids.append(VALID_BAND)
+        params = {"fileFormat": "NPY", "grid": part_pixel_grid(spec, part)}
+        if band_ids:
+            params["bandIds"] = band_ids
+        if self.source.uses_get_pixels:
+            payload = self.ee.data.getPixels({"assetId": self.source.asset, **params})
+        else:
+            payload = self.ee.data.computePixels({"expression": self.image, **params})
+        try:
+            return np.load(io.BytesIO(payload), allow_pickle=False)
+        except Exception as e:  # an answer that is not a whole NPY: permanent (the server sent it so)
+            raise PermanentError(f"undecodable NPY answer ({len(payload)} bytes): {e}", cause="decode") from e
+
+    def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
+        fields = self.request_structured(spec, part)
+        names = [self.info.band_names[b] for b in part.bands]
+        data = np.empty((len(names),) + fields.shape, dtype=self.info.dtype)
+        for i, name in enumerate(names):
+            data[i] = fields[name]
+        if self.source.mask != "none":
+            mask = fields[VALID_BAND] > 0
+        else:
+            mask = np.ones(fields.shape, dtype=bool)
+        return PartResult(data=data, mask=mask, nbytes=fields.nbytes)
+
+    def close(self) -> None:
+        pass
+
+
+def earthengine_source(cfg, timeout_s: float) -> EarthEngineSource:
+    """An EarthEngineSource from the validated `source:` config section."""
+    return EarthEngineSource(
+        asset=cfg.asset, collection=cfg.collection, start=cfg.start, end=cfg.end,
+        filters=tuple((f.property, f.op, f.value) for f in cfg.filters), composite=cfg.composite,
+        bands=tuple(cfg.bands), mask=cfg.mask or "source", project=cfg.project, url=cfg.url,
+        credentials=cfg.credentials, timeout_s=timeout_s)
