@@ -31,9 +31,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--max_failed_fraction", type=float, default=0.0,
                      help="exit 1 when more than this fraction of planned patches failed (default 0)")
     run.add_argument("-v", "--verbose", action="store_true")
+    for sub_parser in (run,):
+        sub_parser.add_argument("--ee_emulator", metavar="URL",
+                                help="send Earth Engine requests to a local emulator at URL (anonymous credentials)")
     plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")
     plan.add_argument("config")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--ee_emulator", metavar="URL", help="as for run")
     sub.add_parser("emulate", help="start a local Earth Engine REST emulator (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "emulate":
@@ -45,6 +49,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
+        if args.ee_emulator:
+            config = use_emulator(config, args.ee_emulator)
         from pipeline.plan import prepare_job
         job = prepare_job(config)
     except ConfigError as e:
@@ -53,6 +59,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "plan":
         return print_plan(job, as_json=args.json)
     return run_job(job, rest, args.max_failed_fraction)
+
+
+def use_emulator(config, url: str):
+    """The config with its Earth Engine source pointed at a local emulator."""
+    from pipeline.config import ConfigError, EarthEngineSourceConfig
+    from transforms.ee_source import is_loopback
+    if not isinstance(config.source, EarthEngineSourceConfig):
+        raise ConfigError("--ee_emulator: the config's source is not earthengine; drop the flag")
+    if not is_loopback(url):
+        raise ConfigError(f"--ee_emulator: {url!r} is not a loopback URL; the emulator runs on this machine")
+    return config.model_copy(update={"source": config.source.model_copy(update={"url": url, "credentials": "anonymous"})})
 
 
 def print_plan(job, as_json: bool) -> int:

@@ -41,7 +41,7 @@ class RunSummary:
         if m:
             retries = sum(v for k, v in m.items() if k.startswith("retries_"))
             out.append(f"requests {m.get('requests', 0)} | retries {retries} | 429s {m.get('quota_errors', 0)} | "
-                       f"throttled {m.get('throttling-msecs', 0) / 1000:.1f} s | bytes {m.get('bytes', 0)}")
+                       f"throttled {m.get('throttling-msecs', 0) / 1000:.1f} thread-s | bytes {m.get('bytes', 0)}")
         if not self.complete:
             out.append(f"INCOMPLETE: {self.accounted} manifest rows ({self.duplicates} duplicated) for "
                        f"{self.planned} planned patches")
