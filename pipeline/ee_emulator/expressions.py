@@ -1,0 +1,369 @@
+"""Evaluates the ee client's serialized expression graph (``ee.serializer``, cloud
+format ``{"result": key, "values": {key: ValueNode}}``) into lazy images.
+
+A small recursive interpreter: value nodes (constantValue, integerValue,
+valueReference, arrayValue, dictionaryValue, functionInvocationValue,
+functionDefinitionValue, argumentReference) are evaluated eagerly; images stay
+lazy (``pixels.Image``) until the server renders them on the request grid.
+Functions are looked up by their EE name in ``FUNCTIONS``; names and argument
+names are those the installed client (earthengine-api 1.7) sends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+from rasterio.warp import transform_geom
+from shapely.geometry import shape
+
+from . import image_ops
+from .catalog import Catalog, parse_time_ms
+from .pixels import EmulatorError, Image, asset_image, invalid, not_found
+
+
+@dataclasses.dataclass
+class Collection:
+    """An image collection: images in order, each with its properties."""
+
+    images: list[Image]
+
+
+@dataclasses.dataclass
+class Reducer:
+    name: str  # "median", "mean", "min", "max"
+
+
+@dataclasses.dataclass
+class Function:
+    """A ``functionDefinitionValue`` closed over the evaluator (e.g. for map)."""
+
+    evaluator: "_Evaluator"
+    argument_names: list[str]
+    body: str
+    scope: dict[str, Any]
+
+    def __call__(self, *args: Any) -> Any:
+        scope = dict(self.scope, **dict(zip(self.argument_names, args)))
+        return self.evaluator.reference(self.body, scope)
+
+
+Filter = Callable[[Image], bool]
+
+
+def evaluate(expression: Any, catalog: Catalog) -> Any:
+    """Evaluates an expression graph; raises EmulatorError(400) if malformed."""
+    if not isinstance(expression, dict) or not isinstance(expression.get("values"), dict) \
+            or "result" not in expression:
+        raise invalid("Malformed expression: expected {'result': ..., 'values': {...}}.")
+    return _Evaluator(catalog, expression["values"]).reference(expression["result"], {})
+
+
+def evaluate_image(expression: Any, catalog: Catalog) -> Image:
+    value = evaluate(expression, catalog)
+    if not isinstance(value, Image):
+        raise invalid(f"computePixels: expression must be an Image, got {type(value).__name__}.")
+    return value
+
+
+class _Evaluator:
+    def __init__(self, catalog: Catalog, values: dict[str, Any]):
+        self.catalog, self.values = catalog, values
+        self._memo: dict[tuple[str, int], Any] = {}
+        self._scopes: list[dict[str, Any]] = []  # keeps scope ids unique while memoized
+
+    def reference(self, key: str, scope: dict[str, Any]) -> Any:
+        memo_key = (key, id(scope))
+        if memo_key not in self._memo:
+            if key not in self.values:
+                raise invalid(f"Malformed expression: unknown valueReference {key!r}.")
+            self._scopes.append(scope)
+            self._memo[memo_key] = self.value(self.values[key], scope)
+        return self._memo[memo_key]
+
+    def value(self, node: Any, scope: dict[str, Any]) -> Any:
+        if not isinstance(node, dict) or len(node) != 1:
+            raise invalid(f"Malformed expression: bad value node {str(node)[:200]}.")
+        (kind, body), = node.items()
+        if kind == "constantValue":
+            return body
+        if kind == "integerValue":
+            return int(body)
+        if kind == "valueReference":
+            return self.reference(body, scope)
+        if kind == "argumentReference":
+            if body not in scope:
+                raise invalid(f"Malformed expression: unbound argument {body!r}.")
+            return scope[body]
+        if kind == "arrayValue":
+            return [self.value(v, scope) for v in body.get("values", [])]
+        if kind == "dictionaryValue":
+            return {k: self.value(v, scope) for k, v in body.get("values", {}).items()}
+        if kind == "functionDefinitionValue":
+            return Function(self, list(body.get("argumentNames", [])), body["body"], scope)
+        if kind == "functionInvocationValue":
+            return self.invoke(body, scope)
+        raise invalid(f"Malformed expression: unsupported value kind {kind!r}.")
+
+    def invoke(self, call: dict[str, Any], scope: dict[str, Any]) -> Any:
+        args = {k: self.value(v, scope) for k, v in (call.get("arguments") or {}).items()}
+        if "functionReference" in call:
+            function = self.reference(call["functionReference"], scope)
+            return function(*args.values())
+        name = call.get("functionName")
+        fn = FUNCTIONS.get(name)
+        if fn is None:
+            raise invalid(f"Function {name!r} is not supported by the EE emulator.")
+        try:
+            inspect.signature(fn).bind(self, **args)
+        except TypeError as exc:
+            raise invalid(f"{name}: bad arguments {sorted(args)}: {exc}") from None
+        return fn(self, **args)
+
+
+# -- argument coercion ---------------------------------------------------
+def _image(value: Any, what: str) -> Image:
+    if isinstance(value, Image):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return image_ops.constant(value)
+    raise invalid(f"{what}: expected an Image, got {type(value).__name__}.")
+
+
+def _images(value: Any, what: str) -> list[Image]:
+    if isinstance(value, Collection):
+        return value.images
+    raise invalid(f"{what}: expected an ImageCollection, got {type(value).__name__}.")
+
+
+def _time_ms(value: Any) -> int:
+    try:
+        return parse_time_ms(value)
+    except (TypeError, ValueError):
+        raise invalid(f"Invalid date {value!r}.") from None
+
+
+# -- images --------------------------------------------------------------
+def image_load(ev: _Evaluator, id: str, version: Any = None) -> Image:
+    asset = ev.catalog.image(id)
+    if asset is None:
+        raise not_found(f"Image.load: Image asset '{id}' not found (does not exist or caller "
+                        "does not have access).")
+    return asset_image(asset)
+
+
+def image_select(ev, input, bandSelectors, newNames=None):
+    return image_ops.select(_image(input, "Image.select"), bandSelectors, newNames)
+
+
+def image_rename(ev, input, names):
+    return image_ops.rename(_image(input, "Image.rename"), names)
+
+
+def image_mask(ev, image, mask=None):
+    image = _image(image, "Image.mask")
+    if mask is None:
+        return image_ops.mask_of(image)
+    return image_ops.update_mask(image, _image(mask, "Image.mask"), replace=True)
+
+
+def image_update_mask(ev, image, mask):
+    return image_ops.update_mask(_image(image, "Image.updateMask"), _image(mask, "Image.updateMask"))
+
+
+def image_unmask(ev, input, value=None, sameFootprint=True):
+    value = None if value is None else _image(value, "Image.unmask")
+    return image_ops.unmask(_image(input, "Image.unmask"), value, bool(sameFootprint))
+
+
+def image_add_bands(ev, dstImg, srcImg, names=None, overwrite=False):
+    return image_ops.add_bands(_image(dstImg, "Image.addBands"), _image(srcImg, "Image.addBands"),
+                               names, bool(overwrite))
+
+
+def image_constant(ev, value):
+    return image_ops.constant(value)
+
+
+def _caster(dtype: Any) -> Callable[..., Image]:
+    return lambda ev, value: image_ops.cast(_image(value, "Image cast"), dtype)
+
+
+def _binary(op: str) -> Callable[..., Image]:
+    return lambda ev, image1, image2: image_ops.binary(
+        op, _image(image1, f"Image.{op}"), _image(image2, f"Image.{op}"))
+
+
+# -- collections ---------------------------------------------------------
+def collection_load(ev: _Evaluator, id: str, version: Any = None) -> Collection:
+    members = ev.catalog.collection(id)
+    if members is None:
+        raise not_found(f"ImageCollection.load: ImageCollection asset '{id}' not found (does "
+                        "not exist or caller does not have access).")
+    return Collection([asset_image(m) for m in members])
+
+
+def from_images(ev, images):
+    images = [_image(i, "ImageCollection.fromImages") for i in images]
+    indexed = []
+    for position, image in enumerate(images):
+        properties = dict(image.properties, **{"system:index": str(position)})
+        indexed.append(Image(image.bands, properties, image.footprint_wgs84))
+    return Collection(indexed)
+
+
+def collection_filter(ev, collection, filter):
+    if not callable(filter):
+        raise invalid("Collection.filter: filter must be a Filter.")
+    return Collection([i for i in _images(collection, "Collection.filter") if filter(i)])
+
+
+def collection_limit(ev, collection, limit=None, key=None, ascending=True):
+    images = list(_images(collection, "Collection.limit"))
+    if key is not None:
+        present = [i for i in images if i.properties.get(key) is not None]
+        missing = [i for i in images if i.properties.get(key) is None]
+        try:
+            present.sort(key=lambda i: i.properties[key], reverse=not ascending)
+        except TypeError:
+            raise invalid(f"Collection.limit: property {key!r} is not comparable.") from None
+        images = present + missing
+    return Collection(images if limit is None else images[: int(limit)])
+
+
+def collection_first(ev, collection):
+    images = _images(collection, "Collection.first")
+    if not images:
+        raise invalid("Collection.first: Empty collection.")
+    return images[0]
+
+
+def collection_map(ev, collection, baseAlgorithm, dropNulls=False):
+    results = [baseAlgorithm(i) for i in _images(collection, "Collection.map")]
+    return Collection([r for r in results if not (dropNulls and r is None)])
+
+
+def _reduce(reducer: str, suffix: bool = False) -> Callable[..., Image]:
+    return lambda ev, collection: image_ops.reduce_collection(
+        _images(collection, f"reduce.{reducer}"), reducer, suffix)
+
+
+def collection_reduce(ev, collection, reducer, parallelScale=None):
+    if not isinstance(reducer, Reducer):
+        raise invalid("ImageCollection.reduce: reducer must be a Reducer.")
+    return image_ops.reduce_collection(_images(collection, "ImageCollection.reduce"),
+                                       reducer.name, suffix=True)
+
+
+def to_bands(ev, collection):
+    return image_ops.to_bands(_images(collection, "ImageCollection.toBands"))
+
+
+# -- filters, dates, geometry --------------------------------------------
+def _comparison(test: Callable[[Any, Any], bool]) -> Callable[..., Filter]:
+    def make(ev, leftField=None, rightValue=None, rightField=None, leftValue=None):
+        def matches(image: Image) -> bool:
+            left = image.properties.get(leftField) if leftField is not None else leftValue
+            right = image.properties.get(rightField) if rightField is not None else rightValue
+            if left is None or right is None:
+                return False
+            try:
+                return bool(test(left, right))
+            except TypeError:
+                return False
+        return matches
+    return make
+
+
+def filter_date_range_contains(ev, leftField=None, rightValue=None, rightField=None,
+                               leftValue=None):
+    def matches(image: Image) -> bool:
+        date_range = image.properties.get(leftField) if leftField else leftValue
+        when = image.properties.get(rightField) if rightField else rightValue
+        if date_range is None or when is None:
+            return False
+        start, end = date_range
+        return start <= _time_ms(when) < end
+    return matches
+
+
+def filter_intersects(ev, leftField=None, rightValue=None, rightField=None, leftValue=None,
+                      maxError=None):
+    geometry = rightValue if leftField in (".all", ".geo") else leftValue
+    if geometry is None:
+        raise invalid("Filter.intersects: only filterBounds-style filters are supported.")
+    return lambda image: image.footprint_wgs84 is None or image.footprint_wgs84.intersects(geometry)
+
+
+def date(ev, value, timeZone=None):
+    return _time_ms(value)
+
+
+def date_range(ev, start, end=None, timeZone=None):
+    start_ms = _time_ms(start)
+    return start_ms, (_time_ms(end) if end is not None else start_ms + 1)
+
+
+def _geometry(kind: str) -> Callable[..., Any]:
+    def make(ev, coordinates, crs=None, geodesic=None, maxError=None, evenOdd=None):
+        geometry = {"type": kind, "coordinates": coordinates}
+        if crs and crs != "EPSG:4326":
+            geometry = transform_geom(crs, "EPSG:4326", geometry)
+        return shape(geometry)
+    return make
+
+
+def bbox(ev, west, south, east, north):
+    return shape({"type": "Polygon", "coordinates": [[
+        [west, south], [east, south], [east, north], [west, north], [west, south]]]})
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "Image.load": image_load,
+    "Image.select": image_select,
+    "Image.rename": image_rename,
+    "Image.mask": image_mask,
+    "Image.updateMask": image_update_mask,
+    "Image.unmask": image_unmask,
+    "Image.addBands": image_add_bands,
+    "Image.constant": image_constant,
+    "ImageCollection.load": collection_load,
+    "ImageCollection.fromImages": from_images,
+    "ImageCollection.mosaic": _reduce("mosaic"),
+    "ImageCollection.toBands": to_bands,
+    "ImageCollection.reduce": collection_reduce,
+    "Collection.filter": collection_filter,
+    "Collection.limit": collection_limit,
+    "Collection.first": collection_first,
+    "Collection.map": collection_map,
+    "Filter.lessThan": _comparison(lambda a, b: a < b),
+    "Filter.greaterThan": _comparison(lambda a, b: a > b),
+    "Filter.lessThanOrEquals": _comparison(lambda a, b: a <= b),
+    "Filter.greaterThanOrEquals": _comparison(lambda a, b: a >= b),
+    "Filter.equals": _comparison(lambda a, b: a == b),
+    "Filter.notEquals": _comparison(lambda a, b: a != b),
+    "Filter.not": lambda ev, filter: (lambda image: not filter(image)),
+    "Filter.and": lambda ev, filters: (lambda image: all(f(image) for f in filters)),
+    "Filter.or": lambda ev, filters: (lambda image: any(f(image) for f in filters)),
+    "Filter.dateRangeContains": filter_date_range_contains,
+    "Filter.intersects": filter_intersects,
+    "Date": date,
+    "DateRange": date_range,
+    "Feature": lambda ev, geometry=None, metadata=None: geometry,
+    "GeometryConstructors.BBox": bbox,
+    **{f"GeometryConstructors.{k}": _geometry(k) for k in (
+        "Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon")},
+    **{f"reduce.{r}": _reduce(r) for r in ("median", "mean", "min", "max")},
+    **{f"Reducer.{r}": (lambda ev, r=r, **_: Reducer(r)) for r in ("median", "mean", "min", "max")},
+    **{f"Image.{op}": _binary(op) for op in (
+        "gt", "lt", "gte", "lte", "eq", "neq", "add", "subtract", "multiply", "divide")},
+    **{f"Image.to{name}": _caster(dtype) for name, dtype in {
+        "Float": np.float32, "Double": np.float64, "Byte": np.uint8, "Uint8": np.uint8,
+        "Int8": np.int8, "Uint16": np.uint16, "Int16": np.int16, "Short": np.int16,
+        "Uint32": np.uint32, "Int32": np.int32, "Int": np.int32, "Int64": np.int64,
+        "Long": np.int64}.items()},
+}
+
+__all__ = ["Collection", "EmulatorError", "FUNCTIONS", "evaluate", "evaluate_image"]
