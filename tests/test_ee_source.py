@@ -196,3 +196,26 @@ def test_anonymous_credentials_need_a_loopback_url(tmp_path, capsys):
     cfg = ee_config(tmp_path, "https://earthengine-highvolume.googleapis.com")
     assert main(["plan", cfg]) == 2
     assert "anonymous is only allowed for a loopback url" in capsys.readouterr().err
+
+
+def test_permanent_errors_are_dead_lettered_and_the_rest_written(tmp_path, collection_files):
+    faults = EmulatorConfig(max_concurrent=6, fault_400=0.05, fault_429=0.05, fault_503=0.02, seed=3)
+    with EmulatorServer(catalog(collection_files), faults) as server:
+        cfg = ee_config(tmp_path, server.url, grid={"patch_size": 32},
+                        fetch={"max_concurrent_requests": 6, "max_attempts": 10}, output={"formats": ["npy"]})
+        assert main(["run", cfg]) == 1  # some patches failed: exit status 1 (max_failed_fraction 0)
+        injected_400 = server.stats()["errors_by_code"].get("400", 0)
+    out = str(tmp_path / "out")
+    rows = rows_of(out)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert injected_400 > 0 and len(failed) == injected_400
+    # a permanent error is not retried: at most the transient errors before it were
+    assert all("Injected permanent error 400" in r["reason"] and r["attempts"] >= 1 for r in failed)
+    with open(os.path.join(out, "failed.jsonl")) as f:
+        dead = [json.loads(line) for line in f]
+    assert sorted(d["patch_id"] for d in dead) == sorted(r["patch_id"] for r in failed)
+    assert all(d["stage"] == "fetch" and "PermanentError" in d["error_class"] for d in dead)
+    written = [r for r in rows if r["status"] == "written"]
+    assert len(written) + len(failed) == len(rows)
+    assert {p[:-4] for p in os.listdir(os.path.join(out, "npy")) if p.endswith(".npy")} == {
+        r["patch_id"] for r in written}

@@ -82,7 +82,17 @@ def initialize_earth_engine(url: str, project: Optional[str], credentials: str, 
             ee.Initialize(credentials=creds, url=url, project=project)
         ee.data.setMaxRetries(0)
         ee.data.setDeadline(int(timeout_s * 1000))
+        _widen_connection_pool(ee)
         _initialized_for = key
+
+
+def _widen_connection_pool(ee, connections: int = 128) -> None:
+    """Keep a connection per fetch thread: `requests` keeps 10 per host by default, so with
+    40 requests in flight 30 would open a new TLS connection each time."""
+    from requests.adapters import HTTPAdapter
+    session = ee.data._get_state().requests_session  # the session every ee call goes through
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=connections))
 
 
 def _initialize_offline(ee, creds, url: str, project: Optional[str]) -> None:

@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-s", type=float, default=0.0, help="sleep per pixel request, s")
     p.add_argument("--max-concurrent", type=int, default=0, help="in-flight limit (0 = none)")
     p.add_argument("--max-rps", type=float, default=0.0, help="requests/s limit (0 = none)")
-    for kind in ("429", "500", "503", "hang", "reset", "truncate"):
+    for kind in ("429", "400", "500", "503", "hang", "reset", "truncate"):
         p.add_argument(f"--fault-{kind}", type=float, default=0.0,
                        help=f"probability of an injected {kind} per pixel request")
     p.add_argument("--hang-s", type=float, default=30.0, help="duration of a hang fault, s")
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.simplefilter("ignore", NotGeoreferencedWarning)
     config = EmulatorConfig(
         latency_s=args.latency_s, max_concurrent=args.max_concurrent, max_rps=args.max_rps,
-        fault_429=args.fault_429, fault_500=args.fault_500, fault_503=args.fault_503,
+        fault_429=args.fault_429, fault_400=args.fault_400, fault_500=args.fault_500, fault_503=args.fault_503,
         fault_hang=args.fault_hang, fault_reset=args.fault_reset,
         fault_truncate=args.fault_truncate, hang_s=args.hang_s,
         retry_after_s=args.retry_after_s, seed=args.seed)

@@ -26,7 +26,7 @@ from . import expressions, pixels
 from .catalog import Catalog
 from .pixels import EmulatorError, invalid, not_found
 
-FAULT_KINDS = ("429", "500", "503", "hang", "reset", "truncate")
+FAULT_KINDS = ("429", "400", "500", "503", "hang", "reset", "truncate")
 _API_PATH = re.compile(r"^/(?:v1|v1alpha|v1beta)/projects/([^/]+)/(.+)$")
 
 
@@ -47,6 +47,7 @@ class EmulatorConfig:
     max_concurrent: int = 0
     max_rps: float = 0.0
     fault_429: float = 0.0
+    fault_400: float = 0.0  # a permanent error (INVALID_ARGUMENT), for dead-letter tests
     fault_500: float = 0.0
     fault_503: float = 0.0
     fault_hang: float = 0.0
@@ -330,6 +331,10 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = f"{cfg.retry_after_s:g}"
             release(429)
             self._send_error(429, "Too many requests (injected).", headers)
+            return
+        if fault == "400":
+            release(400)
+            self._send_error(400, "Injected permanent error 400.", status="INVALID_ARGUMENT")
             return
         if fault in ("500", "503"):
             release(int(fault))
