@@ -9,16 +9,11 @@ import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so plain `pytest tests/...` works without packaging
-    sys.path.insert(0, str(ROOT))
-
-from transforms.encode import (  # noqa: E402
+from transforms.encode import (
     band_feature_names,
     encode_example,
     feature_spec,
@@ -26,14 +21,16 @@ from transforms.encode import (  # noqa: E402
     patch_to_example,
     step_prefix,
 )
-from transforms.patch import Patch, PatchSpec  # noqa: E402
+from transforms.patch import Patch, PatchSpec
 
 tf = pytest.importorskip("tensorflow")  # installed in the dev venv, so these tests run
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 UTM_TRANSFORM = (300.0379266750948, 0.0, 101985.0, 0.0, -300.041782729805, 2826915.0)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tf_spec(spec: dict) -> dict:

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import random
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so plain `pytest tests/...` works without packaging
-    sys.path.insert(0, str(ROOT))
 
-from tests.fakes import FakeClock  # noqa: E402
-from transforms.request_runner import RequestRunner, RequestStats  # noqa: E402
-from transforms.retry import (  # noqa: E402
+from tests.fakes import FakeClock
+from transforms.request_runner import RequestRunner, RequestStats
+from transforms.retry import (
     FetchError,
     PermanentError,
     QuotaError,
     RetryPolicy,
     TransientError,
 )
-from transforms.throttle import AdaptiveThrottler, Throttler  # noqa: E402
+from transforms.throttle import AdaptiveThrottler, Throttler
 
 
 def make_runner(clock, *, rate=None, max_concurrent=4, adaptive=True, max_attempts=6, **kw):

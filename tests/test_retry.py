@@ -7,18 +7,13 @@ import json
 import pickle
 import random
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so plain `pytest tests/...` works without packaging
-    sys.path.insert(0, str(ROOT))
 
-from transforms.retry import (  # noqa: E402
+from transforms.retry import (
     FetchError,
     PermanentError,
     QuotaError,

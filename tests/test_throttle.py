@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so plain `pytest tests/...` works without packaging
-    sys.path.insert(0, str(ROOT))
 
-from tests.fakes import FakeClock  # noqa: E402
-from transforms.throttle import (  # noqa: E402
+from tests.fakes import FakeClock
+from transforms.throttle import (
     AdaptiveThrottler,
     RequestPacer,
     Throttler,
