@@ -90,7 +90,6 @@ class FetchDoFn(beam.DoFn):
     def __init__(self, source: PixelSource, info: SourceInfo, settings: FetchSettings):
         self.source, self.info, self.settings = source, info, settings
         self._shared = Shared()
-        self._counters = {}
 
     def setup(self):
         self.worker = self._shared.acquire(lambda: _WorkerFetcher(self.source, self.info, self.settings),

@@ -108,11 +108,13 @@ class RasterReader:
         self._lock = threading.Lock()
 
     def _dataset(self, uri: str):
+        """This thread's handle on `uri` and the file's band indexes, opened on first use."""
         handles = getattr(self._local, "handles", None)
         if handles is None:
             handles = self._local.handles = {}
         if uri not in handles:
-            ds = handles[uri] = rasterio.open(uri)
+            ds = rasterio.open(uri)
+            handles[uri] = (ds, band_indexes(ds, self.source.bands, uri))
             with self._lock:
                 self._all_handles.append(ds)
         return handles[uri]
@@ -121,8 +123,8 @@ class RasterReader:
         data = mask = None
         nbytes = 0
         for uri in self.source.uris:
-            ds = self._dataset(uri)
-            indexes = [band_indexes(ds, self.source.bands, uri)[b] for b in part.bands]
+            ds, file_indexes = self._dataset(uri)
+            indexes = [file_indexes[b] for b in part.bands]
             d, m = read_onto_grid(ds, indexes, spec, part, self.resampling)
             nbytes += d.nbytes
             if data is None:
