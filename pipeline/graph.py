@@ -33,7 +33,14 @@ def fetch_settings(job: Job, options: PipelineOptions) -> FetchSettings:
                                          worker_count(options))
     return FetchSettings(max_concurrent=concurrent, max_requests_per_second=rate,
                          max_attempts=fetch.max_attempts, timeout_s=fetch.timeout_s,
-                         threads=min(concurrent, MAX_THREADS_PER_WORKER))
+                         threads=fetch_threads(concurrent))
+
+
+def fetch_threads(max_concurrent: int) -> int:
+    """Fetch threads per worker: a quarter more than the concurrency cap (at least 2 more), so
+    a patch sleeping in retry backoff does not leave a request slot idle; the throttler still
+    holds requests in flight to `max_concurrent`."""
+    return min(max_concurrent + max(2, max_concurrent // 4), MAX_THREADS_PER_WORKER)
 
 
 def build_pipeline(job: Job, pipeline: beam.Pipeline) -> beam.Pipeline:

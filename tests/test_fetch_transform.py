@@ -89,7 +89,7 @@ def test_job_limits_are_divided_over_workers():
     dataflow = PipelineOptions(["--runner=DataflowRunner", "--max_num_workers=8"])
     assert worker_count(dataflow) == 8
     s = fetch_settings(FakeJob, dataflow)
-    assert (s.max_concurrent, s.max_requests_per_second, s.threads) == (5, 12.5, 5)
+    assert (s.max_concurrent, s.max_requests_per_second, s.threads) == (5, 12.5, 7)
     multi = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     assert worker_count(multi) == 2 and fetch_settings(FakeJob, multi).max_concurrent == 20
     assert worker_count(PipelineOptions([])) == 1

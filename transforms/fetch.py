@@ -9,7 +9,6 @@ holding a batch back). Request logic lives in `fetch_patch` and the request runn
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import threading
@@ -99,17 +98,24 @@ class FetchDoFn(beam.DoFn):
         self.latency = Metrics.distribution(METRICS_NAMESPACE, "request_latency_ms")
 
     def start_bundle(self):
-        self.pending: collections.deque = collections.deque()
+        self.pending: set[concurrent.futures.Future] = set()
 
     def process(self, spec: PatchSpec):
-        self.pending.append(self.worker.submit(spec))
-        while self.pending and (self.pending[0].done() or len(self.pending) >= self.settings.threads * 2):
-            yield self._output(self.pending.popleft().result())
+        self.pending.add(self.worker.submit(spec))
+        # Block only when 2x threads patches are pending (the pool stays busy meanwhile), and
+        # then only until *any* is done: waiting for the oldest would let one patch in retry
+        # backoff hold back every patch behind it and drain the pool.
+        if len(self.pending) >= self.settings.threads * 2:
+            concurrent.futures.wait(self.pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in [f for f in self.pending if f.done()]:  # in completion, not arrival, order
+            self.pending.discard(future)
+            yield self._output(future.result())
         self._report_metrics()
 
     def finish_bundle(self):
-        while self.pending:
-            yield self._output(self.pending.popleft().result(), windowed=True)
+        for future in concurrent.futures.as_completed(self.pending):
+            yield self._output(future.result(), windowed=True)
+        self.pending = set()
         self._report_metrics()
 
     def _output(self, result: Patch | FailedPatch, windowed: bool = False):
