@@ -37,7 +37,6 @@ import dataclasses
 import io
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -91,35 +90,26 @@ def try_fetch(grid: dict, errors: collections.Counter, lock: threading.Lock) -> 
 
 
 def run_ideal(grids: list, threads: int, errors, lock, max_attempts: int = 50) -> int:
-    """`threads` workers share one queue; a failed patch goes back on it at once."""
-    todo: queue.SimpleQueue = queue.SimpleQueue()
-    for i in range(len(grids)):
-        todo.put((i, 1))
-    state = {"unfinished": len(grids), "delivered": 0}
-
-    def worker():
-        while True:
-            try:
-                i, attempt = todo.get(timeout=0.05)
-            except queue.Empty:
-                with lock:
-                    if state["unfinished"] == 0:
-                        return
-                continue
-            ok = try_fetch(grids[i], errors, lock)
-            if not ok and attempt < max_attempts:
-                todo.put((i, attempt + 1))
-                continue
-            with lock:
-                state["unfinished"] -= 1
-                state["delivered"] += ok
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return state["delivered"]
+    """A pool of `threads` workers kept full; a failed patch is resubmitted at once. The main
+    thread owns the bookkeeping, so no failure (whatever it raises) can lose a patch silently."""
+    delivered = 0
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        pending = {pool.submit(try_fetch, grids[i], errors, lock): (i, 1) for i in range(len(grids))}
+        while pending:
+            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                i, attempt = pending.pop(future)
+                try:
+                    ok = future.result()
+                except BaseException as e:  # noqa: BLE001 - counted like any failed request
+                    with lock:
+                        errors[type(e).__name__] += 1
+                    ok = False
+                if ok:
+                    delivered += 1
+                elif attempt < max_attempts:
+                    pending[pool.submit(try_fetch, grids[i], errors, lock)] = (i, attempt + 1)
+    return delivered
 
 
 def run_client(kind: str, url: str, grids: list, threads: int, seconds: float) -> dict:
