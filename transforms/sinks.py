@@ -17,12 +17,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.encode import npy_bytes, patch_to_example
 from transforms.outcomes import filter_reason, filtered_row, failed_row, npy_relpath, written_row
-from transforms.patch import FailedPatch, Patch
+from transforms.patch import FAILED, FILTERED, FailedPatch, Patch
 
 TFRECORD_PREFIX = "tfrecord/patches"
 TFRECORD_SUFFIX = ".tfrecord.gz"
-FILTERED = "filtered"
-FAILED = "failed"
 
 
 def join(base: str, relpath: str) -> str:
