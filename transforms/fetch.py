@@ -22,13 +22,12 @@ from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.patch import FailedPatch, Patch, PatchSpec
+from transforms.patch import FAILED, FailedPatch, Patch, PatchSpec  # FAILED: also the dead-letter tag
 from transforms.request_runner import RequestRunner, RequestStats
 from transforms.retry import FetchError, RetryPolicy, classify_exception
 from transforms.sources import PixelReader, PixelSource, SourceInfo, assemble_patch, patch_parts
 from transforms.throttle import AdaptiveThrottler, Throttler
 
-FAILED = "failed"
 METRICS_NAMESPACE = "pixelbeam"
 
 
