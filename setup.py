@@ -11,11 +11,13 @@ CORE = [
     "pyyaml>=6.0",
     "pydantic>=2.6",
     "google-crc32c>=1.5",  # CRC32C for Beam's TFRecord sink
+    "pillow>=10",  # preview.png
+    "matplotlib>=3.8",  # footprints.png
 ]
 GCP = ["apache-beam[gcp]==2.77.*", "google-cloud-storage>=2.14"]
 EE = ["earthengine-api>=1.5"]
 TF = ["tensorflow-cpu>=2.16"]
-TEST = ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8"] + GCP + EE + TF
+TEST = ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0"] + GCP + EE + TF
 
 setup(
     name="pixelbeam",

@@ -347,6 +347,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-rps", type=float, default=0.0, help="emulator rate quota, requests/s (0 = off)")
     p.add_argument("--sequential-s", type=float, default=20.0, help="time budget of the sequential loop, s")
     p.add_argument("--quick", action="store_true", help="smoke run: L 0.5 s, C 10, 200 patches, 5 s loop")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one baseline client
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--grids", help=argparse.SUPPRESS)
@@ -377,6 +378,11 @@ def main(argv=None) -> int:
           f"{f'{args.max_rps:g}/s' if args.max_rps else 'off'} | quota C/L = {quota_rate:g} patches/s | "
           f"{os.cpu_count()} cores")
     print_table(rows, quota_rate)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "ee_throughput", "latency_s": args.latency, "concurrency": args.concurrency,
+                       "patches": args.patches, "faults": args.faults, "quota_rate": quota_rate,
+                       "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=2)
     return 0
 
 

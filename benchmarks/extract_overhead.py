@@ -7,12 +7,13 @@ For the demo config (and a finer grid of the same scene), times:
              and writing NPY + TFRecord + manifest (the full job).
 Prints seconds (median of --repeat runs) and the ratio pipeline / raw.
 
-    .venv/bin/python benchmarks/extract_overhead.py [--repeat 3]
+    .venv/bin/python benchmarks/extract_overhead.py [--repeat 3] [--quick] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -85,12 +86,21 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="64,16", help="patch sizes (px) to measure")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one repeat")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat = 1
+    results = []
     print(f"{'patches':>8} {'px':>4} {'raw s':>8} {'npy s':>8} {'full s':>8} {'npy/raw':>8} {'full/raw':>9}")
     for size in map(int, args.sizes.split(",")):
         r = measure(args.config, size, args.repeat)
+        results.append(r)
         print(f"{r['patches']:>8} {r['patch_px']:>4} {r['raw']:>8.3f} {r['pipeline_npy']:>8.3f} "
               f"{r['pipeline_full']:>8.3f} {r['pipeline_npy'] / r['raw']:>8.2f} {r['pipeline_full'] / r['raw']:>9.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "extract_overhead", "repeat": args.repeat, "results": results}, f, indent=2)
     return 0
 
 

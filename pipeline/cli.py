@@ -30,26 +30,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("config")
     run.add_argument("--max_failed_fraction", type=float, default=0.0,
                      help="exit 1 when more than this fraction of planned patches failed (default 0)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="fetch and write every patch again, replacing what the output folder holds")
     run.add_argument("-v", "--verbose", action="store_true")
+    retry = sub.add_parser("retry-failed", help="rerun the job of an output folder: fetches only what is not done")
+    retry.add_argument("output", help="an output folder written by pixelbeam run (its dataset.json has the config)")
+    retry.add_argument("--max_failed_fraction", type=float, default=0.0)
     for sub_parser in (run,):
         sub_parser.add_argument("--ee_emulator", metavar="URL",
                                 help="send Earth Engine requests to a local emulator at URL (anonymous credentials)")
     plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")
     plan.add_argument("config")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--footprints", metavar="FILE.geojson", help="also write the patch footprints (lon/lat GeoJSON)")
     plan.add_argument("--ee_emulator", metavar="URL", help="as for run")
     sub.add_parser("emulate", help="start a local Earth Engine REST emulator (see --help)", add_help=False)
+    sub.add_parser("preview", help="write preview.png and footprints.png of an output (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "emulate":
         from pipeline.ee_emulator.__main__ import main as emulate
         return emulate(list(rest))
+    if args.command == "preview":
+        from pipeline.preview import main as preview
+        return preview(list(rest))
     if args.command == "plan" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config)
-        if args.ee_emulator:
+        config = load_output_config(args.output) if args.command == "retry-failed" else load_config(args.config)
+        if getattr(args, "ee_emulator", None):
             config = use_emulator(config, args.ee_emulator)
         from pipeline.plan import prepare_job
         job = prepare_job(config)
@@ -57,8 +67,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
     if args.command == "plan":
+        if args.footprints:
+            from pipeline.footprints import write_footprints
+            write_footprints(job, args.footprints)
         return print_plan(job, as_json=args.json)
-    return run_job(job, rest, args.max_failed_fraction)
+    try:
+        return run_job(job, rest, args.max_failed_fraction, overwrite=getattr(args, "overwrite", False))
+    except ConfigError as e:
+        print(f"pixelbeam: error: {e}", file=sys.stderr)
+        return 2
+
+
+def load_output_config(output_path: str):
+    """The config recorded in an output folder's dataset.json (paths already absolute)."""
+    from pipeline.config import parse_config
+    from pipeline.resume import STATE_FILE, read_json
+    from transforms.sinks import join
+    state = read_json(join(output_path, STATE_FILE))
+    if not state or "config" not in state:
+        raise ConfigError(f"{output_path}: no dataset.json with a config; give an output folder of a finished run")
+    return parse_config(state["config"], name=f"{output_path}/dataset.json")
 
 
 def use_emulator(config, url: str):
@@ -92,20 +120,33 @@ def pipeline_options(beam_args: Sequence[str]):
     return options
 
 
-def run_job(job, beam_args: Sequence[str], max_failed_fraction: float) -> int:
+def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite: bool = False) -> int:
+    """Runs the job, resuming what an earlier run of the same config left undone."""
     import apache_beam as beam
+    from pipeline import resume
     from pipeline.graph import build_pipeline
     from pipeline.summary import summarize, write_dataset_json
 
+    out = job.config.output.path
     options = pipeline_options(beam_args)
+    fingerprint = resume.check_fingerprint(job.config, out, overwrite)
+    state = resume.plan_resume(job.specs, job.config, resume.new_run_id(), overwrite)
+    if not state.to_fetch:
+        print(f"nothing to do: all {len(job.specs)} planned patches are done in {out} (--overwrite redoes them)")
+        return 0
     started = time.monotonic()
-    pipeline = build_pipeline(job, beam.Pipeline(options=options))
+    resume.clean_leftovers(out, state.completed_runs, overwrite)
+    resume.mark_running(out, state.run_id, fingerprint)
+    pipeline = build_pipeline(job, beam.Pipeline(options=options), state)
     result = pipeline.run()
     result.wait_until_finish()
-    write_dataset_json(job)
-    summary = summarize(job, result, time.monotonic() - started)
+    write_dataset_json(job, fingerprint, state.completed_runs + [state.run_id])
+    resume.clear_running(out)
+    summary = summarize(job, result, time.monotonic() - started, carried=len(state.carried_rows))
     for line in summary.lines():
         print(line)
+    from pipeline.preview import try_write_previews
+    try_write_previews(out)  # preview.png + footprints.png; a failure only warns
     failed = summary.counts.get("failed", 0)
     if not summary.complete:
         return 1

@@ -14,8 +14,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from transforms.resampling import ee_resampling, raster_resampling
+
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
-FORMATS = ("tfrecord", "npy")
+FORMATS = ("tfrecord", "npy", "geotiff", "png", "jpeg")
 REMOTE = re.compile(r"^(/vsi|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 
 
@@ -46,6 +48,12 @@ class RasterSourceConfig(Strict):
             raise ValueError("give a raster path or URL, or a non-empty list of them")
         return v
 
+    @field_validator("resampling")
+    @classmethod
+    def _gdal_resampling(cls, v):
+        raster_resampling(v)
+        return v
+
 
 class EarthEngineFilter(Strict):
     """A metadata filter on a collection: `property op value`, op one of eq, neq, lt, lte, gt, gte."""
@@ -70,6 +78,13 @@ class EarthEngineSourceConfig(Strict):
     project: Optional[str] = None
     url: str = HIGH_VOLUME_URL
     credentials: str = "default"
+    resampling: str = "nearest"  # nearest (EE's default) | bilinear | cubic (EE's bicubic)
+
+    @field_validator("resampling")
+    @classmethod
+    def _ee_resampling(cls, v):
+        ee_resampling(v)
+        return v
 
     @model_validator(mode="after")
     def _one_image(self):
@@ -122,13 +137,32 @@ class GridConfig(Strict):
         return (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else tuple(self.patch_size)
 
 
+class VisualizationConfig(Strict):
+    """Earth Engine's visualization parameters for png/jpeg (see transforms/visualize.py);
+    band names and per-band lengths are checked against the source when the job is planned."""
+
+    bands: Optional[list[str]] = None
+    min: Optional[Union[float, list[float]]] = None
+    max: Optional[Union[float, list[float]]] = None
+    gamma: Optional[Union[float, list[float]]] = None
+    palette: Optional[list[str]] = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        from transforms.visualize import check_vis_config
+        check_vis_config(self)
+        return self
+
+
 class OutputConfig(Strict):
     """Where and how patches are written; `max_masked_ratio` filters mostly masked patches."""
 
     path: str
-    formats: list[Literal["tfrecord", "npy"]] = ["tfrecord", "npy"]
+    formats: list[Literal["tfrecord", "npy", "geotiff", "png", "jpeg"]] = ["tfrecord", "npy"]
     max_masked_ratio: float = Field(1.0, ge=0.0, le=1.0)
     tfrecord_shards: int = Field(0, ge=0)
+    bands_axis: Literal[0, -1] = 0  # NPY layout: 0 (C, H, W) or -1 (H, W, C)
+    visualization: Optional[VisualizationConfig] = None  # for png / jpeg
 
     @field_validator("formats")
     @classmethod
@@ -136,6 +170,12 @@ class OutputConfig(Strict):
         if not v:
             raise ValueError(f"give at least one of {', '.join(FORMATS)}")
         return v
+
+    @model_validator(mode="after")
+    def _visualization_for_pictures(self):
+        if self.visualization is not None and not {"png", "jpeg"} & set(self.formats):
+            raise ValueError("visualization applies to png and jpeg; add one to output.formats or remove it")
+        return self
 
 
 class FetchConfig(Strict):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions, DirectOptions
 
+from pipeline.outputs import patch_file_options
 from pipeline.plan import Job
+from pipeline.resume import ResumeState
 from transforms.fetch import FAILED, FetchPatches, FetchSettings
 from transforms.sinks import FILTERED, JudgePatches, WritePatches, WriteReports
 from transforms.throttle import per_worker_limits
@@ -43,16 +47,19 @@ def fetch_threads(max_concurrent: int) -> int:
     return min(max_concurrent + max(2, max_concurrent // 4), MAX_THREADS_PER_WORKER)
 
 
-def build_pipeline(job: Job, pipeline: beam.Pipeline) -> beam.Pipeline:
-    """Adds every step of the job to `pipeline` and returns it."""
+def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None) -> beam.Pipeline:
+    """Adds every step of the job to `pipeline` and returns it. With `resume`, only its
+    `to_fetch` patches are fetched and the rows of the done ones are carried over."""
     out = job.config.output
-    specs = pipeline | "TilePatches" >> TilePatches(job.specs)
+    resume = resume or ResumeState(run_id="", completed_runs=[], carried_rows=[], to_fetch=job.specs)
+    specs = pipeline | "TilePatches" >> TilePatches(resume.to_fetch)
     fetched = specs | "FetchPatches" >> FetchPatches(job.source, job.info, fetch_settings(job, pipeline.options))
     judged = fetched.patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio)).with_outputs(
         FILTERED, main="keep")
     written_rows, write_failures = judged.keep | "WritePatches" >> WritePatches(
-        out.path, tuple(out.formats), out.tfrecord_shards)
+        out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, in_tfrecord=resume.in_tfrecord,
+        file_options=patch_file_options(out, job.info))
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()
-    _ = (rows, failures) | "WriteReports" >> WriteReports(out.path)
+    _ = (rows, failures) | "WriteReports" >> WriteReports(out.path, resume.run_id, tuple(resume.carried_rows))
     return pipeline

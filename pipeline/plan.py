@@ -15,6 +15,7 @@ import pyproj
 import shapely
 
 from pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
+from pipeline.outputs import check_outputs
 from transforms.grid import GridSpec, plan_patches
 from transforms.patch import PatchSpec
 from transforms.regions import Region, RegionError, load_regions
@@ -126,6 +127,7 @@ def prepare_job(config: Config, specs_limit: Optional[int] = None) -> Job:
         raise ConfigError(str(e)) from None
     grid = resolve_grid(config.grid, info)
     check_regions_inside(regions, info)
+    check_outputs(config.output, info)  # visualization bands against the source's
     specs = plan_patches(regions, grid)
     if not specs:
         raise ConfigError(f"grid: the regions yield no patch (min_coverage {grid.min_coverage}); lower grid.min_coverage")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Optional
+from typing import Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.plan import Job
 from transforms.encode import feature_spec
+from transforms.outputs import npy_shape
 from transforms.patch import FAILED, FILTERED, WRITTEN
 from transforms.sinks import join, write_atomically
 
@@ -22,6 +23,7 @@ class RunSummary:
     elapsed_s: float
     metrics: dict
     duplicates: int = 0
+    carried: int = 0  # patches done by earlier runs and not fetched again
 
     @property
     def accounted(self) -> int:
@@ -34,9 +36,12 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         c = self.counts
-        rate = c.get(WRITTEN, 0) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        fetched = self.accounted - self.carried
+        rate = fetched / self.elapsed_s if self.elapsed_s > 0 else 0.0
         out = [f"planned {self.planned} | written {c.get(WRITTEN, 0)} | filtered {c.get(FILTERED, 0)} | "
                f"failed {c.get(FAILED, 0)} | {self.elapsed_s:.1f} s | {rate:.1f} patches/s"]
+        if self.carried:
+            out.append(f"resumed: {self.carried} patches done by earlier runs, {fetched} fetched in this run")
         m = self.metrics
         if m:
             retries = sum(v for k, v in m.items() if k.startswith("retries_"))
@@ -76,32 +81,35 @@ def beam_metrics(result) -> dict:
     return dict(totals)
 
 
-def dataset_description(job: Job) -> dict:
-    """dataset.json: bands, dtype, shapes, the TFRecord feature spec and the config used."""
+def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = ()) -> dict:
+    """dataset.json: bands, dtype, shapes, the TFRecord feature spec, the config used, its
+    fingerprint and the completed runs whose TFRecord shards hold the written patches."""
     s = job.specs[0]
     return {
+        "fingerprint": fingerprint,
+        "runs": list(runs),
         "bands": list(job.info.band_names),
         "dtype": job.info.dtype,
-        "npy_shape": [len(job.info.band_names), s.fetch_height, s.fetch_width],
-        "bands_axis": 0,
+        "npy_shape": npy_shape(len(job.info.band_names), s.fetch_height, s.fetch_width, job.config.output.bands_axis),
+        "bands_axis": job.config.output.bands_axis,
         "patch_size": [s.width, s.height],
         "margin": s.margin,
         "patches_planned": len(job.specs),
         "crs": sorted({sp.crs for sp in job.specs}),
         "tfrecord": {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
+                     "shards_of_run": "tfrecord/patches-<run>-*.tfrecord.gz, for each run in runs",
                      "features": feature_spec(job.info.band_names, s.fetch_height, s.fetch_width)},
         "config": job.config.model_dump(mode="json"),
     }
 
 
-def write_dataset_json(job: Job) -> str:
+def write_dataset_json(job: Job, fingerprint: str = "", runs: Sequence[str] = ()) -> str:
     path = join(job.config.output.path, "dataset.json")
-    write_atomically(path, json.dumps(dataset_description(job), indent=2).encode("utf-8"))
+    write_atomically(path, json.dumps(dataset_description(job, fingerprint, runs), indent=2).encode("utf-8"))
     return path
 
 
-def summarize(job: Job, result, elapsed_s: float, rows: Optional[list[dict]] = None) -> RunSummary:
-    rows = read_manifest(job.config.output.path) if rows is None else rows
-    counts, duplicates = count_outcomes(rows)
+def summarize(job: Job, result, elapsed_s: float, carried: int = 0) -> RunSummary:
+    counts, duplicates = count_outcomes(read_manifest(job.config.output.path))
     return RunSummary(planned=len(job.specs), counts=counts, elapsed_s=elapsed_s,
-                      metrics=beam_metrics(result), duplicates=duplicates)
+                      metrics=beam_metrics(result), duplicates=duplicates, carried=carried)

@@ -219,3 +219,13 @@ def test_permanent_errors_are_dead_lettered_and_the_rest_written(tmp_path, colle
     assert len(written) + len(failed) == len(rows)
     assert {p[:-4] for p in os.listdir(os.path.join(out, "npy")) if p.endswith(".npy")} == {
         r["patch_id"] for r in written}
+
+
+def test_a_patch_that_can_never_fit_is_a_plan_error(tmp_path, emulator, capsys):
+    # one 200,000 px patch of 3 uint8 bands needs ~5,500 requests of <= 48 MiB: a config error
+    cfg = ee_config(tmp_path, emulator.url, grid={"patch_size": 200000})
+    before = emulator.stats()["requests_received"]
+    assert main(["plan", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "grid.patch_size:" in err and "use a smaller patch_size or fewer bands" in err and err.count("\n") == 1
+    assert emulator.stats()["requests_received"] - before == 1  # the band-type probe only

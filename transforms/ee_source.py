@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from transforms.patch import PatchSpec
+from transforms.resampling import ee_resampling
 from transforms.retry import PermanentError
 from transforms.sizing import EE_MAX_BANDS, EE_MAX_BYTES, RequestLimits, RequestPart
 from transforms.sources import PartResult, SourceError, SourceInfo
@@ -123,28 +124,38 @@ class EarthEngineSource:
     url: str = "https://earthengine-highvolume.googleapis.com"
     credentials: str = "default"
     timeout_s: float = 120.0
+    resampling: Optional[str] = None  # ee.Image.resample mode: None (nearest), bilinear, bicubic
 
     @property
     def uses_get_pixels(self) -> bool:
-        return bool(self.asset) and self.mask == "none"
+        return bool(self.asset) and self.mask == "none" and not self.resampling
 
     def image(self):
         """The ee.Image to request (data bands only). Needs an initialized client."""
         import ee
         if self.asset:
             img = ee.Image(self.asset)
+            img = img.resample(self.resampling) if self.resampling else img
         else:
             coll = ee.ImageCollection(self.collection)
             if self.start or self.end:
                 coll = coll.filterDate(self.start or "1970-01-01", self.end or "2100-01-01")
             for prop, op, value in self.filters:
                 coll = coll.filter(getattr(ee.Filter, FILTER_OPS[op])(prop, value))
+            if self.resampling:  # resample each image: a composite has no native projection to interpolate in
+                coll = coll.map(lambda i, mode=self.resampling: ee.Image(i).resample(mode))
             img = getattr(coll, self.composite)()
         return img.select(list(self.bands)) if self.bands else img
 
     def describe(self) -> SourceInfo:
         """Band names and dtypes, learnt from a 1x1 px request (Earth Engine's NPY header)."""
-        initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
+        try:
+            initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
+        except SourceError:
+            raise
+        except Exception as e:  # e.g. a token that cannot be refreshed, an unreachable url
+            raise SourceError(f"source: cannot initialize Earth Engine at {self.url} ({type(e).__name__}: "
+                              f"{_first_line(e)}); check url, project and credentials") from None
         reader = EarthEngineReader(self, None)
         probe = PatchSpec("probe", "probe", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1)
         try:
@@ -235,10 +246,15 @@ class EarthEngineReader:
         pass
 
 
+def _first_line(e: Exception, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else "")[:limit]
+
+
 def earthengine_source(cfg, timeout_s: float) -> EarthEngineSource:
     """An EarthEngineSource from the validated `source:` config section."""
     return EarthEngineSource(
         asset=cfg.asset, collection=cfg.collection, start=cfg.start, end=cfg.end,
         filters=tuple((f.property, f.op, f.value) for f in cfg.filters), composite=cfg.composite,
         bands=tuple(cfg.bands), mask=cfg.mask or "source", project=cfg.project, url=cfg.url,
-        credentials=cfg.credentials, timeout_s=timeout_s)
+        credentials=cfg.credentials, timeout_s=timeout_s, resampling=ee_resampling(cfg.resampling))

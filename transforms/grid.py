@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyproj
 import shapely
+import shapely.affinity
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 
@@ -84,7 +85,7 @@ def region_crs(grid: GridSpec, region: Region) -> str:
     if grid.crs.lower() != "utm":
         return grid.crs
     c = region.geometry.centroid
-    return utm_crs_for(c.x, c.y)
+    return utm_crs_for((c.x + 180.0) % 360.0 - 180.0, c.y)  # an unwrapped antimeridian region may reach 360
 
 
 @functools.lru_cache(maxsize=64)
@@ -99,8 +100,23 @@ def _transformer(src: str, dst: str) -> pyproj.Transformer:
 
 
 def project_lonlat(geometry, crs: str):
-    """A lon/lat geometry in `crs`, densified first so its edges bend as they should."""
-    if _epsg_code(crs) == 4326:
+    """A lon/lat geometry in `crs`, densified first so its edges bend as they should.
+
+    A region unwrapped across the antimeridian (longitudes past 180) is also projected cut at
+    180 degrees into two parts; of the two results the smaller is right: a zone-local CRS such
+    as UTM is continuous across the cut, a world CRS (Web Mercator) puts the parts at both ends.
+    """
+    whole = _project(geometry, crs)
+    if geometry.bounds[2] <= 180:
+        return whole
+    west = shapely.intersection(geometry, shapely.box(-180, -90, 180, 90))
+    east = shapely.affinity.translate(shapely.intersection(geometry, shapely.box(180, -90, 540, 90)), xoff=-360)
+    cut = shapely.union(_project(west, crs), _project(east, crs))
+    return cut if not whole.is_valid or shapely.area(cut) < shapely.area(whole) else whole
+
+
+def _project(geometry, crs: str):
+    if geometry.is_empty or _epsg_code(crs) == 4326:
         return geometry
     dense = shapely.segmentize(geometry, DENSIFY_DEGREES) if geometry.geom_type not in ("Point", "MultiPoint") else geometry
     t = _transformer("EPSG:4326", crs)

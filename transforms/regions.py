@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import shapely
 from shapely.geometry import box, shape
 from shapely.validation import explain_validity, make_valid
@@ -50,7 +51,7 @@ def load_regions(regions: str | Sequence[float], where: str = "regions") -> list
         with open(regions, encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RegionError(f"{where}: {regions!r} is not readable GeoJSON ({e}); fix the file") from None
+        raise RegionError(f"{where}: {regions!r} is not readable GeoJSON ({one_line(e)}); fix the file") from None
     return regions_from_geojson(doc, where=f"{where} ({os.path.basename(regions)})")
 
 
@@ -87,12 +88,13 @@ def _region_from_feature(feature: Any, index: int, where: str) -> Region:
     try:
         geom = shape(geom_doc)
     except Exception as e:  # shapely raises several types for malformed coordinates
-        raise RegionError(f"{label}: malformed geometry ({e}); fix its coordinates") from None
+        raise RegionError(f"{label}: malformed geometry ({one_line(e)}); fix its coordinates") from None
     if geom.geom_type not in AREAL + PUNCTUAL:
         raise RegionError(f"{label}: geometry type {geom.geom_type} is not supported; use polygons or points")
     if geom.is_empty:
         raise RegionError(f"{label}: geometry is empty; remove the feature or give coordinates")
     _check_lonlat(geom, label)
+    geom = unwrap_antimeridian(geom)
     if not geom.is_valid:
         reason = explain_validity(geom)
         geom = _polygonal_part(make_valid(geom))
@@ -108,6 +110,26 @@ def _polygonal_part(geom):
         return geom
     parts = [g for g in getattr(geom, "geoms", []) if g.geom_type in AREAL]
     return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
+def one_line(e: Exception) -> str:
+    """An exception's text folded to one line."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def unwrap_antimeridian(geom):
+    """A polygon whose edges jump more than 180 degrees of longitude crosses the antimeridian
+    (RFC 7946 asks for such polygons to be cut, but many files are not): shift its western
+    longitudes by +360 so it is one contiguous shape (longitudes up to 360; pyproj wraps them)."""
+    if geom.geom_type not in AREAL:
+        return geom
+    polygons = getattr(geom, "geoms", [geom])
+    rings = [p.exterior for p in polygons] + [r for p in polygons for r in p.interiors]
+    jumps = [np.abs(np.diff(np.asarray(r.coords)[:, 0])).max() for r in rings if len(r.coords) > 1]
+    if not jumps or max(jumps) <= 180:
+        return geom
+    return shapely.transform(geom, lambda xy: np.column_stack([np.where(xy[:, 0] < 0, xy[:, 0] + 360, xy[:, 0]),
+                                                              xy[:, 1]]))
 
 
 def _check_lonlat(geom, label: str) -> None:

@@ -1,7 +1,7 @@
 """Sinks: NPY files, TFRecord shards, manifest and dead letters, through Beam's filesystems
 (so a local folder and gs://bucket/prefix work alike).
 
-NPY files are written atomically (a temporary name, then a rename); TFRecord shards, the
+Per-patch files (NPY, GeoTIFF, PNG, JPEG) are written atomically (a temporary name, then a rename); TFRecord shards, the
 manifest and the dead letters use Beam's file sinks, which finalize by renaming whole files.
 """
 
@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.encode import npy_bytes, patch_to_example
+from transforms.encode import patch_to_example
+from transforms.outputs import PatchFileOptions, encode_patch_files, per_patch_formats
 from transforms.outcomes import filter_reason, filtered_row, failed_row, npy_relpath, written_row
 from transforms.patch import FAILED, FILTERED, FailedPatch, Patch
 
@@ -59,20 +61,24 @@ class JudgePatches(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FILTERED, filtered_row(patch, reason))
 
 
-class WriteNpyFiles(beam.DoFn):
-    """Writes `npy/<patch_id>.npy` per patch; main output the patch's manifest row, FAILED
-    the FailedPatch of a write that raised."""
+class WritePatchFiles(beam.DoFn):
+    """Writes each per-patch file (NPY, GeoTIFF, PNG, JPEG; see transforms/outputs.py)
+    atomically; main output the patch's manifest row listing them and then `shared` (e.g. the
+    TFRecord shards), FAILED the FailedPatch of an encoding or write that raised."""
 
-    def __init__(self, output_path: str, files: tuple[str, ...]):
-        self.output_path, self.files = output_path, files
+    def __init__(self, output_path: str, options: PatchFileOptions, shared: tuple[str, ...] = ()):
+        self.output_path, self.options, self.shared = output_path, options, shared
 
     def process(self, patch: Patch):
+        files = []
         try:
-            write_atomically(join(self.output_path, npy_relpath(patch.spec.patch_id)), npy_bytes(patch.data))
+            for relpath, data in encode_patch_files(patch, self.options):
+                write_atomically(join(self.output_path, relpath), data)
+                files.append(relpath)
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
             yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
             return
-        yield written_row(patch, patch_files(self.files, patch.spec.patch_id))
+        yield written_row(patch, files + patch_files(self.shared, patch.spec.patch_id))
 
 
 @dataclasses.dataclass
@@ -82,25 +88,29 @@ class WritePatches(beam.PTransform):
     output_path: str
     formats: tuple[str, ...]
     tfrecord_shards: int = 0
+    run_id: str = ""  # each run writes its own shards: patches-<run_id>-SSSSS-of-NNNNN
+    in_tfrecord: frozenset = frozenset()  # patch ids an earlier run's shards already hold
+    file_options: Optional[PatchFileOptions] = None  # per-patch files; default: NPY (C, H, W) if in formats
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, patches):
         pipeline = patches.pipeline
-        files = []
-        if "npy" in self.formats:
-            files.append("npy/{patch_id}.npy")
+        files = []  # shared by many patches
         if "tfrecord" in self.formats:
-            files.append(f"{TFRECORD_PREFIX}-*{TFRECORD_SUFFIX}")
+            prefix = f"{TFRECORD_PREFIX}-{self.run_id}" if self.run_id else TFRECORD_PREFIX
+            files.append(f"{prefix}-*{TFRECORD_SUFFIX}")
             _ = (patches
+                 | "NotYetInTFRecord" >> beam.Filter(lambda p, done=self.in_tfrecord: p.spec.patch_id not in done)
                  | "EncodeExamples" >> beam.Map(patch_to_example)
                  | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-                     join(self.output_path, TFRECORD_PREFIX), file_name_suffix=TFRECORD_SUFFIX,
+                     join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
                      compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
-        if "npy" in self.formats:
-            written = patches | "WriteNpy" >> beam.ParDo(WriteNpyFiles(self.output_path, tuple(files))).with_outputs(
-                FAILED, main="rows")
+        options = self.file_options or PatchFileOptions(formats=per_patch_formats(self.formats))
+        if options.formats:
+            written = patches | "WritePatchFiles" >> beam.ParDo(
+                WritePatchFiles(self.output_path, options, tuple(files))).with_outputs(FAILED, main="rows")
             return written.rows, written[FAILED]
         rows = patches | "ManifestRows" >> beam.Map(lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id)))
         return rows, pipeline | "NoWriteFailures" >> beam.Create([])
@@ -111,6 +121,8 @@ class WriteReports(beam.PTransform):
     """Manifest rows and FailedPatches -> `manifest.jsonl` and `failed.jsonl` (one file each)."""
 
     output_path: str
+    run_id: str = ""
+    carried_rows: tuple = ()  # rows of patches done by earlier runs, kept as they were
 
     def __post_init__(self):
         super().__init__()
@@ -118,7 +130,10 @@ class WriteReports(beam.PTransform):
     def expand(self, inputs):
         rows, failed = inputs
         failed_rows = failed | "FailedRows" >> beam.Map(failed_row)
-        all_rows = (rows, failed_rows) | "AllRows" >> beam.Flatten()
+        new_rows = ((rows, failed_rows) | "NewRows" >> beam.Flatten()
+                    | "StampRunId" >> beam.Map(lambda row, run=self.run_id: {**row, "run_id": run}))
+        carried = rows.pipeline | "CarriedRows" >> beam.Create(list(self.carried_rows))
+        all_rows = (new_rows, carried) | "AllRows" >> beam.Flatten()
         _ = (all_rows
              | "ManifestJson" >> beam.Map(to_json_line)
              | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),

@@ -162,6 +162,10 @@ def image_rename(ev, input, names):
     return image_ops.rename(_image(input, "Image.rename"), names)
 
 
+def image_resample(ev, image, mode="bilinear"):
+    return image_ops.resample(_image(image, "Image.resample"), mode)
+
+
 def image_mask(ev, image, mask=None):
     image = _image(image, "Image.mask")
     if mask is None:
@@ -325,6 +329,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "Image.select": image_select,
     "Image.rename": image_rename,
     "Image.mask": image_mask,
+    "Image.resample": image_resample,
     "Image.updateMask": image_update_mask,
     "Image.unmask": image_unmask,
     "Image.addBands": image_add_bands,

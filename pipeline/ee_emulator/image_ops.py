@@ -87,6 +87,19 @@ def _pair(image1: Image, image2: Image, what: str) -> list[tuple[Band, Band, str
                   f"Got {n1} and {n2}.")
 
 
+def resample(image: Image, mode: str = "bilinear") -> Image:
+    """``Image.resample``: bands of an asset interpolated bilinearly or bicubically (GDAL's
+    cubic) when warped to a request grid; other bands have no native projection (EE's docs:
+    resample the images, not their composite), which the emulator refuses."""
+    if mode not in ("bilinear", "bicubic"):
+        raise invalid(f"Image.resample: mode must be 'bilinear' or 'bicubic', got {mode!r}.")
+    computed = [b.name for b in image.bands if b.resampled is None]
+    if computed:
+        raise invalid(f"Image.resample: band {computed[0]!r} is computed, not read from an asset; "
+                      "resample the images before compositing them.")
+    return _with_bands(image, [b.resampled(mode) for b in image.bands])
+
+
 def mask_of(image: Image) -> Image:
     """``image.mask()``: each band's validity as uint8 0/1, itself valid everywhere."""
     def to_mask(p: BandPixels) -> BandPixels:

@@ -96,9 +96,11 @@ class BandPixels:
 class Band:
     """A named, typed band whose pixels are computed on demand (memoized per grid)."""
 
-    def __init__(self, name: str, dtype: np.dtype, compute: Callable[[Grid], BandPixels]):
+    def __init__(self, name: str, dtype: np.dtype, compute: Callable[[Grid], BandPixels],
+                 resampled: Callable[[str], "Band"] | None = None):
         self.name, self.dtype = name, np.dtype(dtype)
         self._compute, self._cache = compute, {}
+        self.resampled = resampled  # mode -> this band interpolated (asset bands only), for Image.resample
 
     def pixels(self, grid: Grid) -> BandPixels:
         """Computes once per grid (an expression is evaluated per request, single-threaded)."""
@@ -107,7 +109,8 @@ class Band:
         return self._cache[id(grid)][1]
 
     def renamed(self, name: str) -> "Band":
-        return Band(name, self.dtype, self.pixels)
+        resampled = (lambda mode: self.resampled(mode).renamed(name)) if self.resampled else None
+        return Band(name, self.dtype, self.pixels, resampled)
 
 
 @dataclasses.dataclass
@@ -140,12 +143,18 @@ def _open(path: str) -> rasterio.DatasetReader:
     return cache[path]
 
 
-def _warp_band(asset: CatalogImage, band_index: int, grid: Grid) -> BandPixels:
+RESAMPLE_MODES = {"bilinear": Resampling.bilinear, "bicubic": Resampling.cubic}
+
+
+def _warp_band(asset: CatalogImage, band_index: int, grid: Grid, mode: str | None = None) -> BandPixels:
     """Nearest-neighbour warp of one band (1-based) and its GDAL mask onto ``grid``.
 
     Reads only the source window covering the grid (plus a margin). The mask is
     warped as codes (0 outside the raster, 1 masked, 2 valid) with the same
     geometry as the data, so data, mask and footprint agree pixel for pixel.
+    With ``mode`` (``Image.resample``: bilinear or bicubic) the data are interpolated
+    by GDAL from valid source pixels only (masked ones are its nodata) and the mask
+    stays nearest-neighbour.
     """
     dtype = asset.band_dtypes[band_index - 1]
     data = np.zeros((grid.height, grid.width), dtype)
@@ -155,29 +164,38 @@ def _warp_band(asset: CatalogImage, band_index: int, grid: Grid) -> BandPixels:
         left, bottom, right, top = transform_bounds(grid.crs, ds.crs, *grid.bounds, densify_pts=21)
     except Exception:  # grid not representable in the source CRS
         return BandPixels(data, codes.astype(bool), codes.astype(bool))
-    window = _source_window(ds, (left, bottom, right, top))
+    window = _source_window(ds, (left, bottom, right, top), grid if mode is not None else None)
     if window is None:
         return BandPixels(data, codes.astype(bool), codes.astype(bool))
     src = ds.read(band_index, window=window)
     src_codes = np.where(ds.read_masks(band_index, window=window) > 0, 2, 1).astype(np.uint8)
     src_transform = ds.window_transform(window)
     for source, destination in ((src, data), (src_codes, codes)):
+        interpolate = mode is not None and source is src
         reproject(source, destination, src_transform=src_transform, src_crs=ds.crs,
-                  src_nodata=None, dst_transform=grid.transform, dst_crs=grid.crs,
-                  dst_nodata=None, resampling=Resampling.nearest)
+                  src_nodata=ds.nodata if interpolate else None, dst_transform=grid.transform,
+                  dst_crs=grid.crs, dst_nodata=ds.nodata if interpolate else None,
+                  resampling=RESAMPLE_MODES[mode] if interpolate else Resampling.nearest)
     valid = codes == 2
     data[~valid] = 0
     return BandPixels(data, valid, codes > 0)
 
 
-def _source_window(ds: rasterio.DatasetReader, bounds: tuple[float, ...]) -> Window | None:
-    """Integer source window covering ``bounds`` plus 2 px, clipped; None if disjoint."""
+def _source_window(ds: rasterio.DatasetReader, bounds: tuple[float, ...],
+                   kernel_grid: Grid | None = None) -> Window | None:
+    """Integer source window covering ``bounds`` plus 2 px, clipped; None if disjoint. For an
+    interpolating kernel on ``kernel_grid`` the margin is wider (GDAL widens a kernel of radius
+    2 by the downsampling ratio), so that edges match a warp of the whole file."""
     if not all(np.isfinite(bounds)):
         return Window(0, 0, ds.width, ds.height)
     w = from_bounds(*bounds, transform=ds.transform)
-    col0, row0 = max(int(np.floor(w.col_off)) - 2, 0), max(int(np.floor(w.row_off)) - 2, 0)
-    col1 = min(int(np.ceil(w.col_off + w.width)) + 2, ds.width)
-    row1 = min(int(np.ceil(w.row_off + w.height)) + 2, ds.height)
+    pad = 2
+    if kernel_grid is not None:
+        ratio = max(w.width / kernel_grid.width, w.height / kernel_grid.height, 1.0)
+        pad = 4 + int(np.ceil(4 * ratio))
+    col0, row0 = max(int(np.floor(w.col_off)) - pad, 0), max(int(np.floor(w.row_off)) - pad, 0)
+    col1 = min(int(np.ceil(w.col_off + w.width)) + pad, ds.width)
+    row1 = min(int(np.ceil(w.row_off + w.height)) + pad, ds.height)
     if col1 <= col0 or row1 <= row0:
         return None
     return Window(col0, row0, col1 - col0, row1 - row0)
@@ -185,7 +203,9 @@ def _source_window(ds: rasterio.DatasetReader, bounds: tuple[float, ...]) -> Win
 
 def asset_image(asset: CatalogImage) -> Image:
     """The catalog raster as a lazy image, one band per raster band."""
-    bands = [Band(name, dtype, lambda grid, i=i: _warp_band(asset, i, grid))
+    bands = [Band(name, dtype, lambda grid, i=i: _warp_band(asset, i, grid),
+                  lambda mode, i=i, name=name, dtype=dtype: Band(
+                      name, dtype, lambda grid: _warp_band(asset, i, grid, mode)))
              for i, (name, dtype) in enumerate(zip(asset.band_names, asset.band_dtypes), start=1)]
     return Image(bands, dict(asset.properties), asset.footprint_wgs84)
 

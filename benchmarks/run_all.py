@@ -1,0 +1,143 @@
+"""Every benchmark in benchmarks/, then one table of ratios: pixelbeam vs the raw work and vs the
+baselines, each measured side by side within its own script's run.
+
+Runs each `benchmarks/*.py` script (except this one) in its own process with `--json FILE`
+(and `--quick` when given), shows its own output on stderr as it goes, and prints the table on
+stdout. A ratio is pixelbeam's number over the reference's: for times lower is better (1.00 =
+no overhead), for throughputs higher is better (1.00 = as fast as the reference).
+
+    .venv/bin/python benchmarks/run_all.py            # full runs (ee_throughput takes ~4 min)
+    .venv/bin/python benchmarks/run_all.py --quick    # smoke runs (~1.5 min)
+    .venv/bin/python benchmarks/run_all.py --only extract_overhead
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (measure, pixelbeam value, reference, reference value, ratio, which way is better)
+Row = tuple[str, str, str, str, float, str]
+
+
+def scripts() -> list[str]:
+    """The benchmark scripts: every benchmarks/*.py but this runner and private modules."""
+    me = os.path.basename(__file__)
+    return sorted(p for p in glob.glob(os.path.join(HERE, "*.py"))
+                  if os.path.basename(p) != me and not os.path.basename(p).startswith("_"))
+
+
+def extract_overhead_rows(doc: dict) -> list[Row]:
+    rows = []
+    for r in doc["results"]:
+        what = f"{r['patches']} patches of {r['patch_px']} px"
+        raw = f"{r['raw']:.3f} s"
+        rows.append((f"{what}: NPY only", f"{r['pipeline_npy']:.3f} s", "raw rasterio + np.save loop", raw,
+                     r["pipeline_npy"] / r["raw"], "time, lower"))
+        rows.append((f"{what}: NPY + TFRecord + manifest", f"{r['pipeline_full']:.3f} s",
+                     "raw rasterio + np.save loop", raw, r["pipeline_full"] / r["raw"], "time, lower"))
+    return rows
+
+
+def ee_throughput_rows(doc: dict) -> list[Row]:
+    by = {r["client"]: r for r in doc["rows"]}
+
+    def find(prefix: str, faults: bool):
+        for name, r in by.items():
+            if name.startswith(prefix) and (("faults" in name) == faults):
+                return r
+        return None
+
+    rows = []
+    setup = f"L {doc['latency_s']:g} s, C {doc['concurrency']}, {doc['patches']} patches"
+    for faults in (False, True):
+        pb = find("pixelbeam", faults)
+        if pb is None:
+            continue
+        tag = f", {doc['faults']:.0%} faults" if faults else ""
+        value = f"{pb['rate']:.2f} patches/s, lost {pb['lost']}"
+        if not faults:
+            rows.append((f"{setup}: throughput", value, "quota C/L", f"{doc['quota_rate']:.2f} patches/s",
+                         pb["rate"] / doc["quota_rate"], "rate, higher"))
+        for prefix, label in (("ideal", "ideal client (told the quota)"), ("sequential", "sequential getPixels loop"),
+                              ("notebook", "notebook thread pool (64)")):
+            ref = find(prefix, faults)
+            if ref is not None and ref["rate"] > 0:
+                rows.append((f"{setup}{tag}: throughput", value, label,
+                             f"{ref['rate']:.2f} patches/s, lost {ref['lost']}", pb["rate"] / ref["rate"],
+                             "rate, higher"))
+    return rows
+
+
+SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
+    "extract_overhead": extract_overhead_rows,
+    "ee_throughput": ee_throughput_rows,
+}
+
+
+def run_script(path: str, quick: bool) -> tuple[dict | None, float, str]:
+    """Run one benchmark; (its JSON results or None, wall seconds, error text)."""
+    with tempfile.TemporaryDirectory(prefix="pixelbeam-bench-all-") as tmp:
+        out = os.path.join(tmp, "results.json")
+        cmd = [sys.executable, path, "--json", out] + (["--quick"] if quick else [])
+        print(f"== {' '.join(os.path.relpath(c) if c == path else c for c in cmd[1:])}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        wall = time.monotonic() - started
+        if proc.returncode != 0:
+            return None, wall, f"exit status {proc.returncode}"
+        try:
+            with open(out) as f:
+                return json.load(f), wall, ""
+        except (OSError, json.JSONDecodeError) as e:
+            return None, wall, f"no JSON results ({e}); does the script accept --json FILE?"
+
+
+def print_table(rows: list[list[str]]) -> None:
+    head = ["benchmark", "measure", "pixelbeam", "reference", "reference value", "ratio", "better"]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    for line in [head, ["-" * w for w in widths]] + rows:
+        print(" | ".join(x.rjust(w) if i == 5 else x.ljust(w) for i, (x, w) in enumerate(zip(line, widths))))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark (smoke runs)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
+    args = parser.parse_args(argv)
+    chosen = [p for p in scripts() if not args.only or os.path.splitext(os.path.basename(p))[0] in args.only]
+    if not chosen:
+        parser.error(f"no benchmark named {args.only}; have {[os.path.basename(p) for p in scripts()]}")
+    table, failures = [], []
+    for path in chosen:
+        name = os.path.splitext(os.path.basename(path))[0]
+        doc, wall, error = run_script(path, args.quick)
+        if doc is None:
+            failures.append(f"{name}: {error}")
+            continue
+        summarize = SUMMARIES.get(doc.get("benchmark", name))
+        if summarize is None:
+            failures.append(f"{name}: ran in {wall:.0f} s, but run_all.py has no summary for it; add one to SUMMARIES")
+            continue
+        for measure, value, ref, ref_value, ratio, better in summarize(doc):
+            table.append([name, measure, value, ref, ref_value, f"{ratio:.3f}", better])
+    print(f"\npixelbeam benchmarks{' (--quick)' if args.quick else ''} | {os.cpu_count()} cores | "
+          f"ratio = pixelbeam / reference")
+    if table:
+        print_table(table)
+    for failure in failures:
+        print(f"FAILED {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Reruns: finish exactly what is missing, never mix outputs of different configs, and never
+leave a patch twice or half-written.
+
+An output folder records its state in `dataset.json`: the config fingerprint and the ids of the
+runs that completed. Each run writes its TFRecord shards under its own run id, and its manifest
+rows carry it. A patch is *done* when the latest manifest says `written` or `filtered` by a
+completed run (and, for NPY output, its file exists); everything else is fetched again. A run
+that was killed leaves shards of a run id that never completed: they are deleted when the next
+run starts, together with temporary files, so no patch appears twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from typing import Optional
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import Config, ConfigError
+from pipeline.summary import read_manifest
+from transforms.outcomes import npy_relpath
+from transforms.patch import FILTERED, WRITTEN, PatchSpec
+from transforms.sinks import join
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "dataset.json"
+RUNNING_FILE = "_running.json"
+DONE_STATUSES = (WRITTEN, FILTERED)
+# Config keys that do not change any patch's pixels or status (where to write, how fast, who).
+NEUTRAL_KEYS = {"source": ("credentials", "url", "project"), "output": ("path", "tfrecord_shards")}
+
+
+def new_run_id(now: Optional[float] = None) -> str:
+    """A sortable, unique run id: UTC time plus 4 random hex digits."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def config_fingerprint(config: Config) -> str:
+    """Hash of everything in the config that decides a patch's pixels and status (not the
+    regions: a changed region set plans other patches, it does not change a patch)."""
+    doc = config.model_dump(mode="json")
+    doc.pop("regions", None)
+    doc.pop("fetch", None)
+    for section, keys in NEUTRAL_KEYS.items():
+        for key in keys:
+            doc.get(section, {}).pop(key, None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_json(path: str) -> Optional[dict]:
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def _match(pattern: str) -> list:
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # e.g. the folder does not exist yet
+        return []
+
+
+def existing_files(output_path: str, folder: str) -> dict[str, int]:
+    """{file name: size in bytes} of the entries directly in `output_path/folder`."""
+    return {FileSystems.split(m.path.rstrip("/"))[1]: m.size_in_bytes
+            for m in _match(join(output_path, f"{folder}/*"))}
+
+
+@dataclasses.dataclass
+class ResumeState:
+    """What a run starts from: its id, the rows it carries over and the specs it must fetch."""
+
+    run_id: str
+    completed_runs: list[str]
+    carried_rows: list[dict]
+    to_fetch: list[PatchSpec]
+    in_tfrecord: frozenset = frozenset()  # ids to fetch whose example a completed run's shard holds
+
+
+def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
+    """The config's fingerprint; refuses an output folder made with another config."""
+    fingerprint = config_fingerprint(config)
+    if overwrite:
+        return fingerprint
+    for name in (STATE_FILE, RUNNING_FILE):
+        state = read_json(join(output_path, name)) or {}
+        old = state.get("fingerprint")
+        if old and old != fingerprint:
+            raise ConfigError(
+                f"output.path: {output_path!r} holds patches made with a different config (source, grid or "
+                "output settings changed); use a new output.path, or --overwrite to replace them")
+    return fingerprint
+
+
+def plan_resume(specs: list[PatchSpec], config: Config, run_id: str, overwrite: bool) -> ResumeState:
+    """Which planned patches are done (carried over) and which to fetch in this run."""
+    out = config.output.path
+    if overwrite:
+        return ResumeState(run_id, [], [], list(specs))
+    state = read_json(join(out, STATE_FILE)) or {}
+    completed = list(state.get("runs", []))
+    rows = {r["patch_id"]: r for r in read_manifest(out) if r.get("run_id") in completed}
+    npy_sizes = existing_files(out, "npy") if "npy" in config.output.formats else {}
+    carried, to_fetch, in_tfrecord = [], [], set()
+    for spec in specs:
+        row = rows.get(spec.patch_id)
+        if row is not None and row["status"] in DONE_STATUSES and _files_present(row, npy_sizes, config):
+            carried.append(row)
+            continue
+        to_fetch.append(spec)
+        if row is not None and row["status"] == WRITTEN:  # its NPY file went missing
+            in_tfrecord.add(spec.patch_id)
+    return ResumeState(run_id, completed, carried, to_fetch, frozenset(in_tfrecord))
+
+
+def _files_present(row: dict, npy_sizes: dict, config: Config) -> bool:
+    if row["status"] != WRITTEN or "npy" not in config.output.formats:
+        return True
+    name = npy_relpath(row["patch_id"]).split("/", 1)[1]
+    return npy_sizes.get(name, 0) > 0
+
+
+def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool,
+                    file_folders: tuple[str, ...] = ("npy",)) -> int:
+    """Delete what no completed run owns: TFRecord shards of killed runs (every shard and file
+    with --overwrite), Beam's staging folders, and temporary files of atomic writes."""
+    doomed = [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
+              if overwrite or shard_run_id(name) not in completed_runs]
+    doomed += beam_staging_folders(output_path)
+    for folder in file_folders:
+        doomed += [join(output_path, f"{folder}/{name}") for name in existing_files(output_path, folder)
+                   if overwrite or name.startswith(".tmp-")]
+    if overwrite:
+        doomed += [join(output_path, n) for n in ("manifest.jsonl", "failed.jsonl", STATE_FILE)
+                   if FileSystems.exists(join(output_path, n))]
+    if doomed:
+        FileSystems.delete(sorted(set(doomed)))
+        log.info("removed %d leftover files", len(doomed))
+    return len(doomed)
+
+
+def beam_staging_folders(output_path: str) -> list[str]:
+    """Beam's file sinks stage shards in `beam-temp-*` folders until they finalize; a killed
+    run leaves them behind. Found through the files inside (matching does not list folders)."""
+    folders = set()
+    for pattern in ("beam-temp-*/*", "tfrecord/beam-temp-*/*"):
+        for m in _match(join(output_path, pattern)):
+            folders.add(FileSystems.split(m.path)[0])
+    if "://" not in output_path:  # a local folder may also hold empty staging folders
+        for pattern in ("beam-temp-*", os.path.join("tfrecord", "beam-temp-*")):
+            folders.update(p for p in glob.glob(os.path.join(output_path, pattern)) if os.path.isdir(p))
+    return sorted(folders)
+
+
+def shard_run_id(name: str) -> Optional[str]:
+    """The run id in a shard name `patches-<run_id>-00000-of-00004.tfrecord.gz`, else None."""
+    if not name.startswith("patches-"):
+        return None
+    parts = name[len("patches-"):].split("-")
+    return "-".join(parts[:2]) if len(parts) >= 4 else None
+
+
+def mark_running(output_path: str, run_id: str, fingerprint: str) -> None:
+    from transforms.sinks import write_atomically
+    write_atomically(join(output_path, RUNNING_FILE),
+                     json.dumps({"run_id": run_id, "fingerprint": fingerprint}).encode())
+
+
+def clear_running(output_path: str) -> None:
+    path = join(output_path, RUNNING_FILE)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
