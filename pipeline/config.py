@@ -116,14 +116,14 @@ class GridConfig(Strict):
     def _positive_size(cls, v):
         sizes = (v, v) if isinstance(v, int) else v
         if min(sizes) < 1:
-            raise ValueError(f"patch sizes must be at least 1 px, got {v}")
+            raise ValueError("patch sizes must be at least 1 px")
         return v
 
     @field_validator("scale")
     @classmethod
     def _positive_scale(cls, v):
         if v != "native" and min((v, v) if isinstance(v, (int, float)) else v) <= 0:
-            raise ValueError(f"the pixel size must be positive (CRS units), got {v}")
+            raise ValueError("the pixel size must be positive (CRS units)")
         return v
 
     @model_validator(mode="after")
@@ -230,12 +230,26 @@ def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config
     return resolve_paths(config, base_dir)
 
 
+# What a field of several accepted shapes takes, for type errors (pydantic would name only the
+# first shape it tried).
+SHAPE_HINTS = {
+    "regions": "give a GeoJSON path or a [min_lon, min_lat, max_lon, max_lat] bbox",
+    "grid.patch_size": "give pixels as an int or [width, height]",
+    "grid.scale": "give a pixel size in CRS units (a number or [x, y]) or native",
+    "grid.origin": "give [x, y] in CRS units or native",
+    "source.uri": "give a path or URL, or a list of them",
+    "source.bands": "give a list of 1-based band indexes or band names",
+}
+
+
 def describe_validation_error(e: ValidationError) -> str:
     """The first pydantic error as 'field.path: what is wrong (got …)'."""
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"] if not str(p) in ("raster", "earthengine")]
     loc = [p for p in loc if not p.startswith(("function-", "literal[", "tuple[", "list[", "str", "int", "float"))]
     field = ".".join(loc) or "config"
+    if field in SHAPE_HINTS and err["type"].endswith(("_type", "_parsing", "literal_error", "too_long", "too_short")):
+        return f"{field}: {SHAPE_HINTS[field]} (got {err.get('input')!r})"
     if err["type"] == "extra_forbidden":
         return f"{field}: unknown key; remove it or check its spelling against the config reference"
     if err["type"] == "union_tag_invalid":
