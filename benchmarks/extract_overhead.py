@@ -13,6 +13,7 @@ Prints seconds (median of --repeat runs) and the ratio pipeline / raw.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -53,7 +54,7 @@ def raw_loop(job, out_dir: str) -> int:
 def pipeline_run(job, formats) -> None:
     import apache_beam as beam
     config = job.config.model_copy(update={"output": job.config.output.model_copy(update={"formats": formats})})
-    job = type(job)(**{**job.__dict__, "config": config})
+    job = dataclasses.replace(job, config=config)
     build_pipeline(job, beam.Pipeline(options=pipeline_options([]))).run().wait_until_finish()
 
 

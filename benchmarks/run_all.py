@@ -3,7 +3,9 @@ baselines, each measured side by side within its own script's run.
 
 Runs each `benchmarks/*.py` script (except this one) in its own process with `--json FILE`
 (and `--quick` when given), shows its own output on stderr as it goes, and prints the table on
-stdout. A ratio is pixelbeam's number over the reference's: for times lower is better (1.00 =
+stdout. A script joins the table by accepting `--json FILE` (and `--quick` for a smoke run) and
+having a summary in SUMMARIES; one without `--quick` is skipped by `--quick` runs, one without
+`--json` runs and keeps its own table. A ratio is pixelbeam's number over the reference's: for times lower is better (1.00 =
 no overhead), for throughputs higher is better (1.00 = as fast as the reference).
 
     .venv/bin/python benchmarks/run_all.py            # full runs (ee_throughput takes ~4 min)
@@ -34,6 +36,13 @@ def scripts() -> list[str]:
     me = os.path.basename(__file__)
     return sorted(p for p in glob.glob(os.path.join(HERE, "*.py"))
                   if os.path.basename(p) != me and not os.path.basename(p).startswith("_"))
+
+
+def options_of(path: str) -> set[str]:
+    """Which of run_all's options (--quick, --json) a script declares."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return {opt for opt in ("--quick", "--json") if f'"{opt}"' in text}
 
 
 def extract_overhead_rows(doc: dict) -> list[Row]:
@@ -84,17 +93,19 @@ SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
 }
 
 
-def run_script(path: str, quick: bool) -> tuple[dict | None, float, str]:
+def run_script(path: str, quick: bool, with_json: bool) -> tuple[dict | None, float, str]:
     """Run one benchmark; (its JSON results or None, wall seconds, error text)."""
     with tempfile.TemporaryDirectory(prefix="pixelbeam-bench-all-") as tmp:
         out = os.path.join(tmp, "results.json")
-        cmd = [sys.executable, path, "--json", out] + (["--quick"] if quick else [])
+        cmd = [sys.executable, path] + (["--json", out] if with_json else []) + (["--quick"] if quick else [])
         print(f"== {' '.join(os.path.relpath(c) if c == path else c for c in cmd[1:])}", file=sys.stderr, flush=True)
         started = time.monotonic()
         proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
         wall = time.monotonic() - started
         if proc.returncode != 0:
             return None, wall, f"exit status {proc.returncode}"
+        if not with_json:
+            return {}, wall, ""
         try:
             with open(out) as f:
                 return json.load(f), wall, ""
@@ -117,16 +128,21 @@ def main(argv=None) -> int:
     chosen = [p for p in scripts() if not args.only or os.path.splitext(os.path.basename(p))[0] in args.only]
     if not chosen:
         parser.error(f"no benchmark named {args.only}; have {[os.path.basename(p) for p in scripts()]}")
-    table, failures = [], []
+    table, failures, notes = [], [], []
     for path in chosen:
         name = os.path.splitext(os.path.basename(path))[0]
-        doc, wall, error = run_script(path, args.quick)
+        options = options_of(path)
+        if args.quick and "--quick" not in options:
+            notes.append(f"{name}: skipped (no --quick smoke mode; run it alone)")
+            continue
+        doc, wall, error = run_script(path, args.quick, "--json" in options)
         if doc is None:
             failures.append(f"{name}: {error}")
             continue
         summarize = SUMMARIES.get(doc.get("benchmark", name))
         if summarize is None:
-            failures.append(f"{name}: ran in {wall:.0f} s, but run_all.py has no summary for it; add one to SUMMARIES")
+            notes.append(f"{name}: ran in {wall:.0f} s; its own table is above (no --json results, or no "
+                         "summary in run_all.py's SUMMARIES)")
             continue
         for measure, value, ref, ref_value, ratio, better in summarize(doc):
             table.append([name, measure, value, ref, ref_value, f"{ratio:.3f}", better])
@@ -134,6 +150,8 @@ def main(argv=None) -> int:
           f"ratio = pixelbeam / reference")
     if table:
         print_table(table)
+    for note in notes:
+        print(f"note: {note}")
     for failure in failures:
         print(f"FAILED {failure}")
     return 1 if failures else 0

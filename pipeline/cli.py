@@ -57,6 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # Beam warns each time a rerun replaces manifest.jsonl / failed.jsonl: expected, not news
+    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
     try:
         config = load_output_config(args.output) if args.command == "retry-failed" else load_config(args.config)
         if getattr(args, "ee_emulator", None):
@@ -129,10 +131,14 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
 
     out = job.config.output.path
     options = pipeline_options(beam_args)
+    from pipeline.dataflow import check_runner, dry_run, is_dry_run
+    check_runner(job, options)  # Dataflow: worker count, gs:// paths; before anything is read or written
+    if is_dry_run(options):
+        return dry_run(job, options)
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)
-    state = resume.plan_resume(job.specs, job.config, resume.new_run_id(), overwrite)
-    if not state.to_fetch:
-        print(f"nothing to do: all {len(job.specs)} planned patches are done in {out} (--overwrite redoes them)")
+    state = resume.plan_resume(job, resume.new_run_id(), overwrite)
+    if state.nothing_to_do:
+        print(f"nothing to do: all {job.planned} planned patches are done in {out} (--overwrite redoes them)")
         return 0
     started = time.monotonic()
     resume.clean_leftovers(out, state.completed_runs, overwrite)
@@ -140,9 +146,9 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
     pipeline = build_pipeline(job, beam.Pipeline(options=options), state)
     result = pipeline.run()
     result.wait_until_finish()
-    write_dataset_json(job, fingerprint, state.completed_runs + [state.run_id])
+    write_dataset_json(job, fingerprint, state.completed_runs + [state.run_id], resume.plan_digest(job))
     resume.clear_running(out)
-    summary = summarize(job, result, time.monotonic() - started, carried=len(state.carried_rows))
+    summary = summarize(job, result, time.monotonic() - started)
     for line in summary.lines():
         print(line)
     from pipeline.preview import try_write_previews

@@ -13,6 +13,7 @@ from pipeline.resume import ResumeState
 from transforms.fetch import FAILED, FetchPatches, FetchSettings
 from transforms.sinks import FILTERED, JudgePatches, WritePatches, WriteReports
 from transforms.throttle import per_worker_limits
+from transforms.skip_done import SkipDonePatches
 from transforms.tiling import TilePatches
 
 # Fetch threads per worker process never exceed this, whatever the quota.
@@ -20,11 +21,11 @@ MAX_THREADS_PER_WORKER = 64
 
 
 def worker_count(options: PipelineOptions) -> int:
-    """How many worker processes share the job's quota (Dataflow: max_num_workers)."""
+    """How many worker processes share the job's quota (Dataflow: max_num_workers x SDK processes per VM)."""
     runner = (options.view_as(StandardOptions).runner or "").lower()
     if "dataflow" in runner:
-        workers = options.view_as(WorkerOptions)
-        return max(1, workers.max_num_workers or workers.num_workers or 1)
+        from pipeline.dataflow import sdk_processes  # one process per vCPU; ConfigError if it cannot be known
+        return sdk_processes(options)
     direct = options.view_as(DirectOptions)
     if (direct.direct_running_mode or "in_memory") == "in_memory":
         return 1
@@ -48,18 +49,23 @@ def fetch_threads(max_concurrent: int) -> int:
 
 
 def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None) -> beam.Pipeline:
-    """Adds every step of the job to `pipeline` and returns it. With `resume`, only its
-    `to_fetch` patches are fetched and the rows of the done ones are carried over."""
+    """Adds every step of the job to `pipeline` and returns it. With `resume` naming a previous
+    manifest, the patches it records as done are carried over instead of fetched."""
     out = job.config.output
-    resume = resume or ResumeState(run_id="", completed_runs=[], carried_rows=[], to_fetch=job.specs)
-    specs = pipeline | "TilePatches" >> TilePatches(resume.to_fetch)
+    resume = resume or ResumeState(run_id="")
+    specs = pipeline | "TilePatches" >> TilePatches(job.cells, job.regions, job.grid)
+    if resume.previous_manifest:
+        specs, carried = specs | "SkipDonePatches" >> SkipDonePatches(
+            resume.previous_manifest, tuple(resume.completed_runs), out.path)
+    else:
+        carried = pipeline | "NothingCarried" >> beam.Create([])
     fetched = specs | "FetchPatches" >> FetchPatches(job.source, job.info, fetch_settings(job, pipeline.options))
     judged = fetched.patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio)).with_outputs(
         FILTERED, main="keep")
     written_rows, write_failures = judged.keep | "WritePatches" >> WritePatches(
-        out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, in_tfrecord=resume.in_tfrecord,
+        out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id,
         file_options=patch_file_options(out, job.info))
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()
-    _ = (rows, failures) | "WriteReports" >> WriteReports(out.path, resume.run_id, tuple(resume.carried_rows))
+    _ = (rows, failures, carried) | "WriteReports" >> WriteReports(out.path, resume.run_id)
     return pipeline

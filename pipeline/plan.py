@@ -7,16 +7,17 @@ request is sent and nothing is written. `pixelbeam plan` prints `plan_summary(jo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-from typing import Optional
 
 import pyproj
 import shapely
 
 from pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
 from pipeline.outputs import check_outputs
-from transforms.grid import GridSpec, plan_patches
+from transforms.cells import Cell, count_patches, plan_by_cells, plan_cells, project_regions
+from transforms.grid import GridSpec
 from transforms.patch import PatchSpec
 from transforms.regions import Region, RegionError, load_regions
 from transforms.sizing import RequestTooLarge, plan_parts, request_bytes
@@ -25,22 +26,40 @@ from transforms.sources import PixelSource, SourceError, SourceInfo
 
 @dataclasses.dataclass
 class Job:
+    """A checked, planned job. The launcher holds the coarse `cells` and the patch count, never
+    the list of patches (`specs` computes it, for small jobs, tests and footprints)."""
+
     config: Config
     source: PixelSource
     info: SourceInfo
     regions: list[Region]
     grid: GridSpec
-    specs: list[PatchSpec]
+    cells: list[Cell]
+    planned: int
+
+    @functools.cached_property
+    def specs(self) -> list[PatchSpec]:
+        return plan_by_cells(self.regions, self.grid)
+
+    @property
+    def fetch_shape(self) -> tuple[int, int]:
+        """(height, width) of a patch's fetch window, margin included (pixels)."""
+        (w, h), m = self.grid.patch_size, self.grid.margin
+        return h + 2 * m, w + 2 * m
+
+    @property
+    def crs_list(self) -> list[str]:
+        return sorted({c.crs for c in self.cells})
 
     @property
     def requests_per_patch(self) -> int:
-        s = self.specs[0]
-        return len(plan_parts(s.fetch_width, s.fetch_height, self.info.band_bytes, self.info.limits))
+        h, w = self.fetch_shape
+        return len(plan_parts(w, h, self.info.band_bytes, self.info.limits))
 
     @property
     def bytes_per_patch(self) -> int:
-        s = self.specs[0]
-        return request_bytes(s.fetch_width, s.fetch_height, self.info.band_bytes)
+        h, w = self.fetch_shape
+        return request_bytes(w, h, self.info.band_bytes)
 
 
 def make_source(config: Config) -> PixelSource:
@@ -116,7 +135,7 @@ def check_output_path(path: str) -> None:
         raise ConfigError(f"output.path: {path!r} cannot be written ({probe!r} is not a writable folder); choose another path")
 
 
-def prepare_job(config: Config, specs_limit: Optional[int] = None) -> Job:
+def prepare_job(config: Config) -> Job:
     """Check the source, regions, grid and output, and plan every patch; sends no pixel request."""
     check_output_path(config.output.path)
     source = make_source(config)
@@ -128,21 +147,22 @@ def prepare_job(config: Config, specs_limit: Optional[int] = None) -> Job:
     grid = resolve_grid(config.grid, info)
     check_regions_inside(regions, info)
     check_outputs(config.output, info)  # visualization bands against the source's
-    specs = plan_patches(regions, grid)
-    if not specs:
+    cells = plan_cells(regions, grid)
+    planned = count_patches(cells, project_regions(regions, grid), grid)
+    if not planned:
         raise ConfigError(f"grid: the regions yield no patch (min_coverage {grid.min_coverage}); lower grid.min_coverage")
-    s = specs[0]
+    job = Job(config=config, source=source, info=info, regions=regions, grid=grid, cells=cells, planned=planned)
     try:
-        plan_parts(s.fetch_width, s.fetch_height, info.band_bytes, info.limits)
+        job.requests_per_patch
     except RequestTooLarge as e:
         raise ConfigError(f"grid.patch_size: {e}") from None
-    return Job(config=config, source=source, info=info, regions=regions, grid=grid, specs=specs)
+    return job
 
 
 def plan_summary(job: Job) -> dict:
     """Counts for `pixelbeam plan`: patches, requests, bytes, and the time at the quota (s)."""
     fetch = job.config.fetch
-    n = len(job.specs)
+    n = job.planned
     requests = n * job.requests_per_patch
     return {
         "patches": n,
@@ -153,7 +173,8 @@ def plan_summary(job: Job) -> dict:
         "bytes_per_patch": job.bytes_per_patch,
         "bands": list(job.info.band_names),
         "dtype": job.info.dtype,
-        "patch_shape": [len(job.info.band_names), job.specs[0].fetch_height, job.specs[0].fetch_width],
-        "crs": sorted({s.crs for s in job.specs}),
+        "patch_shape": [len(job.info.band_names), *job.fetch_shape],
+        "crs": job.crs_list,
+        "cells": len(job.cells),
         "min_seconds_at_quota": math.ceil(requests / fetch.max_requests_per_second),
     }

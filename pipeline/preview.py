@@ -33,8 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from transforms import visualize
-from transforms.loaders import (_join, _read_bytes, example_arrays, load_npy, read_dataset_json,
-                                read_manifest_rows, tfrecord_files, to_chw)
+from transforms.loaders import (example_arrays, join_path, load_npy, read_dataset_json, read_manifest_rows,
+                                tfrecord_files, to_chw)
 from transforms.patch import FAILED, FILTERED, WRITTEN
 from transforms.records import iter_examples
 
@@ -110,7 +110,7 @@ def load_patches(output_path: str, ids: Sequence[str], rows: Sequence[dict], met
     for pid in ids:
         record = from_records.get(pid, {})
         if pid in npy:
-            data = to_chw(load_npy(_join(output_path, npy[pid])), int(meta.get("bands_axis", 0)))
+            data = to_chw(load_npy(join_path(output_path, npy[pid])), int(meta.get("bands_axis", 0)))
         elif "image" in record:
             data = record["image"]
         else:
@@ -237,7 +237,7 @@ def write_preview(output_path: str, meta: dict, rows: Sequence[dict], sample: in
     if all(p["mask"] is None for p in patches):
         subtitle += "  (mask unknown: no TFRecords)"
     sheet = contact_sheet(patches, vis, meta["bands"], int(meta.get("margin", 0)), title, subtitle)
-    path = _join(output_path, PREVIEW_FILE)
+    path = join_path(output_path, PREVIEW_FILE)
     _write_png(path, sheet)
     return path, ids, vis
 
@@ -380,7 +380,7 @@ def write_footprints_png(output_path: str, meta: dict, rows: Sequence[dict],
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.08, top=0.94)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIGURE_DPI)
-    path = _join(output_path, FOOTPRINTS_FILE)
+    path = join_path(output_path, FOOTPRINTS_FILE)
     _write_bytes(path, buf.getvalue())
     return path
 
@@ -415,14 +415,25 @@ def write_previews(output_path: str, sample: int = DEFAULT_SAMPLE, seed: int = 0
     return {"preview": preview, "footprints": footprints, "sample": ids}
 
 
+def count_lines(path: str) -> int:
+    """Lines of a file, streamed (a manifest can be large)."""
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+        stream = FileSystems.open(path)
+    else:
+        stream = open(path, "rb")
+    with stream:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+
+
 def try_write_previews(output_path: str) -> None:
     """write_previews for the end of `pixelbeam run` (one line printed): a failure is a warning,
     never an error; outputs of more than RUN_HOOK_MAX_PATCHES patches are left to
     `pixelbeam preview`."""
     try:
-        rows = read_manifest_rows(output_path)
-        if len(rows) > RUN_HOOK_MAX_PATCHES:
-            print(f"pictures: skipped for {len(rows)} patches; run `pixelbeam preview {output_path}`")
+        n = count_lines(join_path(output_path, "manifest.jsonl"))
+        if n > RUN_HOOK_MAX_PATCHES:
+            print(f"pictures: skipped for {n} manifest rows; run `pixelbeam preview {output_path}`")
             return
         result = write_previews(output_path)
         written = [os.path.basename(result[k]) for k in ("preview", "footprints") if result[k]]

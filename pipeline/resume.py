@@ -24,9 +24,7 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import Config, ConfigError
-from pipeline.summary import read_manifest
-from transforms.outcomes import npy_relpath
-from transforms.patch import FILTERED, WRITTEN, PatchSpec
+from transforms.patch import FILTERED, WRITTEN
 from transforms.sinks import join
 
 log = logging.getLogger(__name__)
@@ -34,6 +32,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "dataset.json"
 RUNNING_FILE = "_running.json"
 DONE_STATUSES = (WRITTEN, FILTERED)
+PER_PATCH_FOLDERS = ("npy", "geotiff", "png", "jpeg")  # one file per written patch in each
 # Config keys that do not change any patch's pixels or status (where to write, how fast, who).
 NEUTRAL_KEYS = {"source": ("credentials", "url", "project"), "output": ("path", "tfrecord_shards")}
 
@@ -78,13 +77,20 @@ def existing_files(output_path: str, folder: str) -> dict[str, int]:
 
 @dataclasses.dataclass
 class ResumeState:
-    """What a run starts from: its id, the rows it carries over and the specs it must fetch."""
+    """What a run starts from: its id, the runs that completed before it, the manifest their
+    rows are in (None on a first run or with --overwrite), and whether nothing is left to do."""
 
     run_id: str
-    completed_runs: list[str]
-    carried_rows: list[dict]
-    to_fetch: list[PatchSpec]
-    in_tfrecord: frozenset = frozenset()  # ids to fetch whose example a completed run's shard holds
+    completed_runs: list[str] = dataclasses.field(default_factory=list)
+    previous_manifest: Optional[str] = None
+    nothing_to_do: bool = False
+
+
+def plan_digest(job) -> str:
+    """Hash of what decides the set of planned patch ids: the grid and the regions."""
+    regions = sorted((r.region_id, r.geometry.wkb_hex) for r in job.regions)
+    doc = json.dumps([dataclasses.asdict(job.grid), regions], sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
 def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
@@ -102,36 +108,45 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
     return fingerprint
 
 
-def plan_resume(specs: list[PatchSpec], config: Config, run_id: str, overwrite: bool) -> ResumeState:
-    """Which planned patches are done (carried over) and which to fetch in this run."""
-    out = config.output.path
+def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
+    """The state a run starts from. Which patches are done is decided on the workers
+    (transforms/skip_done.py); the launcher only streams the manifest to see whether every
+    planned patch is done already, so it can stop without touching anything."""
+    out = job.config.output.path
     if overwrite:
-        return ResumeState(run_id, [], [], list(specs))
+        return ResumeState(run_id)
     state = read_json(join(out, STATE_FILE)) or {}
     completed = list(state.get("runs", []))
-    rows = {r["patch_id"]: r for r in read_manifest(out) if r.get("run_id") in completed}
-    npy_sizes = existing_files(out, "npy") if "npy" in config.output.formats else {}
-    carried, to_fetch, in_tfrecord = [], [], set()
-    for spec in specs:
-        row = rows.get(spec.patch_id)
-        if row is not None and row["status"] in DONE_STATUSES and _files_present(row, npy_sizes, config):
-            carried.append(row)
-            continue
-        to_fetch.append(spec)
-        if row is not None and row["status"] == WRITTEN:  # its NPY file went missing
-            in_tfrecord.add(spec.patch_id)
-    return ResumeState(run_id, completed, carried, to_fetch, frozenset(in_tfrecord))
+    manifest = join(out, "manifest.jsonl")
+    if not completed or not FileSystems.exists(manifest):
+        return ResumeState(run_id, completed)
+    nothing = False
+    if state.get("plan_digest") == plan_digest(job):
+        done, written = count_done_rows(manifest, completed)
+        nothing = done == job.planned and all(
+            file_count(out, folder) >= written for folder in PER_PATCH_FOLDERS if folder in job.config.output.formats)
+    return ResumeState(run_id, completed, manifest, nothing)
 
 
-def _files_present(row: dict, npy_sizes: dict, config: Config) -> bool:
-    if row["status"] != WRITTEN or "npy" not in config.output.formats:
-        return True
-    name = npy_relpath(row["patch_id"]).split("/", 1)[1]
-    return npy_sizes.get(name, 0) > 0
+def count_done_rows(manifest: str, completed_runs: list[str]) -> tuple[int, int]:
+    """(done rows, written rows) of completed runs in a manifest, streamed line by line."""
+    done = written = 0
+    with FileSystems.open(manifest) as f:
+        for line in f:
+            row = json.loads(line)
+            if row.get("run_id") in completed_runs and row["status"] in DONE_STATUSES:
+                done += 1
+                written += row["status"] == WRITTEN
+    return done, written
+
+
+def file_count(output_path: str, folder: str) -> int:
+    """Finished files in a per-patch folder (temporary `.tmp-*` files excluded)."""
+    return sum(1 for name in existing_files(output_path, folder) if not name.startswith(".tmp-"))
 
 
 def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool,
-                    file_folders: tuple[str, ...] = ("npy",)) -> int:
+                    file_folders: tuple[str, ...] = PER_PATCH_FOLDERS) -> int:
     """Delete what no completed run owns: TFRecord shards of killed runs (every shard and file
     with --overwrite), Beam's staging folders, and temporary files of atomic writes."""
     doomed = [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")

@@ -81,35 +81,38 @@ def beam_metrics(result) -> dict:
     return dict(totals)
 
 
-def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = ()) -> dict:
+def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> dict:
     """dataset.json: bands, dtype, shapes, the TFRecord feature spec, the config used, its
     fingerprint and the completed runs whose TFRecord shards hold the written patches."""
-    s = job.specs[0]
+    height, width = job.fetch_shape
     return {
         "fingerprint": fingerprint,
+        "plan_digest": plan_digest,
         "runs": list(runs),
         "bands": list(job.info.band_names),
         "dtype": job.info.dtype,
-        "npy_shape": npy_shape(len(job.info.band_names), s.fetch_height, s.fetch_width, job.config.output.bands_axis),
+        "npy_shape": npy_shape(len(job.info.band_names), height, width, job.config.output.bands_axis),
         "bands_axis": job.config.output.bands_axis,
-        "patch_size": [s.width, s.height],
-        "margin": s.margin,
-        "patches_planned": len(job.specs),
-        "crs": sorted({sp.crs for sp in job.specs}),
+        "patch_size": list(job.grid.patch_size),
+        "margin": job.grid.margin,
+        "patches_planned": job.planned,
+        "crs": job.crs_list,
         "tfrecord": {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
                      "shards_of_run": "tfrecord/patches-<run>-*.tfrecord.gz, for each run in runs",
-                     "features": feature_spec(job.info.band_names, s.fetch_height, s.fetch_width)},
+                     "features": feature_spec(job.info.band_names, height, width)},
         "config": job.config.model_dump(mode="json"),
     }
 
 
-def write_dataset_json(job: Job, fingerprint: str = "", runs: Sequence[str] = ()) -> str:
+def write_dataset_json(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> str:
     path = join(job.config.output.path, "dataset.json")
-    write_atomically(path, json.dumps(dataset_description(job, fingerprint, runs), indent=2).encode("utf-8"))
+    doc = dataset_description(job, fingerprint, runs, plan_digest)
+    write_atomically(path, json.dumps(doc, indent=2).encode("utf-8"))
     return path
 
 
-def summarize(job: Job, result, elapsed_s: float, carried: int = 0) -> RunSummary:
+def summarize(job: Job, result, elapsed_s: float) -> RunSummary:
     counts, duplicates = count_outcomes(read_manifest(job.config.output.path))
-    return RunSummary(planned=len(job.specs), counts=counts, elapsed_s=elapsed_s,
-                      metrics=beam_metrics(result), duplicates=duplicates, carried=carried)
+    metrics = beam_metrics(result)
+    return RunSummary(planned=job.planned, counts=counts, elapsed_s=elapsed_s, metrics=metrics,
+                      duplicates=duplicates, carried=metrics.get("patches_carried", 0))

@@ -239,3 +239,36 @@ def test_pipeline_geotiffs_equal_npy_pixels_crs_transform_and_mask(tmp_path):
     filtered = [r for r in rows if r["status"] == "filtered"]
     assert all(not (out / "geotiff" / f"{r['patch_id']}.tif").exists() for r in filtered)
     assert not [p for p in os.listdir(out / "geotiff") if p.startswith(".tmp-")]
+
+
+def test_geotiff_is_written_atomically_to_gcs(monkeypatch):
+    """The same Beam FileSystems path as NPY: to gs:// (a local Cloud Storage emulator)."""
+    pytest.importorskip("google.cloud.storage")
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    import socket
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.sinks import write_atomically
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="patches")
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    from apache_beam.internal.gcp import auth
+    monkeypatch.setattr(auth, "get_service_credentials", lambda options: None)  # anonymous: no credential lookups
+    try:
+        patch = make_patch()
+        raw = patch_to_geotiff_bytes(patch)
+        write_atomically("gs://patches/out/geotiff/p.tif", raw)
+        listed = [m.path for m in FileSystems.match(["gs://patches/out/**"])[0].metadata_list]
+        assert listed == ["gs://patches/out/geotiff/p.tif"]  # no temporary file left
+        with FileSystems.open("gs://patches/out/geotiff/p.tif") as f:
+            back = f.read()
+    finally:
+        server.stop()
+    mf, ds = open_bytes(back)
+    with mf, ds:
+        np.testing.assert_array_equal(ds.read(), patch.data)
+        np.testing.assert_array_equal(ds.dataset_mask() > 0, patch.mask)

@@ -10,6 +10,7 @@ from shapely.geometry import MultiPoint, Point, box
 
 from transforms.grid import (GridSpec, patch_boxes, patch_id, patch_transform, plan_patches, project_lonlat,
                              region_cells, utm_crs_for)
+from transforms.cells import plan_by_cells
 from transforms.regions import Region
 
 
@@ -110,6 +111,8 @@ def grids(draw):
 @given(regions(), grids(), st.randoms())
 def test_plan_properties(regs, grid, rnd):
     specs = plan_patches(regs, grid)
+    # workers expanding coarse cells plan exactly the same patches (ids, owners, transforms)
+    assert plan_by_cells(regs, grid, size=rnd.choice([1, 3, 32])) == specs
     ids = [s.patch_id for s in specs]
     # ids unique, and stable under region order
     assert len(ids) == len(set(ids))

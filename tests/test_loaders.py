@@ -2,6 +2,7 @@
 real PyTorch (CPU), for NPY files written channels-first (bands_axis 0) and channels-last (-1)."""
 
 import json
+import math
 import os
 import struct
 import subprocess
@@ -79,6 +80,7 @@ def test_tf_dataset_yields_hwc_images_equal_to_the_npy_files(output):
     image, mask = batches[0]
     assert image.shape[1:] == (SIZE, SIZE, 3) and mask.shape[1:] == (SIZE, SIZE)
     assert tf_dataset(output).element_spec.shape == (SIZE + 2 * MARGIN,) * 2 + (3,)
+    assert len(tf_dataset(output)) == len(ref) and len(tf_dataset(output, batch_size=4)) == math.ceil(len(ref) / 4)
 
 
 def test_tf_dataset_feeds_a_training_step(output):

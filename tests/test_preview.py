@@ -5,6 +5,7 @@ import math
 import os
 
 import numpy as np
+import pyproj
 import pytest
 import shapely
 import yaml
@@ -83,9 +84,9 @@ def test_plan_writes_lonlat_footprints(tmp_path):
         polygon = shape(feature["geometry"])
         assert polygon.is_valid and polygon.exterior.is_ccw  # RFC 7946 winding
         np.testing.assert_allclose(polygon.bounds, bounds_to_lonlat(spec.crs, spec.bounds), atol=1e-7)
-        # the densified edge follows the projected grid line: its midpoints map back onto the patch edge
-        assert shapely.box(*spec.bounds).exterior.distance(shapely.Point(
-            __import__("pyproj").Transformer.from_crs("EPSG:4326", spec.crs, always_xy=True).transform(*ring[1]))) < 1e-3
+        # the densified edge follows the projected grid line: a point inside an edge maps back onto it
+        back = pyproj.Transformer.from_crs("EPSG:4326", spec.crs, always_xy=True).transform(*ring[1])
+        assert shapely.box(*spec.bounds).exterior.distance(shapely.Point(back)) < 1e-3
 
 
 def test_run_writes_both_pictures(run_output):
@@ -167,3 +168,17 @@ def test_earth_engine_output_pictures(tmp_path):
         with Image.open(os.path.join(out, name)) as img:
             img.verify()
     assert MASK_COLORS[0] in colors_in(os.path.join(out, "preview.png"), top=HEADER_H)
+
+
+def test_run_hook_only_warns_and_skips_large_outputs(run_output, tmp_path, monkeypatch, capsys, caplog):
+    import pipeline.preview as preview
+    os.makedirs(tmp_path / "broken")
+    open(tmp_path / "broken" / "manifest.jsonl", "w").write("{}\n")
+    preview.try_write_previews(str(tmp_path / "broken"))  # no dataset.json: a warning, no exception
+    assert "pictures not written" in caplog.text
+    monkeypatch.setattr(preview, "RUN_HOOK_MAX_PATCHES", 3)
+    os.remove(os.path.join(run_output, "preview.png"))
+    preview.try_write_previews(run_output)
+    assert "pictures: skipped" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(run_output, "preview.png"))
+    assert main(["preview", run_output]) == 0 and os.path.exists(os.path.join(run_output, "preview.png"))

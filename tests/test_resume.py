@@ -176,3 +176,23 @@ def test_killed_earth_engine_run_then_rerun_leaves_every_patch_once(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_missing_png_is_written_again_without_a_second_tfrecord_example(tmp_path, capsys):
+    cfg_path = raster_config(tmp_path)
+    with open(cfg_path) as f:
+        doc = yaml.safe_load(f)
+    doc["output"]["formats"] = ["png", "tfrecord"]
+    doc["output"]["visualization"] = {"bands": ["B1", "B2", "B3"], "min": 0, "max": 255}
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(doc, f)
+    assert main(["run", cfg_path]) == 0
+    pngs = sorted(glob.glob(str(tmp_path / "out" / "png" / "*.png")))
+    os.remove(pngs[0])
+    capsys.readouterr()
+    assert main(["run", cfg_path]) == 0
+    assert "requests 1 " in capsys.readouterr().out and os.path.exists(pngs[0])
+    tf = pytest.importorskip("tensorflow")
+    ids = [tf.train.Example.FromString(r.numpy()).features.feature["patch_id"].bytes_list.value[0]
+           for r in tf.data.TFRecordDataset(glob.glob(str(tmp_path / "out" / "tfrecord" / "*")), compression_type="GZIP")]
+    assert len(ids) == len(set(ids)) == len(pngs)

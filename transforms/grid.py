@@ -167,10 +167,16 @@ def region_cells(grid: GridSpec, geometry) -> tuple[np.ndarray, np.ndarray, np.n
     if geometry.geom_type in ("Point", "MultiPoint"):
         return _point_cells(grid, geometry)
     rows, cols = _candidate_indices(grid, geometry.bounds)
-    if rows.size == 0 or cols.size == 0:
-        return (np.empty(0, int),) * 2 + (np.empty(0),)
     rr, cc = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
-    boxes = patch_boxes(grid, rr, cc)
+    return kept_patches(grid, geometry, rr, cc)
+
+
+def kept_patches(grid: GridSpec, geometry, rows: np.ndarray, cols: np.ndarray):
+    """Of candidate patches (rows[i], cols[i]), the (rows, cols, coverage) a polygonal region
+    keeps: area inside > 0 and >= min_coverage of the patch."""
+    if rows.size == 0:
+        return rows.astype(int), cols.astype(int), np.empty(0)
+    boxes = patch_boxes(grid, rows, cols)
     shapely.prepare(geometry)
     inside = shapely.contains_properly(geometry, boxes)
     coverage = inside.astype(float)
@@ -178,7 +184,7 @@ def region_cells(grid: GridSpec, geometry) -> tuple[np.ndarray, np.ndarray, np.n
     if edge.any():
         coverage[edge] = shapely.area(shapely.intersection(boxes[edge], geometry)) / shapely.area(boxes[edge])
     keep = (coverage > 0) & (coverage >= grid.min_coverage)
-    return rr[keep], cc[keep], coverage[keep]
+    return rows[keep], cols[keep], coverage[keep]
 
 
 def _point_cells(grid: GridSpec, geometry):

@@ -47,13 +47,13 @@ def __getattr__(name: str):
 
 # -- files --------------------------------------------------------------------------------------
 
-def _join(base: str, relpath: str) -> str:
+def join_path(base: str, relpath: str) -> str:
     if "://" in base:
         return base.rstrip("/") + "/" + relpath
     return os.path.join(base, *relpath.split("/"))
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
     if "://" in path:
         from apache_beam.io.filesystems import FileSystems
         with FileSystems.open(path) as f:
@@ -64,9 +64,9 @@ def _read_bytes(path: str) -> bytes:
 
 def read_dataset_json(output_path: str) -> dict:
     """The output's dataset.json; FileNotFoundError says what to do when it is missing."""
-    path = _join(output_path, "dataset.json")
+    path = join_path(output_path, "dataset.json")
     try:
-        return json.loads(_read_bytes(path).decode("utf-8"))
+        return json.loads(read_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no dataset.json; give the output.path of a finished "
                                 "`pixelbeam run`") from None
@@ -74,9 +74,9 @@ def read_dataset_json(output_path: str) -> dict:
 
 def read_manifest_rows(output_path: str) -> list[dict]:
     """manifest.jsonl's rows, the last row of each patch id kept (a resumed run may repeat ids)."""
-    path = _join(output_path, "manifest.jsonl")
+    path = join_path(output_path, "manifest.jsonl")
     try:
-        text = _read_bytes(path).decode("utf-8")
+        text = read_bytes(path).decode("utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no manifest; give the output.path of a finished `pixelbeam run`") from None
     rows = {}
@@ -95,7 +95,7 @@ def written_npy_files(output_path: str) -> list[tuple[str, str]]:
             continue
         npy = [f for f in row.get("files") or [] if f.endswith(".npy")]
         if npy:
-            out.append((row["patch_id"], _join(output_path, npy[0])))
+            out.append((row["patch_id"], join_path(output_path, npy[0])))
     return sorted(out)
 
 
@@ -112,7 +112,7 @@ def tfrecord_files(output_path: str, meta: Optional[dict] = None) -> list[str]:
     lists (`runs`: each run writes `patches-<run>-*`, so shards of a killed run are left
     out), else every shard matching its `tfrecord.files` pattern."""
     meta = meta or read_dataset_json(output_path)
-    pattern = _join(output_path, meta["tfrecord"]["files"])
+    pattern = join_path(output_path, meta["tfrecord"]["files"])
     files = sorted({f for run in meta.get("runs") or [] for f in _glob(pattern.replace("*", f"{run}-*", 1))})
     if not files:
         files = _glob(pattern)
@@ -122,9 +122,19 @@ def tfrecord_files(output_path: str, meta: Optional[dict] = None) -> list[str]:
     return sorted(files)
 
 
+def tfrecord_patch_count(output_path: str) -> Optional[int]:
+    """How many records the TFRecords hold, from the manifest (written rows with a TFRecord
+    file), or None when the manifest cannot tell."""
+    try:
+        rows = read_manifest_rows(output_path)
+    except FileNotFoundError:
+        return None
+    return sum(1 for r in rows if r.get("status") == "written" and any("tfrecord" in f for f in r.get("files") or []))
+
+
 def load_npy(path: str) -> np.ndarray:
     if "://" in path:
-        return np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False)
+        return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
     return np.load(path, allow_pickle=False)
 
 
@@ -225,9 +235,14 @@ def tf_dataset(output_path: str, batch_size: Optional[int] = None, with_mask: bo
         values = tuple(out.values())
         return values[0] if len(values) == 1 else values
 
-    files = list(files) if files is not None else tfrecord_files(output_path, meta)
+    count = None
+    if files is None:
+        files = tfrecord_files(output_path, meta)
+        count = tfrecord_patch_count(output_path)
     compression = meta["tfrecord"].get("compression", "GZIP")
-    ds = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
+    ds = tf.data.TFRecordDataset(list(files), compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
+    if count is not None:  # a known length: len(ds) works and Keras knows where an epoch ends
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if batch_size:

@@ -39,6 +39,7 @@ class PatchSpec:
     margin: int = 0
     start: Optional[str] = None  # ISO date, inclusive (collections)
     end: Optional[str] = None  # ISO date, exclusive (collections)
+    in_tfrecord: bool = False  # a rerun refetching a patch whose example a completed run wrote
 
     @property
     def fetch_width(self) -> int:

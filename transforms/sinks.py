@@ -89,7 +89,6 @@ class WritePatches(beam.PTransform):
     formats: tuple[str, ...]
     tfrecord_shards: int = 0
     run_id: str = ""  # each run writes its own shards: patches-<run_id>-SSSSS-of-NNNNN
-    in_tfrecord: frozenset = frozenset()  # patch ids an earlier run's shards already hold
     file_options: Optional[PatchFileOptions] = None  # per-patch files; default: NPY (C, H, W) if in formats
 
     def __post_init__(self):
@@ -102,7 +101,7 @@ class WritePatches(beam.PTransform):
             prefix = f"{TFRECORD_PREFIX}-{self.run_id}" if self.run_id else TFRECORD_PREFIX
             files.append(f"{prefix}-*{TFRECORD_SUFFIX}")
             _ = (patches
-                 | "NotYetInTFRecord" >> beam.Filter(lambda p, done=self.in_tfrecord: p.spec.patch_id not in done)
+                 | "NotYetInTFRecord" >> beam.Filter(lambda p: not p.spec.in_tfrecord)
                  | "EncodeExamples" >> beam.Map(patch_to_example)
                  | "WriteTFRecord" >> beam.io.WriteToTFRecord(
                      join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
@@ -122,17 +121,15 @@ class WriteReports(beam.PTransform):
 
     output_path: str
     run_id: str = ""
-    carried_rows: tuple = ()  # rows of patches done by earlier runs, kept as they were
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, inputs):
-        rows, failed = inputs
+        rows, failed, carried = inputs  # carried: rows of patches done by earlier runs, kept as they were
         failed_rows = failed | "FailedRows" >> beam.Map(failed_row)
         new_rows = ((rows, failed_rows) | "NewRows" >> beam.Flatten()
                     | "StampRunId" >> beam.Map(lambda row, run=self.run_id: {**row, "run_id": run}))
-        carried = rows.pipeline | "CarriedRows" >> beam.Create(list(self.carried_rows))
         all_rows = (new_rows, carried) | "AllRows" >> beam.Flatten()
         _ = (all_rows
              | "ManifestJson" >> beam.Map(to_json_line)

@@ -1,7 +1,8 @@
-"""TilePatches: regions -> PatchSpecs on the global grid, spread over workers.
+"""TilePatches: planned cells -> PatchSpecs on the global grid, spread over workers.
 
-The plan is made by the pure `plan_patches` (grid.py); this transform only puts it into the
-pipeline and breaks fusion with a Reshuffle so that fetching is spread over all workers.
+The launcher plans coarse cells (transforms/cells.py); workers expand each cell into its
+patches behind a Reshuffle, and a second Reshuffle spreads the patches of a cell over workers
+before fetching. A patch lies in exactly one cell, so no deduplication step is needed.
 """
 
 from __future__ import annotations
@@ -10,20 +11,43 @@ import dataclasses
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
-from transforms.patch import PatchSpec
+from transforms.cells import Cell, expand_cell, project_regions
+from transforms.grid import GridSpec
+from transforms.regions import Region
+
+
+class ExpandCells(beam.DoFn):
+    """Cell -> its PatchSpecs; regions are projected once per worker, in setup."""
+
+    def __init__(self, regions: Sequence[Region], grid: GridSpec):
+        self.regions, self.grid = list(regions), grid
+
+    def setup(self):
+        self.projected = project_regions(self.regions, self.grid)
+        self.planned = Metrics.counter("pixelbeam", "patches_planned")
+
+    def process(self, cell: Cell):
+        specs = expand_cell(cell, self.projected[cell.crs], self.grid)
+        self.planned.inc(len(specs))
+        yield from specs
 
 
 @dataclasses.dataclass
 class TilePatches(beam.PTransform):
-    """PBegin -> PCollection[PatchSpec] of a plan made on the launcher."""
+    """PBegin -> PCollection[PatchSpec] of the cells' patches."""
 
-    specs: Sequence[PatchSpec]
+    cells: Sequence[Cell]
+    regions: Sequence[Region]
+    grid: GridSpec
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, pbegin):
         return (pbegin
-                | "PlannedPatches" >> beam.Create(list(self.specs), reshuffle=False)
-                | "SpreadOverWorkers" >> beam.Reshuffle())
+                | "PlannedCells" >> beam.Create(list(self.cells), reshuffle=False)
+                | "SpreadCells" >> beam.Reshuffle()
+                | "ExpandCells" >> beam.ParDo(ExpandCells(self.regions, self.grid))
+                | "SpreadPatches" >> beam.Reshuffle())

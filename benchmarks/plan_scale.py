@@ -1,0 +1,108 @@
+"""Launcher planning at scale: time and peak memory of `pixelbeam plan` for 10^5 .. 10^7 patches.
+
+A large irregular polygon (a 'coastline' of 20,000 vertices around the Bahamas scene, so the
+bundled raster is a valid source) is planned on a 10 m UTM grid with patch sizes chosen to give
+about 10^5, 10^6 and 10^7 patches. Each measurement runs in a fresh process and reports its peak
+RSS, for:
+  cells     - what `pixelbeam plan` does: coarse cells + counting (launcher memory O(cells));
+  enumerate - listing every PatchSpec on the launcher (what a naive planner does), for contrast
+              (skipped at 10^7, where it needs several GB).
+
+    .venv/bin/python benchmarks/plan_scale.py [--sizes 100000,1000000,10000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
+CENTER = (-77.6, 24.6)  # lon, lat: the bundled Landsat scene
+PATCH_PX = 32
+SCALE_M = 10.0
+
+
+def coastline(radius_deg: float, vertices: int = 20000, seed: int = 0) -> dict:
+    """An irregular polygon: a circle whose radius wanders by a smoothed random walk."""
+    rng = np.random.default_rng(seed)
+    angle = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    wobble = np.convolve(rng.normal(0, 1, vertices), np.ones(200) / 200, mode="same")
+    r = radius_deg * (1 + 0.25 * wobble / np.abs(wobble).max())
+    lon = CENTER[0] + r * np.cos(angle) / math.cos(math.radians(CENTER[1]))
+    lat = CENTER[1] + r * np.sin(angle)
+    ring = np.column_stack([lon, lat]).round(6).tolist()
+    return {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
+
+
+def radius_for(patches: int) -> float:
+    """Radius (degrees) of a disc holding about `patches` patches of 32 px at 10 m."""
+    area_m2 = patches * (PATCH_PX * SCALE_M) ** 2
+    return math.sqrt(area_m2 / math.pi) / 111_000
+
+
+def child(mode: str, config_path: str) -> dict:
+    """Runs in a fresh process: plan, then report time and peak RSS."""
+    sys.path.insert(0, ROOT)
+    from pipeline.config import load_config
+    from pipeline.plan import plan_summary, prepare_job
+    started = time.perf_counter()
+    job = prepare_job(load_config(config_path))
+    patches = plan_summary(job)["patches"] if mode == "cells" else len(job.specs)
+    seconds = time.perf_counter() - started
+    return {"patches": patches, "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cells": len(job.cells)}
+
+
+def measure(mode: str, config_path: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, config_path], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_config(tmp: str, patches: int) -> str:
+    regions = os.path.join(tmp, f"coast-{patches}.geojson")
+    with open(regions, "w") as f:
+        json.dump({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "id": "coast", "properties": {}, "geometry": coastline(radius_for(patches))}]}, f)
+    config = os.path.join(tmp, f"plan-{patches}.yaml")
+    with open(config, "w") as f:
+        f.write(f"source: {{uri: {LANDSAT}}}\nregions: {regions}\n"
+                f"grid: {{crs: EPSG:32618, scale: {SCALE_M}, patch_size: {PATCH_PX}}}\n"
+                f"output: {{path: {os.path.join(tmp, 'out')}}}\n")
+    return config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000,10000000")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return 0
+    print(f"{'target':>10} {'patches':>10} {'cells':>7} {'cells s':>8} {'patches/s':>11} {'peak MB':>8} "
+          f"{'enumerate s':>12} {'enum peak MB':>13}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in map(int, args.sizes.split(",")):
+            config = write_config(tmp, target)
+            cells = measure("cells", config)
+            enum = measure("enumerate", config) if target <= 2_000_000 else None
+            enum_s = f"{enum['seconds']:.2f}" if enum else "skipped"
+            enum_mb = f"{enum['peak_mb']:.0f}" if enum else "-"
+            print(f"{target:>10} {cells['patches']:>10} {cells['cells']:>7} {cells['seconds']:>8.2f} "
+                  f"{cells['patches'] / cells['seconds']:>11,.0f} {cells['peak_mb']:>8.0f} {enum_s:>12} {enum_mb:>13}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""benchmarks/run_all.py: runs the scripts and builds one table (numbers are not checked here:
+benchmarks are measured, never asserted)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import run_all  # noqa: E402
+
+
+def test_run_all_quick_extract_overhead_prints_one_table():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"), "--quick",
+                           "--only", "extract_overhead"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("benchmark") and "ratio" in line for line in lines)
+    rows = [line.split("|") for line in lines if line.startswith("extract_overhead")]
+    assert len(rows) == 4  # 2 patch sizes x (NPY only, full job)
+    assert all(float(r[5]) > 0 for r in rows)
+
+
+def test_ee_throughput_summary_compares_pixelbeam_with_every_baseline():
+    def row(client, rate, lost=0):
+        return {"client": client, "rate": rate, "lost": lost}
+    doc = {"latency_s": 1.0, "concurrency": 40, "patches": 800, "faults": 0.05, "quota_rate": 40.0,
+           "rows": [row("ideal (40 threads)", 37.7), row("pixelbeam", 37.2), row("sequential loop", 1.0),
+                    row("notebook (64 threads)", 16.5, 3), row("ideal (40 threads) 5% faults", 33.7),
+                    row("pixelbeam 5% faults", 33.6)]}
+    table = run_all.ee_throughput_rows(doc)
+    ratios = {(measure.endswith("faults: throughput"), ref): ratio for measure, _, ref, _, ratio, _ in table}
+    assert len(ratios) == 5
+    assert abs(ratios[(False, "quota C/L")] - 37.2 / 40) < 1e-9
+    assert abs(ratios[(False, "ideal client (told the quota)")] - 37.2 / 37.7) < 1e-9
+    assert abs(ratios[(False, "sequential getPixels loop")] - 37.2) < 1e-9
+    assert abs(ratios[(False, "notebook thread pool (64)")] - 37.2 / 16.5) < 1e-9
+    assert abs(ratios[(True, "ideal client (told the quota)")] - 33.6 / 33.7) < 1e-9
+
+
+def test_scripts_are_discovered_with_their_options():
+    names = {os.path.basename(p): run_all.options_of(p) for p in run_all.scripts()}
+    assert "run_all.py" not in names
+    assert names["extract_overhead.py"] == names["ee_throughput.py"] == {"--quick", "--json"}
