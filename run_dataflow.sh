@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run_dataflow.sh CONFIG [options]: the same pipeline as `pixelbeam run CONFIG`, on Dataflow.
 # Settings come from environment variables; see --help and docs/dataflow.md.
-set -euo pipefail
+set -euo pipefail  # bash 3.2 (macOS) and later
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -86,10 +86,12 @@ HELPER=(-m pipeline.dataflow worker-options "$CONFIG" --machine_type "$MACHINE_T
 [[ ${ONE_PROCESS_PER_WORKER:-0} == 1 ]] && HELPER+=(--one_process_per_worker)
 [[ -n ${SERVICE_ACCOUNT:-} ]] && HELPER+=(--service_account "$SERVICE_ACCOUNT")
 DERIVED_TEXT=$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "${HELPER[@]}") || exit $?
-mapfile -t DERIVED <<<"$DERIVED_TEXT"
+DERIVED=()
+while IFS= read -r line; do if [[ -n $line ]]; then DERIVED+=("$line"); fi; done <<<"$DERIVED_TEXT"
 
 if [[ -z ${JOB_NAME:-} ]]; then
-  name=$(basename "$CONFIG"); name=${name%.*}; name=$(tr -c 'a-z0-9\n' '-' <<<"${name,,}")
+  name=$(basename "$CONFIG"); name=${name%.*}
+  name=$(tr '[:upper:]' '[:lower:]' <<<"$name" | tr -c 'a-z0-9\n' '-')
   JOB_NAME="pixelbeam-${name}-$(date -u +%Y%m%d-%H%M%S)"
 fi
 
@@ -103,7 +105,7 @@ CMD=("$PYTHON" -m pipeline run "$CONFIG"
 [[ -n ${SERVICE_ACCOUNT:-} ]] && CMD+=(--service_account_email "$SERVICE_ACCOUNT")
 [[ -n ${SDK_CONTAINER_IMAGE:-} ]] && CMD+=(--sdk_container_image "$SDK_CONTAINER_IMAGE")
 [[ $DRY_RUN == 1 ]] && CMD+=(--dry_run=True)
-CMD+=("${EXTRA[@]}")
+CMD+=(${EXTRA[@]+"${EXTRA[@]}"})  # (bash 3.2, macOS: an empty array is "unbound")
 
 echo "run_dataflow.sh: ${CMD[*]}" >&2
 PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "${CMD[@]}"

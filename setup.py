@@ -9,6 +9,7 @@ CORE = [
     "shapely>=2.0",
     "pyproj>=3.6",
     "pyyaml>=6.0",
+    "rich>=13",  # the progress bar
     "pydantic>=2.6",
     "google-crc32c>=1.5",  # CRC32C for Beam's TFRecord sink
     "pillow>=10",  # preview.png

@@ -85,11 +85,16 @@ def write_config(tmp: str, patches: int) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000,10000000")
+    parser.add_argument("--quick", action="store_true", help="10^5 and 10^6 patches only")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child)))
         return 0
+    if args.quick:
+        args.sizes = "100000,1000000"
+    results = []
     print(f"{'target':>10} {'patches':>10} {'cells':>7} {'cells s':>8} {'patches/s':>11} {'peak MB':>8} "
           f"{'enumerate s':>12} {'enum peak MB':>13}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,10 +102,14 @@ def main(argv=None) -> int:
             config = write_config(tmp, target)
             cells = measure("cells", config)
             enum = measure("enumerate", config) if target <= 2_000_000 else None
+            results.append({"target": target, "cells": cells, "enumerate": enum})
             enum_s = f"{enum['seconds']:.2f}" if enum else "skipped"
             enum_mb = f"{enum['peak_mb']:.0f}" if enum else "-"
             print(f"{target:>10} {cells['patches']:>10} {cells['cells']:>7} {cells['seconds']:>8.2f} "
                   f"{cells['patches'] / cells['seconds']:>11,.0f} {cells['peak_mb']:>8.0f} {enum_s:>12} {enum_mb:>13}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "plan_scale", "results": results}, f)
     return 0
 
 

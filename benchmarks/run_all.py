@@ -87,9 +87,25 @@ def ee_throughput_rows(doc: dict) -> list[Row]:
     return rows
 
 
+def plan_scale_rows(doc: dict) -> list[Row]:
+    rows = []
+    smallest = doc["results"][0]["cells"]["peak_mb"]
+    for r in doc["results"]:
+        cells, enum = r["cells"], r["enumerate"]
+        what = f"plan {cells['patches']:,} patches"
+        rows.append((f"{what}: launcher peak memory", f"{cells['peak_mb']:.0f} MB", "the same at 10^5 patches",
+                     f"{smallest:.0f} MB", cells["peak_mb"] / smallest, "memory, lower (1.00 = flat)"))
+        if enum:
+            rows.append((f"{what}: launcher time", f"{cells['seconds']:.2f} s", "enumerating every patch",
+                         f"{enum['seconds']:.2f} s, {enum['peak_mb']:.0f} MB", cells["seconds"] / enum["seconds"],
+                         "time, lower"))
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
     "extract_overhead": extract_overhead_rows,
     "ee_throughput": ee_throughput_rows,
+    "plan_scale": plan_scale_rows,
 }
 
 

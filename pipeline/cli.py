@@ -143,9 +143,13 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
     started = time.monotonic()
     resume.clean_leftovers(out, state.completed_runs, overwrite)
     resume.mark_running(out, state.run_id, fingerprint)
-    pipeline = build_pipeline(job, beam.Pipeline(options=options), state)
-    result = pipeline.run()
-    result.wait_until_finish()
+    from apache_beam.options.pipeline_options import StandardOptions
+    from pipeline.progress import is_local, progress_bar
+    local = is_local(options.view_as(StandardOptions).runner)
+    with progress_bar(max(job.planned - state.done_before, 0), enabled=None if local else False) as progress_dir:
+        pipeline = build_pipeline(job, beam.Pipeline(options=options), state, progress_dir)
+        result = pipeline.run()
+        result.wait_until_finish()
     write_dataset_json(job, fingerprint, state.completed_runs + [state.run_id], resume.plan_digest(job))
     resume.clear_running(out)
     summary = summarize(job, result, time.monotonic() - started)

@@ -163,6 +163,9 @@ class OutputConfig(Strict):
     tfrecord_shards: int = Field(0, ge=0)
     bands_axis: Literal[0, -1] = 0  # NPY layout: 0 (C, H, W) or -1 (H, W, C)
     visualization: Optional[VisualizationConfig] = None  # for png / jpeg
+    scaling: Optional[Union[str, list[Any], dict[str, Any]]] = None  # Descartes Labs' scaling (transforms/scaling.py)
+    data_type: Optional[str] = None  # output type: Byte, UInt16, Int16, UInt32, Int32, Float32, Float64
+    band_ranges: Optional[dict[str, dict[str, tuple[float, float]]]] = None  # per band: data_range, default_range, physical_range
 
     @field_validator("formats")
     @classmethod
@@ -176,6 +179,31 @@ class OutputConfig(Strict):
         if self.visualization is not None and not {"png", "jpeg"} & set(self.formats):
             raise ValueError("visualization applies to png and jpeg; add one to output.formats or remove it")
         return self
+
+
+class MaskConfig(Strict):
+    """Mask semantics (transforms/masking.py): which pixels are masked and what masked pixels hold."""
+
+    mask_nodata: bool = True  # raster: pixels equal to the file's nodata value are masked (Descartes Labs' mask_nodata)
+    mask_alpha: bool = True  # raster: the alpha band masks (Descartes Labs' mask_alpha)
+    unmask: Optional[float] = None  # Earth Engine's unmask(value): masked pixels become valid with this value
+    fill_value: Optional[float] = None  # masked pixels are written with this value (default: as the source gives them)
+    npy: bool = False  # also write npy/<patch_id>.mask.npy (uint8 (H, W), 1 = valid)
+
+    @model_validator(mode="after")
+    def _unmask_or_fill(self):
+        if self.unmask is not None and self.fill_value is not None:
+            raise ValueError("unmask leaves no masked pixel for fill_value to fill; give one of them")
+        return self
+
+
+class SampleConfig(Strict):
+    """Which patches of the grid are planned (transforms/sampling.py)."""
+
+    per_region: Optional[int] = Field(None, ge=1)  # exactly min(N, patches) patches of each region
+    seed: int = 0
+    centered_on_points: bool = False  # a point keeps the grid patch whose centre is nearest to it
+    label_property: Optional[str] = None  # a region property carried as each patch's label
 
 
 class FetchConfig(Strict):
@@ -194,6 +222,8 @@ class Config(Strict):
     grid: GridConfig = GridConfig()
     output: OutputConfig
     fetch: FetchConfig = FetchConfig()
+    mask: MaskConfig = MaskConfig()
+    sample: SampleConfig = SampleConfig()
 
     @model_validator(mode="before")
     @classmethod

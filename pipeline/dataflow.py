@@ -126,8 +126,9 @@ def plan_workers(fetch, machine_type: str, one_process_per_worker: bool = False,
                           f"{machine_type} worker; use a smaller machine type or one process per worker")
     if max_workers is not None:
         if not 1 <= max_workers <= most:
-            raise ConfigError(f"MAX_WORKERS: {max_workers} workers x {per_worker} processes would give some processes no "
-                              f"request slot of fetch.max_concurrent_requests {slots}; use 1..{most}, or raise the limit")
+            raise ConfigError(f"MAX_WORKERS: {max_workers} workers x {per_worker} processes would leave some process "
+                              f"without a request slot of fetch.max_concurrent_requests {slots}; use 1..{most}, "
+                              "or raise the limit")
         workers = max_workers
     else:
         workers = max(1, min(most, slots // (per_worker * SLOTS_PER_PROCESS)))
@@ -175,9 +176,13 @@ def check_runner(job, options) -> None:
     dry run) the paths and credentials the workers will use. Raises ConfigError."""
     if not is_dataflow(options):
         if is_dry_run(options):
-            raise ConfigError("--dry_run: only DataflowRunner has a dry run; use `pixelbeam plan` to plan without running")
+            raise ConfigError("--dry_run: only DataflowRunner has a dry run; `pixelbeam plan` plans without running")
         return
-    sdk_processes(options)
+    processes, slots = sdk_processes(options), job.config.fetch.max_concurrent_requests
+    if processes > slots:
+        raise ConfigError(f"--max_num_workers: {worker_vms(options)} workers x {processes_per_worker(options)} SDK "
+                          f"processes each exceed fetch.max_concurrent_requests {slots} (every process needs a "
+                          "request slot); use fewer or smaller workers, or raise the limit")
     problems = submission_problems(job)
     if problems and not is_dry_run(options):
         raise ConfigError(problems[0])
@@ -207,7 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = sub.add_parser("worker-options", help="Dataflow worker options that keep the job inside its fetch limits")
     opts.add_argument("config")
     opts.add_argument("--machine_type", default="n1-standard-2")
-    opts.add_argument("--max_workers", type=int, help="worker VMs (default: derived from fetch.max_concurrent_requests)")
+    opts.add_argument("--max_workers", type=int,
+                      help="worker VMs (default: derived from fetch.max_concurrent_requests)")
     opts.add_argument("--one_process_per_worker", action="store_true",
                       help=f"one SDK process per worker VM (--experiments={ONE_PROCESS_PER_WORKER})")
     opts.add_argument("--requirements_file", metavar="FILE",

@@ -32,13 +32,13 @@ def worker_count(options: PipelineOptions) -> int:
     return max(1, direct.direct_num_workers or 1)
 
 
-def fetch_settings(job: Job, options: PipelineOptions) -> FetchSettings:
+def fetch_settings(job: Job, options: PipelineOptions, progress_dir: Optional[str] = None) -> FetchSettings:
     fetch = job.config.fetch
     concurrent, rate = per_worker_limits(fetch.max_concurrent_requests, fetch.max_requests_per_second,
                                          worker_count(options))
     return FetchSettings(max_concurrent=concurrent, max_requests_per_second=rate,
                          max_attempts=fetch.max_attempts, timeout_s=fetch.timeout_s,
-                         threads=fetch_threads(concurrent))
+                         threads=fetch_threads(concurrent), progress_dir=progress_dir)
 
 
 def fetch_threads(max_concurrent: int) -> int:
@@ -48,23 +48,27 @@ def fetch_threads(max_concurrent: int) -> int:
     return min(max_concurrent + max(2, max_concurrent // 4), MAX_THREADS_PER_WORKER)
 
 
-def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None) -> beam.Pipeline:
+def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None,
+                   progress_dir: Optional[str] = None) -> beam.Pipeline:
     """Adds every step of the job to `pipeline` and returns it. With `resume` naming a previous
     manifest, the patches it records as done are carried over instead of fetched."""
     out = job.config.output
     resume = resume or ResumeState(run_id="")
-    specs = pipeline | "TilePatches" >> TilePatches(job.cells, job.regions, job.grid)
+    specs = pipeline | "TilePatches" >> TilePatches(job.cells, job.regions, job.grid, job.sample)
     if resume.previous_manifest:
         specs, carried = specs | "SkipDonePatches" >> SkipDonePatches(
             resume.previous_manifest, tuple(resume.completed_runs), out.path)
     else:
         carried = pipeline | "NothingCarried" >> beam.Create([])
-    fetched = specs | "FetchPatches" >> FetchPatches(job.source, job.info, fetch_settings(job, pipeline.options))
-    judged = fetched.patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio)).with_outputs(
+    fetched = specs | "FetchPatches" >> FetchPatches(job.source, job.info, fetch_settings(job, pipeline.options, progress_dir))
+    patches = fetched.patches
+    if not job.rules.is_identity:  # unmask, scaling, fill_value: one place for every source
+        patches = patches | "MaskAndScale" >> beam.Map(job.rules)
+    judged = patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio)).with_outputs(
         FILTERED, main="keep")
     written_rows, write_failures = judged.keep | "WritePatches" >> WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id,
-        file_options=patch_file_options(out, job.info))
+        file_options=patch_file_options(out, job.output_info, mask_npy=job.config.mask.npy))
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()
     _ = (rows, failures, carried) | "WriteReports" >> WriteReports(out.path, resume.run_id)

@@ -31,7 +31,8 @@ def check_outputs(output: OutputConfig, info: SourceInfo) -> None:
     resolve_visualization(output, info)
 
 
-def patch_file_options(output: OutputConfig, info: SourceInfo) -> PatchFileOptions:
-    """What `WritePatches` writes per patch, from the validated output section."""
+def patch_file_options(output: OutputConfig, info: SourceInfo, mask_npy: bool = False) -> PatchFileOptions:
+    """What `WritePatches` writes per patch, from the validated output section (`info`: the
+    output's bands and dtype); `mask_npy` adds npy/<patch_id>.mask.npy beside each NPY."""
     return PatchFileOptions(formats=per_patch_formats(output.formats), bands_axis=output.bands_axis,
-                            vis=resolve_visualization(output, info))
+                            vis=resolve_visualization(output, info), mask_npy=mask_npy and "npy" in output.formats)

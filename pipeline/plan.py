@@ -11,15 +11,21 @@ import functools
 import math
 import os
 
+from typing import Optional
+
+import numpy as np
 import pyproj
 import shapely
 
 from pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
 from pipeline.outputs import check_outputs
-from transforms.cells import Cell, count_patches, plan_by_cells, plan_cells, project_regions
+from transforms.cells import Cell, count_patches, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from transforms.grid import GridSpec
 from transforms.patch import PatchSpec
+from transforms.masking import PixelRules, check_fill_value
 from transforms.regions import Region, RegionError, load_regions
+from transforms.sampling import Sample, SampleError, label_dtype, region_labels, region_thresholds
+from transforms.scaling import ScalingError, resolve_scaling
 from transforms.sizing import RequestTooLarge, plan_parts, request_bytes
 from transforms.sources import PixelSource, SourceError, SourceInfo
 
@@ -36,10 +42,20 @@ class Job:
     grid: GridSpec
     cells: list[Cell]
     planned: int
+    sample: Optional[Sample] = None  # per-region subset and labels
+    rules: PixelRules = PixelRules()  # unmask, scaling, fill_value after the fetch
+    label_dtype: Optional[str] = None  # TFRecord dtype of the labels, if any
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
-        return plan_by_cells(self.regions, self.grid)
+        return plan_by_cells(self.regions, self.grid, sample=self.sample)
+
+    @property
+    def output_info(self) -> SourceInfo:
+        """What the written patches hold: the source's bands in the output dtype (scaling)."""
+        if self.rules.scaling is None:
+            return self.info
+        return dataclasses.replace(self.info, dtypes=(self.rules.scaling.dtype,) * len(self.info.band_names))
 
     @property
     def fetch_shape(self) -> tuple[int, int]:
@@ -66,7 +82,8 @@ def make_source(config: Config) -> PixelSource:
     src = config.source
     if isinstance(src, RasterSourceConfig):
         from transforms.raster_source import RasterSource
-        return RasterSource(uris=src.uris, bands=tuple(src.bands) if src.bands else None, resampling=src.resampling)
+        return RasterSource(uris=src.uris, bands=tuple(src.bands) if src.bands else None, resampling=src.resampling,
+                            mask_nodata=config.mask.mask_nodata, mask_alpha=config.mask.mask_alpha)
     if isinstance(src, EarthEngineSourceConfig):
         from transforms.ee_source import earthengine_source
         return earthengine_source(src, timeout_s=config.fetch.timeout_s)
@@ -145,18 +162,86 @@ def prepare_job(config: Config) -> Job:
     except (SourceError, RegionError) as e:
         raise ConfigError(str(e)) from None
     grid = resolve_grid(config.grid, info)
+    grid = dataclasses.replace(grid, center_points=config.sample.centered_on_points)
+    check_mask_options(config, info, grid)
+    rules = pixel_rules(config, info)
     check_regions_inside(regions, info)
-    check_outputs(config.output, info)  # visualization bands against the source's
     cells = plan_cells(regions, grid)
-    planned = count_patches(cells, project_regions(regions, grid), grid)
+    projected = project_regions(regions, grid)
+    sample, label_type = make_sample(config, regions, cells, projected, grid)
+    planned = count_patches(cells, projected, grid, sample)
     if not planned:
         raise ConfigError(f"grid: the regions yield no patch (min_coverage {grid.min_coverage}); lower grid.min_coverage")
-    job = Job(config=config, source=source, info=info, regions=regions, grid=grid, cells=cells, planned=planned)
+    job = Job(config=config, source=source, info=info, regions=regions, grid=grid, cells=cells, planned=planned,
+              sample=sample, rules=rules, label_dtype=label_type)
+    check_outputs(config.output, job.output_info)  # visualization bands against the source's
     try:
         job.requests_per_patch
     except RequestTooLarge as e:
         raise ConfigError(f"grid.patch_size: {e}") from None
     return job
+
+
+def check_mask_options(config: Config, info: SourceInfo, grid: GridSpec) -> None:
+    """mask_nodata / mask_alpha false: raster sources read on the file's own grid only (a warp
+    would still let GDAL mask nodata and alpha)."""
+    m = config.mask
+    off = [k for k in ("mask_nodata", "mask_alpha") if not getattr(m, k)]
+    if not off:
+        return
+    if not isinstance(config.source, RasterSourceConfig):
+        raise ConfigError(f"mask.{off[0]}: applies to raster sources (Earth Engine sends its own mask); remove it")
+    a, b, c, d, e, f = info.transform
+    native = (grid.crs.lower() != "utm" and pyproj.CRS(grid.crs) == pyproj.CRS(info.crs) and not b and not d
+              and math.isclose(grid.scale[0], abs(a)) and math.isclose(grid.scale[1], abs(e))
+              and _aligned(grid.origin[0] - c, abs(a)) and _aligned(grid.origin[1] - f, abs(e)))
+    if not native:
+        raise ConfigError(f"mask.{off[0]}: false works on the source's own grid only; use grid crs, scale and "
+                          "origin native, or keep it true")
+
+
+def _aligned(offset: float, step: float) -> bool:
+    k = offset / step
+    return abs(k - round(k)) < 1e-6
+
+
+def pixel_rules(config: Config, info: SourceInfo) -> PixelRules:
+    """The post-fetch pixel rules (unmask, scaling, fill_value), checked against the source."""
+    out, m = config.output, config.mask
+    scaling = None
+    if out.scaling is not None or out.data_type is not None:
+        try:
+            scaling = resolve_scaling(info.band_names, info.dtypes, out.scaling, out.data_type, out.band_ranges)
+        except ScalingError as e:
+            raise ConfigError(f"output.{e}") from None
+        if out.scaling is None and np.dtype(scaling.dtype) == np.dtype(info.dtype):
+            scaling = None  # data_type equal to the source's: nothing to do
+    for field, value, dtype in (("mask.unmask", m.unmask, info.dtype),
+                                ("mask.fill_value", m.fill_value, scaling.dtype if scaling else info.dtype)):
+        problem = check_fill_value(value, dtype, field)
+        if problem:
+            raise ConfigError(problem)
+    return PixelRules(unmask=m.unmask, scaling=scaling, fill_value=m.fill_value)
+
+
+def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Optional[Sample], Optional[str]]:
+    """The per-region thresholds and region labels of `sample:`, and the labels' dtype."""
+    s = config.sample
+    if s.per_region is None and s.label_property is None:
+        return None, None
+    labels, dtype = (), None
+    if s.label_property:
+        try:
+            labels = region_labels(regions, s.label_property)
+            dtype = label_dtype(labels)
+        except SampleError as e:
+            raise ConfigError(str(e)) from None
+        if dtype == "float32":
+            labels = tuple((r, float(v)) for r, v in labels)
+    thresholds = ()
+    if s.per_region is not None:
+        thresholds = region_thresholds(owned_patch_ids(cells, projected, grid), s.per_region, s.seed)
+    return Sample(seed=s.seed, thresholds=thresholds, labels=labels), dtype
 
 
 def plan_summary(job: Job) -> dict:
@@ -172,7 +257,7 @@ def plan_summary(job: Job) -> dict:
         "bytes": n * job.bytes_per_patch,
         "bytes_per_patch": job.bytes_per_patch,
         "bands": list(job.info.band_names),
-        "dtype": job.info.dtype,
+        "dtype": job.output_info.dtype,
         "patch_shape": [len(job.info.band_names), *job.fetch_shape],
         "crs": job.crs_list,
         "cells": len(job.cells),

@@ -104,7 +104,7 @@ def _scan_records(output_path: str, meta: dict, wanted: set, with_data: bool) ->
 def load_patches(output_path: str, ids: Sequence[str], rows: Sequence[dict], meta: dict) -> list[dict]:
     """[{"patch_id", "data" (C, H, W), "mask" (H, W) bool or None}] of the sampled ids."""
     by_id = {r["patch_id"]: r for r in rows}
-    npy = {pid: f for pid in ids for f in by_id[pid].get("files") or [] if f.endswith(".npy")}
+    npy = {pid: f for pid in ids for f in by_id[pid].get("files") or [] if f.endswith(".npy") and not f.endswith(".mask.npy")}
     from_records = _scan_records(output_path, meta, set(ids), with_data=len(npy) < len(ids))
     out = []
     for pid in ids:

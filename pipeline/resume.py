@@ -46,7 +46,7 @@ def new_run_id(now: Optional[float] = None) -> str:
 def config_fingerprint(config: Config) -> str:
     """Hash of everything in the config that decides a patch's pixels and status (not the
     regions: a changed region set plans other patches, it does not change a patch)."""
-    doc = config.model_dump(mode="json")
+    doc = config.model_dump(mode="json", exclude_defaults=True)  # a new key at its default changes nothing
     doc.pop("regions", None)
     doc.pop("fetch", None)
     for section, keys in NEUTRAL_KEYS.items():
@@ -84,6 +84,7 @@ class ResumeState:
     completed_runs: list[str] = dataclasses.field(default_factory=list)
     previous_manifest: Optional[str] = None
     nothing_to_do: bool = False
+    done_before: int = 0  # rows of done patches in the previous manifest
 
 
 def plan_digest(job) -> str:
@@ -120,12 +121,10 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
     manifest = join(out, "manifest.jsonl")
     if not completed or not FileSystems.exists(manifest):
         return ResumeState(run_id, completed)
-    nothing = False
-    if state.get("plan_digest") == plan_digest(job):
-        done, written = count_done_rows(manifest, completed)
-        nothing = done == job.planned and all(
-            file_count(out, folder) >= written for folder in PER_PATCH_FOLDERS if folder in job.config.output.formats)
-    return ResumeState(run_id, completed, manifest, nothing)
+    done, written = count_done_rows(manifest, completed)
+    nothing = state.get("plan_digest") == plan_digest(job) and done == job.planned and all(
+        file_count(out, folder) >= written for folder in PER_PATCH_FOLDERS if folder in job.config.output.formats)
+    return ResumeState(run_id, completed, manifest, nothing, done)
 
 
 def count_done_rows(manifest: str, completed_runs: list[str]) -> tuple[int, int]:
@@ -170,7 +169,7 @@ def beam_staging_folders(output_path: str) -> list[str]:
     folders = set()
     for pattern in ("beam-temp-*/*", "tfrecord/beam-temp-*/*"):
         for m in _match(join(output_path, pattern)):
-            folders.add(FileSystems.split(m.path)[0])
+            folders.add(FileSystems.split(m.path)[0] + ("/" if "://" in output_path else ""))  # gs://: delete the prefix
     if "://" not in output_path:  # a local folder may also hold empty staging folders
         for pattern in ("beam-temp-*", os.path.join("tfrecord", "beam-temp-*")):
             folders.update(p for p in glob.glob(os.path.join(output_path, pattern)) if os.path.isdir(p))

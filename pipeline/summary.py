@@ -38,8 +38,11 @@ class RunSummary:
         c = self.counts
         fetched = self.accounted - self.carried
         rate = fetched / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        out = [f"planned {self.planned} | written {c.get(WRITTEN, 0)} | filtered {c.get(FILTERED, 0)} | "
-               f"failed {c.get(FAILED, 0)} | {self.elapsed_s:.1f} s | {rate:.1f} patches/s"]
+        table = {"planned": self.planned, "written": c.get(WRITTEN, 0), "filtered": c.get(FILTERED, 0),
+                 "failed": c.get(FAILED, 0), "seconds": f"{self.elapsed_s:.1f}", "patches/s": f"{rate:.1f}"}
+        widths = [max(len(k), len(str(v))) for k, v in table.items()]
+        out = ["  ".join(k.rjust(w) for k, w in zip(table, widths)),
+               "  ".join(str(v).rjust(w) for v, w in zip(table.values(), widths))]
         if self.carried:
             out.append(f"resumed: {self.carried} patches done by earlier runs, {fetched} fetched in this run")
         m = self.metrics
@@ -90,7 +93,7 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "plan_digest": plan_digest,
         "runs": list(runs),
         "bands": list(job.info.band_names),
-        "dtype": job.info.dtype,
+        "dtype": job.output_info.dtype,  # after output.scaling / data_type
         "npy_shape": npy_shape(len(job.info.band_names), height, width, job.config.output.bands_axis),
         "bands_axis": job.config.output.bands_axis,
         "patch_size": list(job.grid.patch_size),
@@ -99,7 +102,7 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "crs": job.crs_list,
         "tfrecord": {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
                      "shards_of_run": "tfrecord/patches-<run>-*.tfrecord.gz, for each run in runs",
-                     "features": feature_spec(job.info.band_names, height, width)},
+                     "features": feature_spec(job.info.band_names, height, width, label_dtype=job.label_dtype)},
         "config": job.config.model_dump(mode="json"),
     }
 

@@ -86,7 +86,8 @@ def test_job_limits_are_divided_over_workers():
         class config:
             class fetch:
                 max_concurrent_requests, max_requests_per_second, max_attempts, timeout_s = 40, 100.0, 6, 120.0
-    dataflow = PipelineOptions(["--runner=DataflowRunner", "--max_num_workers=8"])
+    dataflow = PipelineOptions(["--runner=DataflowRunner", "--max_num_workers=8",
+                                "--experiments=no_use_multiple_sdk_containers"])  # one SDK process per VM
     assert worker_count(dataflow) == 8
     s = fetch_settings(FakeJob, dataflow)
     assert (s.max_concurrent, s.max_requests_per_second, s.threads) == (5, 12.5, 7)

@@ -100,7 +100,8 @@ def test_outputs_on_cloud_storage_equal_outputs_in_a_local_folder(gcs, both):
                    for d, _, files in os.walk(local) for f in files}
     assert {"manifest.jsonl", "failed.jsonl", "dataset.json", "preview.png", "footprints.png"} <= names
     # the same files (TFRecord shard names carry the run id), nothing staged or temporary left
-    assert {n for n in names if not n.startswith("tfrecord/")} == {n for n in local_names if not n.startswith("tfrecord/")}
+    not_shards = {n for n in names if not n.startswith("tfrecord/")}
+    assert not_shards == {n for n in local_names if not n.startswith("tfrecord/")}
     assert len([n for n in names if n.startswith("tfrecord/patches-")]) == len(
         [n for n in local_names if n.startswith("tfrecord/")])
     copy = download(gcs, "job", tmp / "downloaded")

@@ -45,7 +45,7 @@ def run_both(tmp_path, source, grid, extra=()):
 def test_raster_source_same_outputs_in_memory_and_multi_processing(tmp_path):
     # a warped grid (not the file's own) so that GDAL's resampling runs in both modes
     a, b = run_both(tmp_path, {"uri": LANDSAT, "bands": [1, 2, 3], "resampling": "bilinear"},
-                    {"crs": "EPSG:32618", "scale": 400, "patch_size": 24, "overlap": 4, "margin": 2})
+                    {"crs": "EPSG:32618", "scale": 400, "patch_size": 32, "overlap": 4, "margin": 2})
     assert_same_outputs(a, b)
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import shapely
 
-from transforms.grid import (GridSpec, _point_cells, kept_patches, make_spec, project_lonlat, region_crs)
+from transforms.grid import (GridSpec, _point_cells, kept_patches, make_spec, patch_id, project_lonlat, region_crs)
 from transforms.patch import PatchSpec
 from transforms.regions import Region
+from transforms.sampling import Sample
 
 CELL_PATCHES = 32  # patches per cell side: 1,024 patches a cell at most
 
@@ -115,20 +116,41 @@ def cell_patch_indices(cell: Cell, regions: Sequence[ProjectedRegion], grid: Gri
     return kept_r + cell.row0, kept_c + cell.col0, owner[kept_r, kept_c]
 
 
-def expand_cell(cell: Cell, regions: Sequence[ProjectedRegion], grid: GridSpec) -> list[PatchSpec]:
-    """The PatchSpecs of one cell (what a worker does with a cell)."""
+def expand_cell(cell: Cell, regions: Sequence[ProjectedRegion], grid: GridSpec,
+                sample: Optional[Sample] = None) -> list[PatchSpec]:
+    """The PatchSpecs of one cell (what a worker does with a cell), kept and labelled by
+    `sample` (transforms/sampling.py) when given."""
     rows, cols, owners = cell_patch_indices(cell, regions, grid)
-    return [make_spec(grid, cell.crs, r, c, o) for r, c, o in zip(rows.tolist(), cols.tolist(), owners.tolist())]
+    specs = [make_spec(grid, cell.crs, r, c, o) for r, c, o in zip(rows.tolist(), cols.tolist(), owners.tolist())]
+    if sample is None:
+        return specs
+    return [dataclasses.replace(s, label=sample.label(s.region_id)) for s in specs
+            if sample.keeps(s.patch_id, s.region_id)]
 
 
-def count_patches(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegion]], grid: GridSpec) -> int:
-    """How many patches the cells hold, without building them (launcher memory O(one cell))."""
+def owned_patch_ids(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegion]],
+                    grid: GridSpec) -> Iterator[tuple[str, str]]:
+    """(patch id, owner region id) of every patch of the cells, one cell in memory at a time."""
+    for cell in cells:
+        rows, cols, owners = cell_patch_indices(cell, projected[cell.crs], grid)
+        for r, c, o in zip(rows.tolist(), cols.tolist(), owners.tolist()):
+            yield patch_id(cell.crs, r, c), o
+
+
+def count_patches(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegion]], grid: GridSpec,
+                  sample: Optional[Sample] = None) -> int:
+    """How many patches the cells hold (kept by `sample`), without building them (launcher
+    memory O(one cell))."""
+    if sample is not None and sample.thresholds:
+        return sum(1 for pid, owner in owned_patch_ids(cells, projected, grid) if sample.keeps(pid, owner))
     return sum(len(cell_patch_indices(cell, projected[cell.crs], grid)[0]) for cell in cells)
 
 
-def plan_by_cells(regions: Iterable[Region], grid: GridSpec, size: int = CELL_PATCHES) -> list[PatchSpec]:
+def plan_by_cells(regions: Iterable[Region], grid: GridSpec, size: int = CELL_PATCHES,
+                  sample: Optional[Sample] = None) -> list[PatchSpec]:
     """Every patch, expanded cell by cell; equals `grid.plan_patches` (tested)."""
     regions = list(regions)
     projected = project_regions(regions, grid)
-    specs = [s for cell in plan_cells(regions, grid, size) for s in expand_cell(cell, projected[cell.crs], grid)]
+    specs = [s for cell in plan_cells(regions, grid, size)
+             for s in expand_cell(cell, projected[cell.crs], grid, sample)]
     return sorted(specs, key=lambda s: (s.crs, s.row, s.col))

@@ -186,6 +186,9 @@ def encode_example(features: Mapping[str, Any]) -> bytes:
     return b"".join([_TAG1, _varint(features_len), *entries])
 
 
+LABEL_FEATURE = "label"  # a labelled patch's label (PatchSpec.label)
+
+
 def step_prefix(t: int, time_steps: int) -> str:
     """The zero-padded step index used in time-stack feature names (width of T - 1)."""
     width = len(str(max(time_steps - 1, 0)))
@@ -259,7 +262,7 @@ def patch_to_example(patch: Patch, mask_feature: str = "mask",
 
     band_keys = band_feature_names(bands, time_steps)
     mask_keys = _mask_feature_names(mask_feature, time_steps)
-    meta_keys = [k for k in METADATA_FEATURES if k != "times" or times]
+    meta_keys = [k for k in METADATA_FEATURES if k != "times" or times] + ([LABEL_FEATURE] if spec.label is not None else [])
     extra = dict(extra or {})
     _check_names(band_keys + mask_keys + meta_keys + list(extra))
 
@@ -279,13 +282,15 @@ def patch_to_example(patch: Patch, mask_feature: str = "mask",
     feats["margin"] = np.array([spec.margin], dtype=np.int64)
     if times:
         feats["times"] = [str(t) for t in times]
+    if spec.label is not None:  # the owner region's label (sample.label_property)
+        feats[LABEL_FEATURE] = spec.label if isinstance(spec.label, str) else np.array([spec.label])
     feats.update(extra)
     return encode_example(feats)
 
 
 def feature_spec(band_names: Sequence[str], height: int, width: int,
                  time_steps: Optional[int] = None, mask_feature: str = "mask",
-                 n_times: Optional[int] = None) -> dict[str, dict]:
+                 n_times: Optional[int] = None, label_dtype: Optional[str] = None) -> dict[str, dict]:
     """A JSON-serializable description of every feature `patch_to_example` writes.
 
     `{name: {"dtype": "float32" | "int64" | "string", "shape": [...], "role": ...,
@@ -332,6 +337,9 @@ def feature_spec(band_names: Sequence[str], height: int, width: int,
     if n_times:
         spec["times"] = {"dtype": "string", "shape": [int(n_times)], "role": "metadata",
                          "description": "acquisition time of each step (ISO 8601)"}
+    if label_dtype:
+        spec[LABEL_FEATURE] = {"dtype": label_dtype, "shape": [], "role": "label",
+                               "description": "the label of the patch's region (sample.label_property)"}
     _check_names(list(spec))
     return spec
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import threading
 import time
 from typing import Callable, Optional
 
@@ -23,6 +22,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.patch import FAILED, FailedPatch, Patch, PatchSpec  # FAILED: also the dead-letter tag
+from transforms.progress import ProgressFile
 from transforms.request_runner import RequestRunner, RequestStats
 from transforms.retry import FetchError, RetryPolicy, classify_exception
 from transforms.sources import PixelReader, PixelSource, SourceInfo, assemble_patch, patch_parts
@@ -40,6 +40,7 @@ class FetchSettings:
     max_attempts: int = 6
     timeout_s: float = 120.0
     threads: int = 40
+    progress_dir: Optional[str] = None  # local runs: where worker processes report progress
 
 
 def fetch_patch(spec: PatchSpec, info: SourceInfo, reader: PixelReader, runner: RequestRunner) -> Patch | FailedPatch:
@@ -76,7 +77,7 @@ class _WorkerFetcher:
             # a backstop: sources also set their own transport deadline to timeout_s
             attempt_timeout_s=settings.timeout_s * 1.5)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.threads, thread_name_prefix="pixelbeam-fetch")
-        self.lock = threading.Lock()
+        self.progress = ProgressFile(settings.progress_dir)
 
     def submit(self, spec: PatchSpec) -> concurrent.futures.Future:
         return self.pool.submit(fetch_patch, spec, self.info, self.reader, self.runner)
@@ -115,19 +116,24 @@ class FetchDoFn(beam.DoFn):
         for future in concurrent.futures.as_completed(self.pending):
             yield self._output(future.result(), windowed=True)
         self.pending = set()
-        self._report_metrics()
+        self._report_metrics(final=True)
 
     def _output(self, result: Patch | FailedPatch, windowed: bool = False):
         value = WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()]) if windowed else result
-        if isinstance(result, FailedPatch):
+        failed = isinstance(result, FailedPatch)
+        self.worker.progress.add(done=1, failed=int(failed))
+        if failed:
             self.failed.inc()
             return beam.pvalue.TaggedOutput(FAILED, value)
         self.written.inc()
         return value
 
-    def _report_metrics(self):
+    def _report_metrics(self, final: bool = False):
         deltas = self.worker.stats.drain_deltas()
         self._throttled_carry = report_request_metrics(deltas, self.latency, getattr(self, "_throttled_carry", 0.0))
+        self.worker.progress.add(requests=int(deltas.get("requests", 0)), quota_errors=int(deltas.get("quota_errors", 0)),
+                                 retries=int(sum((deltas.get("retries_by_cause") or {}).values())))
+        self.worker.progress.flush(force=final)
 
 
 def report_request_metrics(deltas: dict, latency=None, carry_s: float = 0.0) -> float:

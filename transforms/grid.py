@@ -46,6 +46,7 @@ class GridSpec:
     overlap: int = 0
     margin: int = 0
     min_coverage: float = 0.0
+    center_points: bool = False  # a point keeps the patch whose centre is nearest (else its stride cell's)
 
     @property
     def stride(self) -> tuple[int, int]:
@@ -162,7 +163,8 @@ def region_cells(grid: GridSpec, geometry) -> tuple[np.ndarray, np.ndarray, np.n
     """(rows, cols, coverage) of the patches kept for one region given in the grid's CRS.
 
     Polygons keep patches whose area inside the region is > 0 and >= `min_coverage` of the
-    patch; each point keeps the one patch whose stride cell contains it (coverage 1).
+    patch; each point keeps the one patch whose stride cell contains it (coverage 1), or with
+    `center_points` the grid patch whose centre is nearest to it (see `_point_cells`).
     """
     if geometry.geom_type in ("Point", "MultiPoint"):
         return _point_cells(grid, geometry)
@@ -188,11 +190,22 @@ def kept_patches(grid: GridSpec, geometry, rows: np.ndarray, cols: np.ndarray):
 
 
 def _point_cells(grid: GridSpec, geometry):
+    """(rows, cols, coverage) of the patch each point keeps. The default: the patch whose stride
+    cell (its top-left stride x stride px) contains the point. With `center_points`: the patch of
+    the global grid whose centre is nearest, so the point lies within stride/2 px of the patch
+    centre on each axis; with stride 1 (overlap = patch_size - 1) and an odd patch size it lies
+    in the centre pixel exactly. Patch centres sit at origin + (col * stride + w / 2) px."""
     pts = shapely.get_coordinates(geometry)
     sx, sy = grid.scale
     (swx, swy), (x0, y0) = grid.stride, grid.origin
-    cols = np.floor((pts[:, 0] - x0) / (swx * sx)).astype(int)
-    rows = np.floor((y0 - pts[:, 1]) / (swy * sy)).astype(int)
+    u, v = (pts[:, 0] - x0) / sx, (y0 - pts[:, 1]) / sy  # pixels right of / below the origin
+    if grid.center_points:
+        w, h = grid.patch_size
+        cols = np.floor((u - w / 2) / swx + 0.5).astype(int)
+        rows = np.floor((v - h / 2) / swy + 0.5).astype(int)
+    else:
+        cols = np.floor(u / swx).astype(int)
+        rows = np.floor(v / swy).astype(int)
     return rows, cols, np.ones(len(pts))
 
 

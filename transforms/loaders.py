@@ -93,7 +93,7 @@ def written_npy_files(output_path: str) -> list[tuple[str, str]]:
     for row in read_manifest_rows(output_path):
         if row.get("status") != "written":
             continue
-        npy = [f for f in row.get("files") or [] if f.endswith(".npy")]
+        npy = [f for f in row.get("files") or [] if f.endswith(".npy") and not f.endswith(".mask.npy")]
         if npy:
             out.append((row["patch_id"], join_path(output_path, npy[0])))
     return sorted(out)

@@ -36,6 +36,8 @@ def manifest_row(spec: PatchSpec, status: str, *, reason: Optional[str] = None, 
         "attempts": attempts or 0,
         "bytes": 0,
     }
+    if spec.label is not None:
+        row["label"] = spec.label
     if patch is not None:
         row.update(valid_fraction=round(patch.valid_fraction, 6), requests=patch.requests,
                    attempts=patch.requests + patch.retries, bytes=patch.bytes)

@@ -37,6 +37,7 @@ class PatchFileOptions:
     formats: tuple[str, ...] = ("npy",)
     bands_axis: int = 0
     vis: Optional[VisParams] = None
+    mask_npy: bool = False  # npy/<patch_id>.mask.npy: uint8 (H, W), 1 = valid
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in PER_PATCH_FORMATS]
@@ -50,7 +51,8 @@ class PatchFileOptions:
     @property
     def templates(self) -> tuple[str, ...]:
         """Relative path templates with `{patch_id}`, in format order."""
-        return tuple(relpath(f, "{patch_id}") for f in self.formats)
+        paths = [relpath(f, "{patch_id}") for f in self.formats]
+        return tuple(paths + ([mask_npy_relpath("{patch_id}")] if self.mask_npy else []))
 
 
 def relpath(fmt: str, patch_id: str) -> str:
@@ -64,6 +66,10 @@ def relpath(fmt: str, patch_id: str) -> str:
     if fmt == "jpeg":
         return f"jpeg/{patch_id}.jpg"
     raise ValueError(f"{fmt!r} is not a per-patch format")
+
+
+def mask_npy_relpath(patch_id: str) -> str:
+    return f"npy/{patch_id}.mask.npy"
 
 
 def npy_layout(data: np.ndarray, bands_axis: int = 0) -> np.ndarray:
@@ -95,6 +101,8 @@ def encode_patch_files(patch: Patch, options: PatchFileOptions) -> list[tuple[st
         else:
             data = patch_to_jpeg_bytes(patch.data, patch.mask, options.vis, patch.band_names)
         out.append((relpath(fmt, pid), data))
+    if options.mask_npy:
+        out.append((mask_npy_relpath(pid), npy_bytes(np.asarray(patch.mask, dtype=np.uint8))))
     return out
 
 

@@ -9,7 +9,7 @@ x = a*col + b*row + c and y = d*col + e*row + f. That is also Earth Engine's
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class PatchSpec:
     start: Optional[str] = None  # ISO date, inclusive (collections)
     end: Optional[str] = None  # ISO date, exclusive (collections)
     in_tfrecord: bool = False  # a rerun refetching a patch whose example a completed run wrote
+    label: Optional[Union[int, float, str]] = None  # the owner region's label (sample.label_property)
 
     @property
     def fetch_width(self) -> int:

@@ -46,6 +46,8 @@ class RasterSource:
     uris: tuple[str, ...]
     bands: Optional[tuple] = None
     resampling: str = "nearest"
+    mask_nodata: bool = True  # pixels equal to the nodata value are masked (Descartes Labs' mask_nodata)
+    mask_alpha: bool = True  # the alpha band masks (Descartes Labs' mask_alpha); both False: on the file's grid only
 
     def describe(self) -> SourceInfo:
         resampling_method(self.resampling)
@@ -125,7 +127,8 @@ class RasterReader:
         for uri in self.source.uris:
             ds, file_indexes = self._dataset(uri)
             indexes = [file_indexes[b] for b in part.bands]
-            d, m = read_onto_grid(ds, indexes, spec, part, self.resampling)
+            d, m = read_onto_grid(ds, indexes, spec, part, self.resampling,
+                                  ignore=ignored_masks(self.source.mask_nodata, self.source.mask_alpha))
             nbytes += d.nbytes
             if data is None:
                 data, mask = d, m
@@ -141,14 +144,21 @@ class RasterReader:
             self._all_handles.clear()
 
 
+def ignored_masks(mask_nodata: bool, mask_alpha: bool) -> frozenset:
+    """The GDAL mask kinds ('nodata', 'alpha') that do not mask pixels."""
+    return frozenset(k for k, used in (("nodata", mask_nodata), ("alpha", mask_alpha)) if not used)
+
+
 def read_onto_grid(ds, indexes: Sequence[int], spec: PatchSpec, part: RequestPart,
-                   resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
-    """(data (C, h, w), mask (h, w)) of one part of a patch's fetch window, read from `ds`."""
+                   resampling: Resampling, ignore: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """(data (C, h, w), mask (h, w)) of one part of a patch's fetch window, read from `ds`;
+    `ignore` names GDAL mask kinds that do not mask (on the file's own grid only, checked
+    when the job is planned)."""
     a, b, c, d, e, f = spec.fetch_transform
     part_transform = Affine(a, b, c, d, e, f) * Affine.translation(part.col_off, part.row_off)
     offset = aligned_offset(ds, spec.crs, part_transform)
     if offset is not None:
-        return _window_read(ds, indexes, Window(offset[1], offset[0], part.width, part.height))
+        return _window_read(ds, indexes, Window(offset[1], offset[0], part.width, part.height), ignore)
     with WarpedVRT(ds, crs=spec.crs, transform=part_transform, width=part.width, height=part.height,
                    resampling=resampling, add_alpha=ds.nodata is None and not _has_mask(ds)) as vrt:
         if resampling == Resampling.nearest:
@@ -180,7 +190,18 @@ def _has_mask(ds) -> bool:
     return any(MaskFlags.all_valid not in flags for flags in ds.mask_flag_enums)
 
 
-def _window_read(ds, indexes, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _band_masks(ds, indexes, window: Window, ignore: frozenset) -> np.ndarray:
+    """GDAL's per-band masks (0 = masked), a band's all 255 where its mask kind is ignored."""
+    from rasterio.enums import MaskFlags
+    masks = ds.read_masks(indexes, window=window)
+    for k, i in enumerate(indexes):
+        flags = ds.mask_flag_enums[i - 1]
+        if ("nodata" in ignore and MaskFlags.nodata in flags) or ("alpha" in ignore and MaskFlags.alpha in flags):
+            masks[k] = 255
+    return masks
+
+
+def _window_read(ds, indexes, window: Window, ignore: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
     """A window read that may reach past the file's edges: outside pixels are nodata/0, masked."""
     h, w = int(window.height), int(window.width)
     fill = ds.nodata if ds.nodata is not None else 0
@@ -193,7 +214,7 @@ def _window_read(ds, indexes, window: Window) -> tuple[np.ndarray, np.ndarray]:
         rows = slice(r0 - int(window.row_off), r1 - int(window.row_off))
         cols = slice(c0 - int(window.col_off), c1 - int(window.col_off))
         data[:, rows, cols] = ds.read(indexes, window=inner)
-        mask[rows, cols] = np.all(ds.read_masks(indexes, window=inner) > 0, axis=0)
+        mask[rows, cols] = np.all(_band_masks(ds, indexes, inner, ignore) > 0, axis=0)
     return data, mask
 
 

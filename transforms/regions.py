@@ -81,7 +81,7 @@ def _region_from_feature(feature: Any, index: int, where: str) -> Region:
     props = (feature or {}).get("properties") or {}
     rid = feature.get("id", props.get("id", props.get("name"))) if isinstance(feature, dict) else None
     region_id = str(rid) if rid is not None else f"region-{index:04d}"
-    label = f"{where}: feature {index} ({region_id})"
+    label = f"{where}: feature {index} ({region_id!r})"
     geom_doc = feature.get("geometry") if isinstance(feature, dict) else None
     if not geom_doc:
         raise RegionError(f"{label}: has no geometry; give a Polygon, MultiPolygon, Point or MultiPoint")
