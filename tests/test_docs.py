@@ -103,6 +103,19 @@ def test_every_example_runs(path, tmp_path):
             assert os.path.exists(os.path.join(cwd, name)), name
 
 
+def test_readme_python_examples_run(tmp_path):
+    """The README's Python blocks run after `make demo`'s job (its sh blocks are set-up commands)."""
+    cwd, env = make_sandbox(tmp_path)
+    done = run_block("sh", "pixelbeam run configs/demo.yaml\n", cwd, env, free_port())
+    assert done.returncode == 0, done.stderr[-3000:]
+    blocks = [b for b in code_blocks(os.path.join(ROOT, "README.md")) if b[1] == "python"]
+    assert blocks
+    for line, lang, code, skipped in blocks:
+        proc = run_block(lang, code, cwd, env, free_port())
+        assert proc.returncode == 0, f"README.md:{line}: {proc.stderr[-3000:]}"
+        assert "(8, 3, 64, 64) (8, 64, 64, 3) (8, 64, 64)" in proc.stdout
+
+
 def test_outputs_reference_names_every_key(tmp_path):
     """docs/outputs.md mentions (in backticks) every dataset.json key, manifest key, TFRecord
     feature and failed.jsonl key that a real run writes."""
