@@ -63,6 +63,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = load_output_config(args.output) if args.command == "retry-failed" else load_config(args.config)
         if getattr(args, "ee_emulator", None):
             config = use_emulator(config, args.ee_emulator)
+        if config.table is not None:  # point time series: pipeline/table_graph.py
+            from pipeline.table_graph import table_main
+            return table_main(args.command, config, rest, getattr(args, "json", False), getattr(args, "max_failed_fraction", 0.0))
         from pipeline.plan import prepare_job
         job = prepare_job(config)
     except ConfigError as e:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.table_config import TableConfig
 from transforms.resampling import ee_resampling, raster_resampling
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
@@ -29,23 +30,86 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RasterImageConfig(Strict):
+    """One image of a raster collection: a file, its time (ISO date or time, UTC) and properties."""
+
+    uri: str
+    time: Optional[str] = None
+    properties: dict[str, Union[float, int, str, bool]] = {}
+
+    @field_validator("time")
+    @classmethod
+    def _iso(cls, v):
+        if v is not None:
+            from transforms.collections import iso_time
+            iso_time(v)
+        return v
+
+
+COLLECTION_MODES = ("stack", "mosaic", "composite", "flatten")
+Reducer = Literal["median", "mean", "min", "max", "first"]
+
+
+def check_collection(mode, composite, filter_coverage, is_collection: bool, times_known: bool) -> Optional[str]:
+    """Why a collection's options do not fit together, or None (shared by both source kinds)."""
+    if mode == "composite" and composite is None:
+        return "collection_mode composite needs composite: median, mean, min, max or first"
+    if composite is not None and mode not in (None, "composite"):
+        return f"composite applies to collection_mode composite, not {mode}; remove one of them"
+    if mode in ("stack", "flatten") and not times_known:
+        return f"collection_mode {mode} needs a time per image; give source.images with uri and time"
+    if (mode or filter_coverage) and not is_collection:
+        return "collection_mode and filter_coverage apply to a collection (source.images or a list of uris)"
+    return None
+
+
 class RasterSourceConfig(Strict):
-    """Any GDAL-readable raster, or a list of them mosaicked in order (later wins)."""
+    """Any GDAL-readable raster; a list of them mosaicked in order (later wins); or a collection
+    of dated images (`images`) stacked, mosaicked, composited or flattened (`collection_mode`)."""
 
     kind: Literal["raster"] = "raster"
-    uri: Union[str, list[str]]
+    uri: Optional[Union[str, list[str]]]  # required unless images are given (see _images_replace_uri)
+    images: Optional[list[RasterImageConfig]] = None
+    collection_mode: Optional[Literal["stack", "mosaic", "composite", "flatten"]] = None
+    composite: Optional[Reducer] = None
+    flatten_by: str = "day"  # flatten: images of the same UTC day, or of the same value of this property
+    filter_coverage: float = Field(0.0, ge=0.0, le=1.0)  # keep images whose valid pixels cover this fraction of a patch
     bands: Optional[list[Union[int, str]]] = None
     resampling: str = "nearest"
 
     @property
     def uris(self) -> tuple[str, ...]:
+        if self.images is not None:
+            return tuple(i.uri for i in self.images)
         return (self.uri,) if isinstance(self.uri, str) else tuple(self.uri)
+
+    @property
+    def mode(self) -> Optional[str]:
+        """The collection mode (composite implies composite, images default to mosaic), or None
+        for a single file or a plain list of files mosaicked in the reader."""
+        if self.collection_mode or self.composite:
+            return self.collection_mode or "composite"
+        return "mosaic" if self.images is not None else None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _images_replace_uri(cls, data: Any):
+        if isinstance(data, dict) and "images" in data and "uri" not in data:
+            data = {**data, "uri": None}
+        return data
 
     @field_validator("uri")
     @classmethod
     def _nonempty(cls, v):
-        if not v:
+        if v is not None and not v:
             raise ValueError("give a raster path or URL, or a non-empty list of them")
+        return v
+
+    @field_validator("images")
+    @classmethod
+    def _some_images(cls, v):
+        if v is not None and not v:
+            raise ValueError("give at least one image (uri, time, properties)")
         return v
 
     @field_validator("resampling")
@@ -53,6 +117,18 @@ class RasterSourceConfig(Strict):
     def _gdal_resampling(cls, v):
         raster_resampling(v)
         return v
+
+    @model_validator(mode="after")
+    def _uri_or_images(self):
+        if (self.uri is None) == (self.images is None):
+            raise ValueError("give exactly one of uri (a file or a list of files) or images (dated files)")
+        times_known = self.images is not None and all(i.time for i in self.images)
+        problem = check_collection(self.collection_mode or ("composite" if self.composite else None),
+                                   self.composite, self.filter_coverage,
+                                   self.images is not None or isinstance(self.uri, list), times_known)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class EarthEngineFilter(Strict):
@@ -73,6 +149,9 @@ class EarthEngineSourceConfig(Strict):
     end: Optional[str] = None
     filters: list[EarthEngineFilter] = []
     composite: Optional[Literal["median", "mean", "min", "max", "first", "mosaic"]] = None
+    collection_mode: Optional[Literal["stack", "mosaic", "composite", "flatten"]] = None  # per-image requests
+    flatten_by: Literal["day"] = "day"
+    filter_coverage: float = Field(0.0, ge=0.0, le=1.0)
     bands: list[str] = Field(default_factory=list)
     mask: Optional[Literal["source", "none"]] = "source"
     project: Optional[str] = None
@@ -90,10 +169,16 @@ class EarthEngineSourceConfig(Strict):
     def _one_image(self):
         if bool(self.asset) == bool(self.collection):
             raise ValueError("give exactly one of asset (getPixels) or collection (computePixels)")
-        if self.collection and not self.composite:
-            raise ValueError("a collection needs composite: median, mean, min, max, first or mosaic")
-        if self.asset and (self.start or self.end or self.filters or self.composite):
-            raise ValueError("start, end, filters and composite apply to a collection, not to an asset")
+        if self.collection and not (self.composite or self.collection_mode):
+            raise ValueError("a collection needs composite (median, mean, min, max, first or mosaic) or collection_mode")
+        if self.asset and (self.start or self.end or self.filters or self.composite or self.collection_mode):
+            raise ValueError("start, end, filters, composite and collection_mode apply to a collection, not to an asset")
+        if self.collection_mode and self.composite == "mosaic":
+            raise ValueError("with collection_mode, use collection_mode mosaic rather than composite: mosaic")
+        problem = check_collection(self.collection_mode, self.composite if self.collection_mode else None,
+                                   self.filter_coverage, bool(self.collection), True)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -224,6 +309,7 @@ class Config(Strict):
     fetch: FetchConfig = FetchConfig()
     mask: MaskConfig = MaskConfig()
     sample: SampleConfig = SampleConfig()
+    table: Optional[TableConfig] = None  # point time series instead of patches (pipeline/table_graph.py)
 
     @model_validator(mode="before")
     @classmethod
@@ -304,7 +390,10 @@ def resolve_paths(config: Config, base_dir: str) -> Config:
     updates: dict[str, Any] = {"output": config.output.model_copy(update={"path": resolve(config.output.path, base_dir)})}
     if isinstance(config.regions, str):
         updates["regions"] = resolve(config.regions, base_dir)
-    if isinstance(config.source, RasterSourceConfig):
+    if isinstance(config.source, RasterSourceConfig) and config.source.images is not None:
+        images = [i.model_copy(update={"uri": resolve(i.uri, base_dir)}) for i in config.source.images]
+        updates["source"] = config.source.model_copy(update={"images": images})
+    elif isinstance(config.source, RasterSourceConfig):
         uris = [resolve(u, base_dir) for u in config.source.uris]
         updates["source"] = config.source.model_copy(update={"uri": uris[0] if isinstance(config.source.uri, str) else uris})
     return config.model_copy(update=updates)

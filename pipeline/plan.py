@@ -70,20 +70,34 @@ class Job:
     @property
     def requests_per_patch(self) -> int:
         h, w = self.fetch_shape
-        return len(plan_parts(w, h, self.info.band_bytes, self.info.limits))
+        return len(plan_parts(w, h, self.info.band_bytes, self.info.limits)) * self.images_per_patch
 
     @property
     def bytes_per_patch(self) -> int:
         h, w = self.fetch_shape
-        return request_bytes(w, h, self.info.band_bytes)
+        return request_bytes(w, h, self.info.band_bytes) * self.images_per_patch
+
+    @property
+    def images_per_patch(self) -> int:
+        """A collection's images are fetched one by one (transforms/collections.py)."""
+        return len(self.info.collection.images) if self.info.collection else 1
+
+    @property
+    def time_steps(self) -> Optional[int]:
+        """T of `(T, C, H, W)` patches (collection_mode stack or flatten), else None."""
+        return self.info.time_steps
 
 
 def make_source(config: Config) -> PixelSource:
     src = config.source
     if isinstance(src, RasterSourceConfig):
         from transforms.raster_source import RasterSource
+        images = src.images or ()
         return RasterSource(uris=src.uris, bands=tuple(src.bands) if src.bands else None, resampling=src.resampling,
-                            mask_nodata=config.mask.mask_nodata, mask_alpha=config.mask.mask_alpha)
+                            mask_nodata=config.mask.mask_nodata, mask_alpha=config.mask.mask_alpha, mode=src.mode,
+                            times=tuple(i.time for i in images),
+                            properties=tuple(tuple(sorted(i.properties.items())) for i in images),
+                            reducer=src.composite, flatten_by=src.flatten_by, min_coverage=src.filter_coverage)
     if isinstance(src, EarthEngineSourceConfig):
         from transforms.ee_source import earthengine_source
         return earthengine_source(src, timeout_s=config.fetch.timeout_s)
@@ -175,6 +189,11 @@ def prepare_job(config: Config) -> Job:
     job = Job(config=config, source=source, info=info, regions=regions, grid=grid, cells=cells, planned=planned,
               sample=sample, rules=rules, label_dtype=label_type)
     check_outputs(config.output, job.output_info)  # visualization bands against the source's
+    if job.time_steps is not None:
+        pictures = [f for f in config.output.formats if f in ("png", "jpeg")]
+        if pictures:
+            raise ConfigError(f"output.formats: {pictures[0]} cannot show a time stack (collection_mode "
+                              f"{info.collection.mode}); use npy, tfrecord or geotiff")
     try:
         job.requests_per_patch
     except RequestTooLarge as e:
@@ -258,8 +277,9 @@ def plan_summary(job: Job) -> dict:
         "bytes_per_patch": job.bytes_per_patch,
         "bands": list(job.info.band_names),
         "dtype": job.output_info.dtype,
-        "patch_shape": [len(job.info.band_names), *job.fetch_shape],
+        "patch_shape": ([job.time_steps] if job.time_steps else []) + [len(job.info.band_names), *job.fetch_shape],
         "crs": job.crs_list,
         "cells": len(job.cells),
         "min_seconds_at_quota": math.ceil(requests / fetch.max_requests_per_second),
+        **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),
     }

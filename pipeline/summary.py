@@ -94,7 +94,8 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "runs": list(runs),
         "bands": list(job.info.band_names),
         "dtype": job.output_info.dtype,  # after output.scaling / data_type
-        "npy_shape": npy_shape(len(job.info.band_names), height, width, job.config.output.bands_axis),
+        "npy_shape": npy_shape(len(job.info.band_names), height, width, job.config.output.bands_axis,
+                               time_steps=job.time_steps),
         "bands_axis": job.config.output.bands_axis,
         "patch_size": list(job.grid.patch_size),
         "margin": job.grid.margin,
@@ -102,8 +103,10 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "crs": job.crs_list,
         "tfrecord": {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
                      "shards_of_run": "tfrecord/patches-<run>-*.tfrecord.gz, for each run in runs",
-                     "features": feature_spec(job.info.band_names, height, width, label_dtype=job.label_dtype)},
+                     "features": feature_spec(job.info.band_names, height, width, time_steps=job.time_steps,
+                                              label_dtype=job.label_dtype)},
         "config": job.config.model_dump(mode="json"),
+        **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),  # a stack's steps
     }
 
 

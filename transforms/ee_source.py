@@ -3,7 +3,16 @@
 Requests carry the patch's PixelGrid and ask for NPY (a structured array, one field per band).
 Earth Engine returns masked pixels as 0, so unless `mask: none` the request adds one uint8 band,
 `pixelbeam_valid`, that is 1 where every requested band is valid; with `mask: none` an asset is
-read with `getPixels` (no computation) and every pixel counts as valid. The `ee` client is
+read with `getPixels` (no computation) and every pixel counts as valid.
+
+A collection with `collection_mode` (stack, mosaic, composite, flatten) is listed once when the
+job is planned: one 1x1 px computePixels of the filtered collection's `toBands()` whose bands
+name each image (`<system:index>_...`) and carry its `system:time_start` as a constant band.
+Each patch then requests every listed image on its own (`<collection>/<system:index>`, one
+request of C x H x W per image, which fits the request limits as a single image does, where a
+`toBands()` stack of T images would hit the 1024-band and 48 MiB caps), and the images are
+combined by transforms/collections.py exactly as for raster files. Without `collection_mode`,
+`composite` is reduced by Earth Engine (one request per patch). The `ee` client is
 initialized once per worker process, with its own retries off (pixelbeam's request runner is
 the only one deciding) and its HTTP deadline set to `timeout_s`.
 """
@@ -19,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from transforms.collections import CollectionError, CollectionImage, iso_time, plan_collection
 from transforms.patch import PatchSpec
 from transforms.resampling import ee_resampling
 from transforms.retry import PermanentError
@@ -26,6 +36,7 @@ from transforms.sizing import EE_MAX_BANDS, EE_MAX_BYTES, RequestLimits, Request
 from transforms.sources import PartResult, SourceError, SourceInfo
 
 VALID_BAND = "pixelbeam_valid"
+TIME_BAND = "pixelbeam_time"
 EE_SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform")
 FILTER_OPS = {"eq": "eq", "neq": "neq", "lt": "lt", "lte": "lte", "gt": "gt", "gte": "gte"}
 
@@ -125,27 +136,49 @@ class EarthEngineSource:
     credentials: str = "default"
     timeout_s: float = 120.0
     resampling: Optional[str] = None  # ee.Image.resample mode: None (nearest), bilinear, bicubic
+    mode: Optional[str] = None  # collection_mode: each image requested, combined locally
+    flatten_by: str = "day"
+    min_coverage: float = 0.0  # filter_coverage
 
     @property
     def uses_get_pixels(self) -> bool:
         return bool(self.asset) and self.mask == "none" and not self.resampling
 
-    def image(self):
-        """The ee.Image to request (data bands only). Needs an initialized client."""
+    def filtered_collection(self):
         import ee
-        if self.asset:
-            img = ee.Image(self.asset)
+        coll = ee.ImageCollection(self.collection)
+        if self.start or self.end:
+            coll = coll.filterDate(self.start or "1970-01-01", self.end or "2100-01-01")
+        for prop, op, value in self.filters:
+            coll = coll.filter(getattr(ee.Filter, FILTER_OPS[op])(prop, value))
+        return coll
+
+    def image(self, image_id: Optional[str] = None):
+        """The ee.Image to request (data bands only): the asset, one image of a collection
+        (`image_id`), or the composite. Needs an initialized client."""
+        import ee
+        if self.asset or image_id:
+            img = ee.Image(image_id or self.asset)
             img = img.resample(self.resampling) if self.resampling else img
         else:
-            coll = ee.ImageCollection(self.collection)
-            if self.start or self.end:
-                coll = coll.filterDate(self.start or "1970-01-01", self.end or "2100-01-01")
-            for prop, op, value in self.filters:
-                coll = coll.filter(getattr(ee.Filter, FILTER_OPS[op])(prop, value))
+            coll = self.filtered_collection()
             if self.resampling:  # resample each image: a composite has no native projection to interpolate in
                 coll = coll.map(lambda i, mode=self.resampling: ee.Image(i).resample(mode))
             img = getattr(coll, self.composite)()
         return img.select(list(self.bands)) if self.bands else img
+
+    def list_images(self) -> list[CollectionImage]:
+        """The filtered collection's images (id, time) from one 1x1 px request (module doc)."""
+        import ee
+        first = self.bands[0] if self.bands else 0
+        coll = self.filtered_collection().map(lambda i: ee.Image(i).select([first]).addBands(
+            ee.Image.constant(ee.Image(i).get("system:time_start")).toDouble().rename([TIME_BAND])))
+        grid = PatchSpec("list", "list", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1).pixel_grid()
+        fields = np.load(io.BytesIO(ee.data.computePixels({"expression": coll.toBands(), "fileFormat": "NPY",
+                                                            "grid": grid})), allow_pickle=False)
+        suffix = f"_{TIME_BAND}"
+        return [CollectionImage(f"{self.collection}/{name[:-len(suffix)]}", iso_time(float(fields[name].ravel()[0])))
+                for name in fields.dtype.names if name.endswith(suffix)]
 
     def describe(self) -> SourceInfo:
         """Band names and dtypes, learnt from a 1x1 px request (Earth Engine's NPY header)."""
@@ -156,7 +189,18 @@ class EarthEngineSource:
         except Exception as e:  # e.g. a token that cannot be refreshed, an unreachable url
             raise SourceError(f"source: cannot initialize Earth Engine at {self.url} ({type(e).__name__}: "
                               f"{_first_line(e)}); check url, project and credentials") from None
-        reader = EarthEngineReader(self, None)
+        plan = None
+        if self.mode:
+            try:
+                images = self.list_images()
+                plan = plan_collection(images, self.mode, self.composite, self.flatten_by, self.min_coverage)
+            except CollectionError as e:
+                raise SourceError(str(e)) from None
+            except Exception as e:
+                from transforms.retry import classify_exception
+                raise SourceError(f"source: Earth Engine could not list collection {self.collection!r} "
+                                  f"({classify_exception(e)}); check the id, dates and filters") from None
+        reader = EarthEngineReader(self, None, plan.images[0].image_id if plan else None)
         probe = PatchSpec("probe", "probe", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1)
         try:
             fields = reader.request_structured(probe, None)
@@ -170,8 +214,8 @@ class EarthEngineSource:
         data_bytes = max(1, min(np.dtype(d).itemsize for d in dtypes))
         # each request also carries the 1-byte valid band: keep data bytes within the share left
         max_bytes = EE_MAX_BYTES if self.mask == "none" else EE_MAX_BYTES * data_bytes // (data_bytes + 1)
-        return SourceInfo(band_names=names, dtypes=dtypes,
-                          limits=RequestLimits(max_bytes=max_bytes, max_bands=EE_MAX_BANDS - 1))
+        return SourceInfo(band_names=names, dtypes=tuple(plan.output_dtype(d) for d in dtypes) if plan else dtypes,
+                          limits=RequestLimits(max_bytes=max_bytes, max_bands=EE_MAX_BANDS - 1), collection=plan)
 
     def open(self, info: Optional[SourceInfo] = None) -> "EarthEngineReader":
         """A reader for a worker; `info` from the launcher's describe() saves a probe request."""
@@ -202,14 +246,19 @@ def part_pixel_grid(spec: PatchSpec, part: Optional[RequestPart]) -> dict:
 class EarthEngineReader:
     """Fetches patch requests from Earth Engine; one per worker process, shared by threads."""
 
-    def __init__(self, source: EarthEngineSource, info: Optional[SourceInfo]):
+    def __init__(self, source: EarthEngineSource, info: Optional[SourceInfo], image_id: Optional[str] = None):
         import ee
         self.ee, self.source, self.info = ee, source, info
         self.limits = info.limits if info else None
-        img = source.image()
-        if source.mask != "none" and info is not None:  # (the describe probe needs data bands only)
-            img = img.addBands(valid_band(ee, img, info.band_names))
-        self.image = img
+        plan = info.collection if info else None
+        image_id = image_id or (plan.images[0].image_id if plan else None)
+        self.image = self._with_valid_band(source.image(image_id))
+        self.images = [self._with_valid_band(source.image(im.image_id)) for im in plan.images] if plan else []
+
+    def _with_valid_band(self, img):
+        if self.source.mask != "none" and self.info is not None:  # (the describe probe needs data bands only)
+            img = img.addBands(valid_band(self.ee, img, self.info.band_names))
+        return img
 
     def request_structured(self, spec: PatchSpec, part: Optional[RequestPart]) -> np.ndarray:
         """The raw NPY structured array (H, W) of one request."""
@@ -224,7 +273,8 @@ class EarthEngineReader:
         if self.source.uses_get_pixels:
             payload = self.ee.data.getPixels({"assetId": self.source.asset, **params})
         else:
-            payload = self.ee.data.computePixels({"expression": self.image, **params})
+            image = self.image if part is None or part.image is None else self.images[part.image]
+            payload = self.ee.data.computePixels({"expression": image, **params})
         try:
             return np.load(io.BytesIO(payload), allow_pickle=False)
         except Exception as e:  # an answer that is not a whole NPY: permanent (the server sent it so)
@@ -257,4 +307,5 @@ def earthengine_source(cfg, timeout_s: float) -> EarthEngineSource:
         asset=cfg.asset, collection=cfg.collection, start=cfg.start, end=cfg.end,
         filters=tuple((f.property, f.op, f.value) for f in cfg.filters), composite=cfg.composite,
         bands=tuple(cfg.bands), mask=cfg.mask or "source", project=cfg.project, url=cfg.url,
-        credentials=cfg.credentials, timeout_s=timeout_s, resampling=ee_resampling(cfg.resampling))
+        credentials=cfg.credentials, timeout_s=timeout_s, resampling=ee_resampling(cfg.resampling),
+        mode=cfg.collection_mode, flatten_by=cfg.flatten_by, min_coverage=cfg.filter_coverage)

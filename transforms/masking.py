@@ -55,17 +55,25 @@ def fill_masked(data: np.ndarray, mask: np.ndarray, value: float) -> np.ndarray:
 
 
 def apply_pixel_rules(patch: Patch, rules: PixelRules) -> Patch:
-    """The patch after unmask, scaling and fill (module doc). (C, H, W) patches only."""
+    """The patch after unmask, scaling and fill (module doc); a `(T, C, H, W)` stack step by
+    step (scaling's `()` takes each step's own min and max)."""
     if rules.is_identity:
         return patch
-    data, mask = patch.data, patch.mask
+    if patch.data.ndim == 4:
+        steps = [_apply(d, m, rules) for d, m in zip(patch.data, patch.mask)]
+        return dataclasses.replace(patch, data=np.stack([d for d, _ in steps]), mask=np.stack([m for _, m in steps]))
+    data, mask = _apply(patch.data, patch.mask, rules)
+    return dataclasses.replace(patch, data=data, mask=mask)
+
+
+def _apply(data: np.ndarray, mask: np.ndarray, rules: PixelRules) -> tuple[np.ndarray, np.ndarray]:
     if rules.unmask is not None:
         data, mask = unmask(data, mask, rules.unmask)
     if rules.scaling is not None:
         data = apply_scaling(data, mask, rules.scaling)
     if rules.fill_value is not None:
         data = fill_masked(data, mask, rules.fill_value)
-    return dataclasses.replace(patch, data=data, mask=mask)
+    return data, mask
 
 
 def check_fill_value(value: Optional[float], dtype: str, field: str) -> Optional[str]:

@@ -41,6 +41,10 @@ def manifest_row(spec: PatchSpec, status: str, *, reason: Optional[str] = None, 
     if patch is not None:
         row.update(valid_fraction=round(patch.valid_fraction, 6), requests=patch.requests,
                    attempts=patch.requests + patch.retries, bytes=patch.bytes)
+        if patch.times:
+            row["times"] = list(patch.times)
+        if patch.image_ids is not None:  # a collection: the images kept for this patch (filter_coverage)
+            row.update(images=len(patch.image_ids), image_ids=list(patch.image_ids))
     return row
 
 

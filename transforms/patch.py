@@ -92,6 +92,7 @@ class Patch:
     retries: int = 0
     bytes: int = 0
     times: tuple[str, ...] = ()
+    image_ids: Optional[tuple[str, ...]] = None  # a collection's images kept for this patch (filter_coverage)
 
     @property
     def valid_fraction(self) -> float:

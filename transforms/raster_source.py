@@ -3,7 +3,9 @@
 A patch on the file's own grid is a plain window read (exact pixels); on any other grid the
 file is warped onto the patch grid by GDAL (`WarpedVRT`) with the configured resampling. The
 validity mask comes from GDAL's masks (nodata, alpha, internal mask band); pixels outside the
-file are invalid. A list of files is a mosaic: a later file wins wherever it is valid. Each
+file are invalid. A list of files is a mosaic: a later file wins wherever it is valid. A
+collection (`mode` set) reads each image as its own request and combines them in
+transforms/collections.py (stack, mosaic, composite, flatten). Each
 thread opens its own dataset handles once (GDAL handles are not thread-safe).
 """
 
@@ -21,6 +23,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from transforms.collections import CollectionError, CollectionImage, iso_time, plan_collection
 from transforms.grid import bounds_to_lonlat
 from transforms.patch import PatchSpec
 from transforms.sizing import RequestPart
@@ -48,8 +51,27 @@ class RasterSource:
     resampling: str = "nearest"
     mask_nodata: bool = True  # pixels equal to the nodata value are masked (Descartes Labs' mask_nodata)
     mask_alpha: bool = True  # the alpha band masks (Descartes Labs' mask_alpha); both False: on the file's grid only
+    mode: Optional[str] = None  # collection_mode; None: one file, or `uris` mosaicked in the reader
+    times: tuple = ()  # per uri: an ISO time or None
+    properties: tuple = ()  # per uri: ((key, value), ...)
+    reducer: Optional[str] = None
+    flatten_by: str = "day"
+    min_coverage: float = 0.0  # filter_coverage
 
     def describe(self) -> SourceInfo:
+        info = self._describe_files()
+        if self.mode is None:
+            return info
+        times = self.times or (None,) * len(self.uris)
+        props = self.properties or ((),) * len(self.uris)
+        try:
+            images = [CollectionImage(uri, iso_time(t) if t else "", tuple(p)) for uri, t, p in zip(self.uris, times, props)]
+            plan = plan_collection(images, self.mode, self.reducer, self.flatten_by, self.min_coverage)
+        except CollectionError as e:
+            raise SourceError(str(e)) from None
+        return dataclasses.replace(info, collection=plan, dtypes=tuple(plan.output_dtype(d) for d in info.dtypes))
+
+    def _describe_files(self) -> SourceInfo:
         resampling_method(self.resampling)
         infos = [self._describe_one(uri) for uri in self.uris]
         first = infos[0]
@@ -124,7 +146,8 @@ class RasterReader:
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
         data = mask = None
         nbytes = 0
-        for uri in self.source.uris:
+        uris = self.source.uris if part.image is None else (self.info.collection.images[part.image].image_id,)
+        for uri in uris:
             ds, file_indexes = self._dataset(uri)
             indexes = [file_indexes[b] for b in part.bands]
             d, m = read_onto_grid(ds, indexes, spec, part, self.resampling,

@@ -9,7 +9,7 @@ then each band group into row strips, then column tiles.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 EE_MAX_BYTES = 48 * 1024 * 1024  # 50,331,648 bytes
 EE_MAX_SIDE = 32768  # pixels
@@ -36,6 +36,7 @@ class RequestPart:
     col_off: int
     height: int
     width: int
+    image: Optional[int] = None  # a collection's image (transforms/collections.py), else the source's one image
 
 
 class RequestTooLarge(ValueError):

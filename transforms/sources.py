@@ -15,6 +15,7 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
+from transforms.collections import CollectionPlan, combine
 from transforms.patch import Patch, PatchSpec
 from transforms.sizing import RequestLimits, RequestPart, plan_parts
 
@@ -34,6 +35,12 @@ class SourceInfo:
     transform: Optional[tuple[float, ...]] = None
     footprint_lonlat: Optional[tuple[float, float, float, float]] = None
     limits: Optional[RequestLimits] = None
+    collection: Optional[CollectionPlan] = None  # each image fetched on its own, then combined
+
+    @property
+    def time_steps(self) -> Optional[int]:
+        """T of a `(T, C, H, W)` stack, None for `(C, H, W)` patches."""
+        return self.collection.time_steps if self.collection else None
 
     @property
     def band_bytes(self) -> tuple[int, ...]:
@@ -70,13 +77,37 @@ class PixelSource(Protocol):
 
 
 def patch_parts(spec: PatchSpec, info: SourceInfo) -> list[RequestPart]:
-    """The requests needed for one patch's fetch window."""
-    return plan_parts(spec.fetch_width, spec.fetch_height, info.band_bytes, info.limits)
+    """The requests needed for one patch's fetch window; for a collection, those of each image."""
+    parts = plan_parts(spec.fetch_width, spec.fetch_height, info.band_bytes, info.limits)
+    if info.collection is None:
+        return parts
+    return [dataclasses.replace(p, image=i) for i in range(len(info.collection.images)) for p in parts]
 
 
 def assemble_patch(spec: PatchSpec, info: SourceInfo, parts: Sequence[RequestPart],
                    results: Sequence[PartResult], retries: int = 0) -> Patch:
-    """One `(C, H, W)` patch from its parts; a pixel is valid if valid in every part."""
+    """One `(C, H, W)` patch from its parts; a pixel is valid if valid in every part. For a
+    collection, each image's parts are assembled, then `combine`d (transforms/collections.py)."""
+    requests, nbytes = len(parts), sum(r.nbytes for r in results)
+    plan = info.collection
+    if plan is not None:
+        datas, masks = [], []
+        for i in range(len(plan.images)):
+            mine = [(p, r) for p, r in zip(parts, results) if p.image == i]
+            d, m = _assemble(spec, info, [p for p, _ in mine], [r for _, r in mine])
+            datas.append(d)
+            masks.append(m)
+        data, mask, kept = combine(plan, datas, masks, info.dtype)
+        return Patch(spec=spec, data=data, mask=mask, band_names=info.band_names, requests=requests,
+                     retries=retries, bytes=nbytes, times=plan.step_times,
+                     image_ids=tuple(plan.images[i].image_id for i in kept))
+    data, mask = _assemble(spec, info, parts, results)
+    return Patch(spec=spec, data=data, mask=mask, band_names=info.band_names,
+                 requests=requests, retries=retries, bytes=nbytes)
+
+
+def _assemble(spec: PatchSpec, info: SourceInfo, parts: Sequence[RequestPart],
+              results: Sequence[PartResult]) -> tuple[np.ndarray, np.ndarray]:
     if len(parts) == 1 and len(parts[0].bands) == len(info.band_names):
         data, mask = results[0].data, results[0].mask
     else:
@@ -87,5 +118,4 @@ def assemble_patch(spec: PatchSpec, info: SourceInfo, parts: Sequence[RequestPar
             cols = slice(part.col_off, part.col_off + part.width)
             data[list(part.bands), rows, cols] = result.data
             mask[rows, cols] &= result.mask
-    return Patch(spec=spec, data=data, mask=mask, band_names=info.band_names,
-                 requests=len(parts), retries=retries, bytes=sum(r.nbytes for r in results))
+    return data, mask

@@ -343,6 +343,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "Collection.limit": collection_limit,
     "Collection.first": collection_first,
     "Collection.map": collection_map,
+    "Element.get": lambda ev, object, property: _image(object, "Element.get").properties.get(property),
     "Filter.lessThan": _comparison(lambda a, b: a < b),
     "Filter.greaterThan": _comparison(lambda a, b: a > b),
     "Filter.lessThanOrEquals": _comparison(lambda a, b: a <= b),

@@ -1,0 +1,193 @@
+"""Point time series (issue 4 item 2, Earth Engine's getRegion): rows against direct rasterio reads."""
+
+import csv
+import glob
+import json
+import os
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import yaml
+from pyproj import Transformer
+from rasterio.transform import xy
+from rasterio.windows import Window
+
+from pipeline.cli import main
+from transforms.point_table import time_ms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
+
+
+def write_collection(tmp_path, n, window=Window(300, 300, 60, 50)):
+    """n dated copies of a scene window: image i is the data + i (clipped), rows < 2*(i % 5) nodata."""
+    with rasterio.open(LANDSAT) as ds:
+        profile, data, transform = ds.profile, ds.read(window=window), ds.window_transform(window)
+    profile.update(width=int(window.width), height=int(window.height), transform=transform)
+    files = []
+    for i in range(n):
+        img = np.where(data != 0, np.clip(data.astype(int) + i, 1, 255), 0).astype(np.uint8)
+        img[:, : 2 * (i % 5)] = 0
+        path = str(tmp_path / f"img{i:03d}.tif")
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(img)
+        files.append(path)
+    return files, profile
+
+
+def write_points(tmp_path, profile, cells):
+    to_lonlat = Transformer.from_crs(profile["crs"], "EPSG:4326", always_xy=True)
+    feats = []
+    for k, (r, c) in enumerate(cells):
+        lon, lat = to_lonlat.transform(*xy(profile["transform"], r, c))
+        feats.append({"type": "Feature", "properties": {"name": f"p{k}"},
+                      "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+    path = tmp_path / "points.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return str(path)
+
+
+def write_config(tmp_path, files, regions, **table):
+    times = [f"2020-01-{i + 1:02d}" if i < 31 else f"2021-{1 + i // 28 % 12:02d}-{1 + i % 28:02d}T{i // 336:02d}:00:00"
+             for i in range(len(files))]
+    doc = {"source": {"uri": files}, "regions": regions, "output": {"path": str(tmp_path / "out")},
+           "table": {"times": times, "point_id_property": "name", **table}}
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path), times
+
+
+def expected_rows(files, times, cells):
+    """Rows read directly with rasterio: {(point, image id): (B1, B2, B3) or None if masked}."""
+    out = {}
+    for f, t in zip(files, times):
+        with rasterio.open(f) as ds:
+            data = ds.read()
+        for k, (r, c) in enumerate(cells):
+            v = data[:, r, c]
+            out[(f"p{k}", os.path.basename(f)[:-4])] = (time_ms(t), None if (v == 0).any() else tuple(int(x) for x in v))
+    return out
+
+
+def read_table(out, fmt="parquet"):
+    files = sorted(glob.glob(os.path.join(out, "table", f"*.{fmt}")))
+    if fmt == "parquet":
+        return [row for f in files for row in pq.read_table(f).to_pylist()]
+    rows = []
+    for f in files:
+        with open(f, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+def test_three_points_by_three_dated_files_match_rasterio(tmp_path, capsys):
+    files, profile = write_collection(tmp_path, 3)
+    cells = [(1, 3), (30, 40), (49, 59)]  # p0 in image 1's and 2's nodata rows
+    cfg, times = write_config(tmp_path, files, write_points(tmp_path, profile, cells), formats=["parquet", "csv"])
+    assert main(["plan", cfg, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["pixels"], plan["images"], plan["rows"], plan["values"], plan["requests"]) == (3, 3, 9, 27, 1)
+    assert main(["run", cfg]) == 0
+    out = str(tmp_path / "out")
+    expected = expected_rows(files, times, cells)
+    rows = read_table(out)
+    assert len(rows) == 9
+    to_lonlat = Transformer.from_crs(profile["crs"], "EPSG:4326", always_xy=True)
+    for row in rows:
+        t, values = expected[(row["point_id"], row["id"])]
+        assert row["time"] == t
+        got = None if row["B1"] is None else (row["B1"], row["B2"], row["B3"])
+        assert got == values
+        k = int(row["point_id"][1:])
+        lon, lat = to_lonlat.transform(*xy(profile["transform"], *cells[k]))  # the pixel centre
+        assert row["longitude"] == pytest.approx(lon, abs=1e-9) and row["latitude"] == pytest.approx(lat, abs=1e-9)
+    assert sum(v is None for _, v in expected.values()) == 2  # masked -> null, checked above
+    csv_rows = read_table(out, "csv")
+    assert [(r["id"], r["point_id"], r["B1"]) for r in csv_rows] == [
+        (r["id"], r["point_id"], "" if r["B1"] is None else str(r["B1"])) for r in rows]
+    desc = json.load(open(os.path.join(out, "table.json")))
+    assert desc["rows"] == 9 and desc["failed_rows"] == 0
+    assert [c["name"] for c in desc["columns"]] == ["id", "longitude", "latitude", "time", "point_id", "B1", "B2", "B3"]
+
+
+def test_polygon_gives_every_pixel_inside(tmp_path):
+    files, profile = write_collection(tmp_path, 2)
+    to_lonlat = Transformer.from_crs(profile["crs"], "EPSG:4326", always_xy=True)
+    t = profile["transform"]
+    # a box from pixel edges (10, 20) to (13, 24): 3 rows x 4 cols of centres inside
+    ring = [to_lonlat.transform(*(t * (c, r))) for c, r in [(20.2, 10.2), (23.8, 10.2), (23.8, 12.8), (20.2, 12.8), (20.2, 10.2)]]
+    path = tmp_path / "poly.geojson"
+    path.write_text(json.dumps({"type": "Feature", "properties": {"name": "field"},
+                                "geometry": {"type": "Polygon", "coordinates": [ring]}}))
+    cfg, times = write_config(tmp_path, files, str(path))
+    assert main(["run", cfg]) == 0
+    rows = read_table(str(tmp_path / "out"))
+    assert len(rows) == 3 * 4 * 2 and {r["point_id"] for r in rows} == {"field"}
+
+
+def test_table_config_errors_are_one_line(tmp_path, capsys):
+    files, profile = write_collection(tmp_path, 2)
+    cfg, _ = write_config(tmp_path, files, write_points(tmp_path, profile, [(1, 1)]))
+    doc = yaml.safe_load(open(cfg))
+    doc["table"]["times"] = ["2020-01-01"]
+    open(cfg, "w").write(yaml.safe_dump(doc))
+    assert main(["plan", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "table.times: give one date per file of source.uri (2 files, 1 times)" in err and err.count("\n") == 1
+
+
+def test_two_million_values_match_a_direct_read(tmp_path, capsys):  # SLOW: the 2.1M-value run
+    """getRegion's ceiling is 1,048,576 values; 100 images x 7,000 points x 3 bands = 2.1M values."""
+    files, profile = write_collection(tmp_path, 100, window=Window(200, 200, 120, 100))
+    rng = np.random.default_rng(0)
+    flat = rng.choice(120 * 100, size=7000, replace=False)
+    cells = [(int(i // 120), int(i % 120)) for i in flat]
+    cfg, times = write_config(tmp_path, files, write_points(tmp_path, profile, cells), group_size=32)
+    started = time.monotonic()
+    assert main(["run", cfg]) == 0
+    elapsed = time.monotonic() - started
+    out = str(tmp_path / "out")
+    import pyarrow as pa
+    table = pa.concat_tables([pq.read_table(f) for f in glob.glob(os.path.join(out, "table", "*.parquet"))])
+    assert table.num_rows == 700_000 and table.num_rows * 3 >= 2_000_000
+    # direct read: every file's pixels at the points, compared column by column
+    k = np.array([int(p[1:]) for p in table.column("point_id").to_pylist()])
+    img = np.array([int(i[3:]) for i in table.column("id").to_pylist()])
+    rows = np.array([cells[i][0] for i in range(len(cells))])[k]
+    cols = np.array([cells[i][1] for i in range(len(cells))])[k]
+    stack = np.stack([rasterio.open(f).read() for f in files])  # (T, C, H, W)
+    for b, name in enumerate(("B1", "B2", "B3")):
+        values = stack[img, b, rows, cols]
+        col = table.column(name)
+        expected_valid = (stack[img, :, rows, cols] != 0).all(axis=1)
+        np.testing.assert_array_equal(col.is_valid().to_numpy(zero_copy_only=False), expected_valid)
+        np.testing.assert_array_equal(col.fill_null(0).to_numpy(), np.where(expected_valid, values, 0))
+    assert sorted(set(zip(k.tolist(), img.tolist()))) == [(p, i) for p in range(7000) for i in range(100)]
+    times_ms = np.array([time_ms(t) for t in times])
+    np.testing.assert_array_equal(table.column("time").to_numpy(), times_ms[img])
+    print(f"2.1M-value table: {elapsed:.1f} s")
+
+
+def test_a_failed_group_is_a_dead_letter_naming_its_points(tmp_path, monkeypatch):
+    from transforms import table_source
+    from transforms.retry import PermanentError
+    files, profile = write_collection(tmp_path, 3)
+    cells = [(1, 3), (2, 4), (45, 55)]  # two groups of 32 px: g0_0 (p0, p1) and g1_1 (p2)
+    cfg, times = write_config(tmp_path, files, write_points(tmp_path, profile, cells), group_size=32)
+    real = table_source.RasterTableReader.fetch
+
+    def fetch(self, spec, part):
+        if spec.patch_id == "g0_0":
+            raise PermanentError("injected", cause="test")
+        return real(self, spec, part)
+    monkeypatch.setattr(table_source.RasterTableReader, "fetch", fetch)
+    assert main(["run", cfg]) == 1
+    out = str(tmp_path / "out")
+    assert {r["point_id"] for r in read_table(out)} == {"p2"} and len(read_table(out)) == 3
+    (dead,) = [json.loads(line) for line in open(os.path.join(out, "failed.jsonl"))]
+    assert dead["group"] == "g0_0" and dead["values_lost"] == 6 and dead["images"] == ["img000", "img001", "img002"]
+    assert sorted(p["point_id"] for p in dead["pixels"]) == ["p0", "p1"]
+    assert json.load(open(os.path.join(out, "table.json")))["failed_rows"] == 6

@@ -1,0 +1,63 @@
+"""Point-table rows to Arrow, and the sharded Parquet / CSV files under `output.path/table/`.
+
+Columns follow Earth Engine's `getRegion`: `id` (the image id), `longitude`, `latitude` (the
+pixel centre, degrees), `time` (the image's start, ms since the Unix epoch, UTC; null when not
+known), then `point_id` (which point or polygon the pixel belongs to) and one column per band in
+the source's type, null where the pixel is masked in that image.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from transforms.sinks import join, write_atomically
+
+
+def arrow_schema(bands: Sequence[str], dtype: str) -> pa.Schema:
+    value_type = pa.from_numpy_dtype(np.dtype(dtype))
+    return pa.schema([("id", pa.string()), ("longitude", pa.float64()), ("latitude", pa.float64()),
+                      ("time", pa.int64()), ("point_id", pa.string())] + [(b, value_type) for b in bands])
+
+
+def columns_to_table(columns: dict, bands: Sequence[str], dtype: str) -> pa.Table:
+    """A group's columns (transforms/point_table.group_columns) as an Arrow table; masked -> null."""
+    schema = arrow_schema(bands, dtype)
+    masked = ~columns["valid"]
+    arrays = [pa.array(columns["id"], pa.string()), pa.array(columns["longitude"], pa.float64()),
+              pa.array(columns["latitude"], pa.float64()), pa.array(columns["time"], pa.int64()),
+              pa.array(columns["point_id"], pa.string())]
+    values = columns["values"].astype(dtype, copy=False)
+    arrays += [pa.array(values[:, i], schema.field(b).type, mask=masked) for i, b in enumerate(bands)]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def shard_of(key: str, shards: int) -> int:
+    return zlib.crc32(key.encode()) % max(shards, 1)
+
+
+def shard_name(shard: int, shards: int, ext: str) -> str:
+    return f"table/part-{shard:05d}-of-{shards:05d}.{ext}"
+
+
+def write_shard(output_path: str, shard: int, shards: int, tables: Iterable[pa.Table], formats: Sequence[str],
+                schema: pa.Schema) -> list[str]:
+    """Writes one shard's rows in every format (atomically); returns the files' relative paths."""
+    table = pa.concat_tables(list(tables)) if tables else schema.empty_table()
+    written = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+            pq.write_table(table, buf, compression="zstd")
+        else:
+            import pyarrow.csv as pcsv
+            pcsv.write_csv(table, buf)
+        name = shard_name(shard, shards, "parquet" if fmt == "parquet" else "csv")
+        write_atomically(join(output_path, name), buf.getvalue())
+        written.append(name)
+    return written
