@@ -102,10 +102,33 @@ def plan_scale_rows(doc: dict) -> list[Row]:
     return rows
 
 
+def summary_scale_rows(doc: dict) -> list[Row]:
+    rows = []
+    smallest = doc["results"][0]
+    for r in doc["results"]:
+        new, old = r["streaming"], r["list"]
+        what = f"summary of {r['rows']:,} manifest rows"
+        added = new["peak_mb"] - new["imports_mb"]  # memory the count adds to the launcher
+        if old:
+            old_added = max(old["peak_mb"] - old["imports_mb"], 1.0)
+            rows.append((f"{what}: memory added", f"{added:.0f} MB", "list of dicts (former)",
+                         f"{old_added:.0f} MB", added / old_added, "memory, lower"))
+            rows.append((f"{what}: time", f"{new['seconds']:.2f} s", "list of dicts (former)",
+                         f"{old['seconds']:.2f} s", new["seconds"] / old["seconds"], "time, lower"))
+        elif r is not smallest:
+            base = smallest["streaming"]
+            base_added = max(base["peak_mb"] - base["imports_mb"], 1.0)
+            rows.append((f"{what}: memory added", f"{added:.0f} MB", f"the same at {smallest['rows']:,} rows",
+                         f"{base_added:.0f} MB", added / base_added,
+                         f"memory, lower ({r['rows'] / smallest['rows']:.0f}x the rows)"))
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
     "extract_overhead": extract_overhead_rows,
     "ee_throughput": ee_throughput_rows,
     "plan_scale": plan_scale_rows,
+    "summary_scale": summary_scale_rows,
 }
 
 

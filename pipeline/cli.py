@@ -34,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      help="fetch and write every patch again, replacing what the output folder holds")
     run.add_argument("-v", "--verbose", action="store_true")
     retry = sub.add_parser("retry-failed", help="rerun the job of an output folder: fetches only what is not done")
-    retry.add_argument("output", help="an output folder written by pixelbeam run (its dataset.json has the config)")
+    retry.add_argument("output", help="an output folder written by pixelbeam run (its dataset.json or table.json has the config)")
     retry.add_argument("--max_failed_fraction", type=float, default=0.0)
     for sub_parser in (run,):
         sub_parser.add_argument("--ee_emulator", metavar="URL",
@@ -65,7 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config = use_emulator(config, args.ee_emulator)
         if config.table is not None:  # point time series: pipeline/table_graph.py
             from pipeline.table_graph import table_main
-            return table_main(args.command, config, rest, getattr(args, "json", False), getattr(args, "max_failed_fraction", 0.0))
+            return table_main(args.command, config, rest, getattr(args, "json", False),
+                              getattr(args, "max_failed_fraction", 0.0), overwrite=getattr(args, "overwrite", False))
         from pipeline.plan import prepare_job
         job = prepare_job(config)
     except ConfigError as e:
@@ -84,14 +85,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def load_output_config(output_path: str):
-    """The config recorded in an output folder's dataset.json (paths already absolute)."""
+    """The config recorded in an output folder's dataset.json (patches) or table.json (a point
+    table), paths already absolute."""
     from pipeline.config import parse_config
-    from pipeline.resume import STATE_FILE, read_json
+    from pipeline.resume import STATE_FILE, TABLE_STATE_FILE, read_json
     from transforms.sinks import join
-    state = read_json(join(output_path, STATE_FILE))
-    if not state or "config" not in state:
-        raise ConfigError(f"{output_path}: no dataset.json with a config; give an output folder of a finished run")
-    return parse_config(state["config"], name=f"{output_path}/dataset.json")
+    for name in (STATE_FILE, TABLE_STATE_FILE):
+        state = read_json(join(output_path, name))
+        if state and "config" in state:
+            return parse_config(state["config"], name=f"{output_path}/{name}")
+    raise ConfigError(f"{output_path}: no dataset.json or table.json with a config; "
+                      "give an output folder of a finished run")
 
 
 def use_emulator(config, url: str):

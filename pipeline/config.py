@@ -12,7 +12,7 @@ import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.table_config import TableConfig
 from transforms.resampling import ee_resampling, raster_resampling
@@ -150,7 +150,7 @@ class EarthEngineSourceConfig(Strict):
     filters: list[EarthEngineFilter] = []
     composite: Optional[Literal["median", "mean", "min", "max", "first", "mosaic"]] = None
     collection_mode: Optional[Literal["stack", "mosaic", "composite", "flatten"]] = None  # per-image requests
-    flatten_by: Literal["day"] = "day"
+    flatten_by: str = "day"  # flatten: images of the same UTC day, or of the same value of this property
     filter_coverage: float = Field(0.0, ge=0.0, le=1.0)
     bands: list[str] = Field(default_factory=list)
     mask: Optional[Literal["source", "none"]] = "source"
@@ -166,10 +166,13 @@ class EarthEngineSourceConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _one_image(self):
+    def _one_image(self, info: ValidationInfo):
         if bool(self.asset) == bool(self.collection):
             raise ValueError("give exactly one of asset (getPixels) or collection (computePixels)")
-        if self.collection and not (self.composite or self.collection_mode):
+        for_table = bool((info.context or {}).get("table"))  # a table reads every image: no composite needed
+        if for_table and self.asset:
+            raise ValueError("table: needs a collection (one row per image); give source.collection")
+        if self.collection and not (self.composite or self.collection_mode or for_table):
             raise ValueError("a collection needs composite (median, mean, min, max, first or mosaic) or collection_mode")
         if self.asset and (self.start or self.end or self.filters or self.composite or self.collection_mode):
             raise ValueError("start, end, filters, composite and collection_mode apply to a collection, not to an asset")
@@ -340,7 +343,7 @@ def load_config(path: str) -> Config:
 def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config:
     """Validate a config mapping and resolve its relative paths against `base_dir`."""
     try:
-        config = Config.model_validate(doc)
+        config = Config.model_validate(doc, context={"table": doc.get("table") is not None})
     except ValidationError as e:
         raise ConfigError(f"{name}: {describe_validation_error(e)}") from None
     return resolve_paths(config, base_dir)

@@ -11,7 +11,7 @@ import functools
 import math
 import os
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pyproj
@@ -20,7 +20,7 @@ import shapely
 from pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
 from pipeline.outputs import check_outputs
 from transforms.cells import Cell, count_patches, owned_patch_ids, plan_by_cells, plan_cells, project_regions
-from transforms.grid import GridSpec
+from transforms.grid import GridSpec, lonlat_extent
 from transforms.patch import PatchSpec
 from transforms.masking import PixelRules, check_fill_value
 from transforms.regions import Region, RegionError, load_regions
@@ -88,7 +88,9 @@ class Job:
         return self.info.time_steps
 
 
-def make_source(config: Config) -> PixelSource:
+def make_source(config: Config, regions: Sequence[Region] = ()) -> PixelSource:
+    """The job's pixel source; an Earth Engine collection with collection_mode is listed only
+    where the regions' patches can reach (`lonlat_extent`, when the grid is known up front)."""
     src = config.source
     if isinstance(src, RasterSourceConfig):
         from transforms.raster_source import RasterSource
@@ -100,7 +102,13 @@ def make_source(config: Config) -> PixelSource:
                             reducer=src.composite, flatten_by=src.flatten_by, min_coverage=src.filter_coverage)
     if isinstance(src, EarthEngineSourceConfig):
         from transforms.ee_source import earthengine_source
-        return earthengine_source(src, timeout_s=config.fetch.timeout_s)
+        bounds = None
+        if src.collection_mode and regions:
+            try:  # an Earth Engine image has no native grid here, so the grid is explicit
+                bounds = lonlat_extent(regions, resolve_grid(config.grid, SourceInfo(band_names=(), dtypes=())))
+            except ConfigError:
+                pass  # the same error is raised with context once the source is described
+        return earthengine_source(src, timeout_s=config.fetch.timeout_s, bounds=bounds)
     raise ConfigError(f"source.kind: {src.kind!r} is not supported")  # unreachable: validated
 
 
@@ -169,10 +177,10 @@ def check_output_path(path: str) -> None:
 def prepare_job(config: Config) -> Job:
     """Check the source, regions, grid and output, and plan every patch; sends no pixel request."""
     check_output_path(config.output.path)
-    source = make_source(config)
     try:
-        info = source.describe()
         regions = load_regions(config.regions)
+        source = make_source(config, regions)
+        info = source.describe()
     except (SourceError, RegionError) as e:
         raise ConfigError(str(e)) from None
     grid = resolve_grid(config.grid, info)

@@ -30,6 +30,7 @@ from transforms.sinks import join
 log = logging.getLogger(__name__)
 
 STATE_FILE = "dataset.json"
+TABLE_STATE_FILE = "table.json"  # the state of a point table (pipeline/table_resume.py)
 RUNNING_FILE = "_running.json"
 DONE_STATUSES = (WRITTEN, FILTERED)
 PER_PATCH_FOLDERS = ("npy", "geotiff", "png", "jpeg")  # one file per written patch in each
@@ -95,17 +96,21 @@ def plan_digest(job) -> str:
 
 
 def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
-    """The config's fingerprint; refuses an output folder made with another config."""
+    """The config's fingerprint; refuses an output folder made with another config (patches or
+    a point table: either state file, or the marker of a run that did not finish)."""
     fingerprint = config_fingerprint(config)
     if overwrite:
         return fingerprint
-    for name in (STATE_FILE, RUNNING_FILE):
+    current = "a table" if getattr(config, "table", None) is not None else "patches"
+    for name, holds in ((STATE_FILE, "patches"), (TABLE_STATE_FILE, "a table"), (RUNNING_FILE, current)):
         state = read_json(join(output_path, name)) or {}
         old = state.get("fingerprint")
         if old and old != fingerprint:
+            changed, them = (("source, grid or output settings", "them") if holds == "patches"
+                             else ("source, table or output settings", "it"))
             raise ConfigError(
-                f"output.path: {output_path!r} holds patches made with a different config (source, grid or "
-                "output settings changed); use a new output.path, or --overwrite to replace them")
+                f"output.path: {output_path!r} holds {holds} made with a different config ({changed} changed); "
+                f"use a new output.path, or --overwrite to replace {them}")
     return fingerprint
 
 
@@ -118,6 +123,7 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
         return ResumeState(run_id)
     state = read_json(join(out, STATE_FILE)) or {}
     completed = list(state.get("runs", []))
+    check_collection_images(job, state)
     manifest = join(out, "manifest.jsonl")
     if not completed or not FileSystems.exists(manifest):
         return ResumeState(run_id, completed)
@@ -125,6 +131,23 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
     nothing = state.get("plan_digest") == plan_digest(job) and done == job.planned and all(
         file_count(out, folder) >= written for folder in PER_PATCH_FOLDERS if folder in job.config.output.formats)
     return ResumeState(run_id, completed, manifest, nothing, done)
+
+
+def check_collection_images(job, state: dict) -> None:
+    """A collection must list the images it listed for the completed runs (dataset.json
+    `images`): a stack's steps, a mosaic's and a composite's inputs depend on them, and an Earth
+    Engine collection gains images as they are ingested."""
+    plan, recorded = job.info.collection, state.get("images")
+    if plan is None or recorded is None or not state.get("runs"):
+        return
+    current = [im.image_id for im in plan.images]
+    if current != recorded:
+        new = sorted(set(current) - set(recorded))
+        gone = sorted(set(recorded) - set(current))
+        what = f"new {new[0]!r}" if new else (f"no longer {gone[0]!r}" if gone else "another order")
+        raise ConfigError(f"source: the collection now lists {len(current)} images ({what}), {len(recorded)} when "
+                          f"{job.config.output.path!r} was written; use a new output.path, or --overwrite to redo "
+                          "every patch with the images listed now")
 
 
 def count_done_rows(manifest: str, completed_runs: list[str]) -> tuple[int, int]:
@@ -176,11 +199,12 @@ def beam_staging_folders(output_path: str) -> list[str]:
     return sorted(folders)
 
 
-def shard_run_id(name: str) -> Optional[str]:
-    """The run id in a shard name `patches-<run_id>-00000-of-00004.tfrecord.gz`, else None."""
-    if not name.startswith("patches-"):
+def shard_run_id(name: str, prefix: str = "patches-") -> Optional[str]:
+    """The run id in a shard name `<prefix><run_id>-00000-of-00004.<ext>` (TFRecord:
+    `patches-…`, table: `part-…`), else None."""
+    if not name.startswith(prefix):
         return None
-    parts = name[len("patches-"):].split("-")
+    parts = name[len(prefix):].split("-")
     return "-".join(parts[:2]) if len(parts) >= 4 else None
 
 

@@ -12,12 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TableConfig(BaseModel):
-    """Units: `scale` in CRS units per pixel; `group_size` in pixels."""
+    """Units: `scale` and `origin` in CRS units; `group_size` in pixels."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     crs: str = "native"  # an EPSG code / CRS string, or native (a raster's own)
-    scale: Union[float, Literal["native"]] = "native"  # pixel size in CRS units
+    scale: Union[float, tuple[float, float], Literal["native"]] = "native"  # pixel size in CRS units, or [x, y]
+    origin: Optional[tuple[float, float]] = None  # grid anchor [x, y] in CRS units (default: native's, else 0, 0)
     times: Optional[list[str]] = None  # raster: one ISO date (or datetime, UTC) per file of source.uri
     formats: list[Literal["parquet", "csv"]] = ["parquet"]
     point_id_property: Optional[str] = None  # a region property naming each point (default: the region id)
@@ -34,6 +35,6 @@ class TableConfig(BaseModel):
     @field_validator("scale")
     @classmethod
     def _positive(cls, v):
-        if v != "native" and v <= 0:
+        if v != "native" and min((v, v) if isinstance(v, (int, float)) else v) <= 0:
             raise ValueError("the pixel size must be positive (CRS units)")
         return v

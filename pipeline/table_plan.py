@@ -57,46 +57,26 @@ def image_id(uri: str) -> str:
 
 
 def prepare_table_job(config: Config) -> TableJob:
-    """Checks the source, times and regions, and plans every pixel and group; sends no pixel request."""
+    """Checks the source, times and regions, and plans every pixel and group; sends no pixel
+    request (an Earth Engine collection: one listing and one 1x1 px probe)."""
     from pipeline.plan import check_output_path
     table = config.table
     check_output_path(config.output.path)
     src = config.source
-    if isinstance(src, EarthEngineSourceConfig):
-        raise ConfigError("table: Earth Engine collections are not supported yet; use a list of dated raster files")
-    if isinstance(src, RasterSourceConfig):
-        uris = src.uris
-        if getattr(src, "collection_mode", None) or getattr(src, "composite", None):
-            raise ConfigError("table: writes one row per image; remove source.collection_mode / source.composite")
-        if getattr(src, "images", None) is not None:  # dated images (source.images: uri, time)
-            if table.times is not None:
-                raise ConfigError("table.times: source.images already gives each image's time; remove table.times")
-            if not all(i.time for i in src.images):
-                raise ConfigError("source.images: table needs a time for every image")
-            table = table.model_copy(update={"times": [i.time for i in src.images]})
-        if table.times is None or len(table.times) != len(uris):
-            raise ConfigError(f"table.times: give one date per file of source.uri ({len(uris)} files, "
-                              f"{0 if table.times is None else len(table.times)} times)")
-        try:
-            times = [time_ms(t) for t in table.times]
-        except ValueError as e:
-            raise ConfigError(f"table.times: not an ISO date ({e}); write e.g. 2020-01-31") from None
-        ids = [image_id(u) for u in uris]
-        if len(set(ids)) != len(ids):
-            raise ConfigError("source.uri: two files share a name; the id column needs distinct file names")
-        images = tuple(TableImage(i, t, u) for i, t, u in zip(ids, times, uris))
-        from transforms.raster_source import RasterSource
-        from transforms.table_source import RasterTableSource
-        raster = RasterSource(uris=uris, bands=tuple(src.bands) if src.bands else None, resampling=src.resampling,
-                              mask_nodata=config.mask.mask_nodata, mask_alpha=config.mask.mask_alpha)
-        source = RasterTableSource(raster, images)
+    if src.collection_mode or src.composite or src.filter_coverage:
+        raise ConfigError("table: writes one row per image; remove source.collection_mode, composite and "
+                          "filter_coverage")
     try:
-        base = source.raster.describe()
-        info = source.describe()
         regions = load_regions(config.regions)
+        if isinstance(src, EarthEngineSourceConfig):
+            source, base, grid = earthengine_table_source(config, regions)
+        else:
+            source = raster_table_source(config)
+            base = source.raster.describe()
+            grid = table_grid(table, base)
+        info = source.describe()
     except (SourceError, RegionError) as e:
         raise ConfigError(str(e)) from None
-    grid = table_grid(table, base)
     try:
         pixels = plan_pixels(regions, grid, table.point_id_property, table.max_pixels_per_region)
     except TableError as e:
@@ -105,7 +85,58 @@ def prepare_table_job(config: Config) -> TableJob:
         raise ConfigError("regions: no point or pixel to sample; give points or polygons")
     groups = group_pixels(pixels, grid, table.group_size)
     return TableJob(config=config, source=source, info=info, bands=base.band_names, dtype=base.dtype,
-                    images=images, grid=grid, groups=groups, regions=len(regions))
+                    images=source.images, grid=grid, groups=groups, regions=len(regions))
+
+
+def raster_table_source(config: Config):
+    """Dated raster files: times from source.images or table.times, ids from the file names."""
+    from transforms.raster_source import RasterSource
+    from transforms.table_source import RasterTableSource
+    src, table = config.source, config.table
+    uris = src.uris
+    if src.images is not None:  # dated images (source.images: uri, time)
+        if table.times is not None:
+            raise ConfigError("table.times: source.images already gives each image's time; remove table.times")
+        if not all(i.time for i in src.images):
+            raise ConfigError("source.images: table needs a time for every image")
+        table = table.model_copy(update={"times": [i.time for i in src.images]})
+    if table.times is None or len(table.times) != len(uris):
+        raise ConfigError(f"table.times: give one date per file of source.uri ({len(uris)} files, "
+                          f"{0 if table.times is None else len(table.times)} times)")
+    try:
+        times = [time_ms(t) for t in table.times]
+    except ValueError as e:
+        raise ConfigError(f"table.times: not an ISO date ({e}); write e.g. 2020-01-31") from None
+    ids = [image_id(u) for u in uris]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("source.uri: two files share a name; the id column needs distinct file names")
+    images = tuple(TableImage(i, t, u) for i, t, u in zip(ids, times, uris))
+    raster = RasterSource(uris=uris, bands=tuple(src.bands) if src.bands else None, resampling=src.resampling,
+                          mask_nodata=config.mask.mask_nodata, mask_alpha=config.mask.mask_alpha)
+    return RasterTableSource(raster, images)
+
+
+def earthengine_table_source(config: Config, regions):
+    """(source, base info, grid) for an Earth Engine collection: the collection is listed (one
+    value:compute, filterBounds to the regions) and its first image probed for bands and types.
+    Images are in time order (the listing's order breaking ties); ids are system:index."""
+    from transforms.ee_source import earthengine_source
+    from transforms.grid import GridSpec, lonlat_extent
+    from transforms.table_source import EarthEngineTableSource
+    table = config.table
+    if table.times is not None:
+        raise ConfigError("table.times: an Earth Engine collection gives each image's time; remove table.times")
+    if "native" in (table.crs.lower(), table.scale):
+        raise ConfigError("table.crs: an Earth Engine collection has no single native grid here; give table.crs "
+                          "and table.scale (e.g. EPSG:32618 and 10, as getRegion's crs and scale)")
+    grid = table_grid(table, SourceInfo(band_names=(), dtypes=()))
+    bounds = lonlat_extent(regions, GridSpec(crs=grid.crs, scale=grid.scale, patch_size=(1, 1)))
+    ee_src = earthengine_source(config.source, timeout_s=config.fetch.timeout_s, bounds=bounds)
+    ee_src.initialize()
+    listed = ee_src.list_collection()
+    images = tuple(sorted((TableImage(index, t) for index, t, _ in listed), key=lambda i: i.time_ms))
+    base = ee_src.probe(f"{ee_src.collection}/{images[0].image_id}")
+    return EarthEngineTableSource(ee_src, images, base), base, grid
 
 
 def table_grid(table, info: SourceInfo) -> TableGrid:
@@ -123,6 +154,9 @@ def table_grid(table, info: SourceInfo) -> TableGrid:
             raise ConfigError("table.scale: native needs the source's own, unrotated CRS; give a pixel size in CRS units")
         scale = (abs(info.transform[0]), abs(info.transform[4]))
     else:
-        scale = (float(table.scale),) * 2
-    origin = (info.transform[2], info.transform[5]) if native else (0.0, 0.0)
+        scale = (float(table.scale),) * 2 if isinstance(table.scale, (int, float)) else tuple(map(float, table.scale))
+    if table.origin is not None:
+        origin = tuple(map(float, table.origin))
+    else:
+        origin = (info.transform[2], info.transform[5]) if native else (0.0, 0.0)
     return TableGrid(crs=crs, scale=scale, origin=origin)

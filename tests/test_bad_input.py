@@ -113,6 +113,16 @@ CASES = {
     "zero attempts": (setter("fetch", "max_attempts", value=0), "fetch.max_attempts"),
     "zero rate": (setter("fetch", "max_requests_per_second", value=0), "fetch.max_requests_per_second"),
     "regions not a list or path": (setter("regions", value={"a": 1}), "regions: give a GeoJSON path or a [min_lon"),
+    "table from an earthengine asset": (lambda cfg, tmp: cfg.update(
+        source={"kind": "earthengine", "asset": "a/b"}, table={"crs": "EPSG:32618", "scale": 30}),
+        "source: table: needs a collection (one row per image); give source.collection"),
+    "table from earthengine without a crs": (lambda cfg, tmp: cfg.update(
+        source={"kind": "earthengine", "collection": "C", "url": "http://127.0.0.1:9", "credentials": "anonymous"},
+        table={}), "table.crs: an Earth Engine collection has no single native grid here"),
+    "table with a composite": (lambda cfg, tmp: cfg.update(
+        source={"kind": "earthengine", "collection": "C", "composite": "median"}, table={"crs": "EPSG:32618", "scale": 30}),
+        "table: writes one row per image; remove source.collection_mode, composite and filter_coverage"),
+    "table scale negative": (lambda cfg, tmp: cfg.update(table={"scale": [10, -10]}), "table.scale: the pixel size must be positive"),
 }
 
 

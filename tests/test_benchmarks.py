@@ -22,6 +22,27 @@ def test_run_all_quick_extract_overhead_prints_one_table():
     assert all(float(r[5]) > 0 for r in rows)
 
 
+def test_run_all_quick_summary_scale_compares_streaming_with_the_list_of_dicts():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"), "--quick",
+                           "--only", "summary_scale"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("summary_scale")]
+    assert [r[1].strip() for r in rows] == ["summary of 20,000 manifest rows: memory added",
+                                            "summary of 20,000 manifest rows: time"]
+    assert all(float(r[5]) > 0 for r in rows)
+
+
+def test_summary_scale_summary_compares_larger_manifests_with_the_smallest():
+    def run(peak, seconds=1.0):
+        return {"peak_mb": peak, "imports_mb": 200.0, "seconds": seconds}
+    doc = {"results": [{"rows": 10**6, "streaming": run(250.0, 2.0), "list": run(3200.0, 16.0)},
+                       {"rows": 10**7, "streaming": run(700.0), "list": None}]}
+    table = run_all.summary_scale_rows(doc)
+    assert [(ref, round(ratio, 6)) for _, _, ref, _, ratio, _ in table] == [
+        ("list of dicts (former)", round(50 / 3000, 6)), ("list of dicts (former)", 0.125),
+        ("the same at 1,000,000 rows", 10.0)]
+
+
 def test_ee_throughput_summary_compares_pixelbeam_with_every_baseline():
     def row(client, rate, lost=0):
         return {"client": client, "rate": rate, "lost": lost}
@@ -43,3 +64,4 @@ def test_scripts_are_discovered_with_their_options():
     names = {os.path.basename(p): run_all.options_of(p) for p in run_all.scripts()}
     assert "run_all.py" not in names
     assert names["extract_overhead.py"] == names["ee_throughput.py"] == {"--quick", "--json"}
+    assert names["summary_scale.py"] == {"--quick", "--json"}

@@ -26,6 +26,7 @@ IMAGES = {"A": ("2020-01-01", [[10, 0], [30, 40]]),
           "B": ("2020-01-03", [[0, 20], [0, 60]]),
           "C": ("2020-01-03T12:00:00Z", [[5, 0], [0, 0]])}
 TIMES = ["2020-01-01", "2020-01-03", "2020-01-03T12:00:00Z"]
+ORBITS = {"A": 7, "B": 8, "C": 7}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def files(tmp_path_factory):
 def emulator(files):
     # listed out of time order on purpose: both sources sort by time
     members = [{"id": f"{COLLECTION}/{n}", "path": files[n], "bands": ["B1"], "time_start": IMAGES[n][0],
-                "properties": {"ORBIT": 7}} for n in ("C", "A", "B")]
+                "properties": {"ORBIT": ORBITS[n]}} for n in ("C", "A", "B")]
     with EmulatorServer({"collections": {COLLECTION: members}}, EmulatorConfig()) as server:
         yield server
 
@@ -59,7 +60,8 @@ def bbox():
 
 def write_config(tmp_path, kind, files, url=None, collection=None, output=None):
     if kind == "raster":
-        source = {"kind": "raster", "images": [{"uri": files[n], "time": IMAGES[n][0]} for n in ("B", "C", "A")]}
+        source = {"kind": "raster", "images": [{"uri": files[n], "time": IMAGES[n][0], "properties": {"ORBIT": ORBITS[n]}}
+                                               for n in ("B", "C", "A")]}
     else:
         source = {"kind": "earthengine", "collection": COLLECTION, "url": url, "credentials": "anonymous",
                   "project": "demo"}
@@ -140,6 +142,45 @@ def test_flatten_mosaics_same_day_images_into_one_step(tmp_path, files, emulator
             np.testing.assert_array_equal(ds.read(2), [[5, 20], [0, 60]])
 
 
+def test_flatten_by_a_property_same_on_both_sources(tmp_path, files, emulator):
+    # ORBIT 7: A and C (C wins where valid), ORBIT 8: B; each step is timed by its first image
+    runs = run_both(tmp_path, files, emulator, {"collection_mode": "flatten", "flatten_by": "ORBIT"})
+    for kind, (row, arr, folder, meta) in runs.items():
+        np.testing.assert_array_equal(arr, np.array([[[[5, 0], [30, 40]]], [[[0, 20], [0, 60]]]]), err_msg=kind)
+        assert row["times"] == ["2020-01-01", "2020-01-03"] and meta["npy_shape"] == [2, 1, 2, 2], kind
+
+
+def test_earth_engine_listing_is_bounded_retried_and_checked(files):
+    """The listing (one value:compute) keeps the images that can touch the regions, survives
+    429s, and names images lacking the flatten_by property."""
+    from pipeline.ee_emulator import EmulatorConfig
+    from transforms.ee_source import EarthEngineSource
+    from transforms.sources import SourceError
+    far = {"id": f"{COLLECTION}/FAR", "path": files["A"], "bands": ["B1"], "time_start": "2020-01-02"}
+    members = [{"id": f"{COLLECTION}/{n}", "path": files[n], "bands": ["B1"], "time_start": IMAGES[n][0],
+                "properties": {"ORBIT": ORBITS[n]}} for n in "AB"]
+    with rasterio.open(files["A"]) as ds:  # FAR: image A moved 100 km east
+        far_path = os.path.join(os.path.dirname(files["A"]), "far.tif")
+        with rasterio.open(far_path, "w", **{**ds.profile, "transform": from_origin(X0 + 100_000, Y0, 10, 10)}) as dst:
+            dst.write(ds.read())
+    far["path"] = far_path
+    flaky = EmulatorConfig(fault_429=0.6, seed=1)
+    with EmulatorServer({"collections": {COLLECTION: members + [far]}}, flaky) as server:
+        src = EarthEngineSource(collection=COLLECTION, url=server.url, credentials="anonymous", project="demo",
+                                mode="stack", timeout_s=10)
+        src.initialize()
+        assert [i.image_id.rsplit("/", 1)[1] for i in src.list_images()] == ["A", "B", "FAR"]  # listing order
+        lon0, lat0, lon1, lat1 = bbox()
+        bounded = EarthEngineSource(**{**src.__dict__, "bounds": (lon0, lat0, lon1, lat1)})
+        assert [i.image_id.rsplit("/", 1)[1] for i in bounded.list_images()] == ["A", "B"]
+        assert server.stats()["rejected_429"]["injected"] > 0  # answered only after retries
+        server.set_config(EmulatorConfig())
+        orbit = EarthEngineSource(**{**src.__dict__, "mode": "flatten", "flatten_by": "ORBIT"})
+        with pytest.raises(SourceError, match=r"source.flatten_by: 1 of 3 images have no property 'ORBIT'") as e:
+            orbit.describe()
+        assert "\n" not in str(e.value)
+
+
 def test_filter_coverage_drops_small_images_and_reports_the_kept(tmp_path, files, emulator):
     # coverage of the patch by valid pixels: A 3/4, B 2/4 (kept at 0.5), C 1/4 (dropped)
     runs = run_both(tmp_path, files, emulator, {"collection_mode": "mosaic", "filter_coverage": 0.5})
@@ -183,3 +224,22 @@ def test_plan_time_errors_are_one_line(tmp_path, files, emulator):
     ee = write_config(tmp_path, "earthengine", files, emulator.url, {"collection_mode": "composite"})
     with pytest.raises(ConfigError, match=r"collection_mode composite needs composite"):
         load_config(ee)
+
+
+def test_a_rerun_whose_collection_lists_other_images_is_refused(tmp_path, files, capsys):
+    """An Earth Engine collection that gained an image since the folder was written (same config)."""
+    members = [{"id": f"{COLLECTION}/{n}", "path": files[n], "bands": ["B1"], "time_start": IMAGES[n][0]} for n in "AB"]
+    with EmulatorServer({"collections": {COLLECTION: members}}, EmulatorConfig()) as server:
+        cfg = write_config(tmp_path, "earthengine", files, server.url, {"collection_mode": "stack"})
+        assert main(["run", cfg]) == 0
+    assert json.load(open(tmp_path / "earthengine" / "dataset.json"))["images"] == [f"{COLLECTION}/{n}" for n in "AB"]
+    later = members + [{"id": f"{COLLECTION}/C", "path": files["C"], "bands": ["B1"], "time_start": IMAGES["C"][0]}]
+    with EmulatorServer({"collections": {COLLECTION: later}}, EmulatorConfig()) as server:
+        cfg = write_config(tmp_path, "earthengine", files, server.url, {"collection_mode": "stack"})
+        capsys.readouterr()
+        assert main(["run", cfg]) == 2
+        err = capsys.readouterr().err
+        assert f"source: the collection now lists 3 images (new '{COLLECTION}/C'), 2 when" in err
+        assert err.count("\n") == 1
+        assert main(["run", cfg, "--overwrite"]) == 0
+    assert np.load(next((tmp_path / "earthengine" / "npy").glob("*.npy"))).shape == (3, 1, 2, 2)

@@ -145,6 +145,22 @@ def test_a_pool_with_more_processes_than_request_slots_is_refused_before_anythin
                                        "fewer or smaller workers, or raise the limit\n")
 
 
+def test_a_table_job_gets_the_same_dataflow_checks(tmp_path, capsys):
+    from pipeline.cli import main
+    cfg = tmp_path / "point_table.yaml"  # fetch.max_concurrent_requests: 8
+    cfg.write_text(open(os.path.join(ROOT, "configs", "point_table.yaml")).read()
+                   .replace("../out/point_table", str(tmp_path / "out")).replace("../", ROOT + "/")
+                   .replace("point_table_points.geojson", os.path.join(ROOT, "configs", "point_table_points.geojson")))
+    assert main(["run", str(cfg), *DATAFLOW, "--dry_run=True", "--max_num_workers=3",
+                 "--machine_type=n1-standard-4"]) == 2
+    assert "--max_num_workers: 3 workers x 4 SDK processes each exceed" in capsys.readouterr().err
+    assert main(["run", str(cfg), *DATAFLOW, "--dry_run=True", "--max_num_workers=2",
+                 "--machine_type=n1-standard-2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: a real run would stop here: output.path:" in out and "is on this machine" in out
+    assert not os.path.exists(tmp_path / "out")  # nothing written
+
+
 def test_plan_workers_keeps_every_process_inside_the_fetch_limits():
     fetch = FetchConfig(max_concurrent_requests=40, max_requests_per_second=100)
     plan = plan_workers(fetch, "n1-standard-2")

@@ -139,17 +139,26 @@ def test_table_config_errors_are_one_line(tmp_path, capsys):
     assert "table.times: give one date per file of source.uri (2 files, 1 times)" in err and err.count("\n") == 1
 
 
-def test_two_million_values_match_a_direct_read(tmp_path, capsys):  # SLOW: the 2.1M-value run
-    """getRegion's ceiling is 1,048,576 values; 100 images x 7,000 points x 3 bands = 2.1M values."""
+@pytest.mark.parametrize("kind", ["raster", "earthengine"])
+def test_two_million_values_match_a_direct_read(tmp_path, capsys, kind):  # SLOW: the 2.1M-value run
+    """getRegion's ceiling is 1,048,576 values; 100 images x 7,000 points x 3 bands = 2.1M values,
+    from the files and from the same files served as an Earth Engine collection."""
+    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
     files, profile = write_collection(tmp_path, 100, window=Window(200, 200, 120, 100))
     rng = np.random.default_rng(0)
     flat = rng.choice(120 * 100, size=7000, replace=False)
     cells = [(int(i // 120), int(i % 120)) for i in flat]
-    cfg, times = write_config(tmp_path, files, write_points(tmp_path, profile, cells), group_size=32)
-    started = time.monotonic()
-    assert main(["run", cfg]) == 0
-    elapsed = time.monotonic() - started
+    points = write_points(tmp_path, profile, cells)
+    cfg, times = write_config(tmp_path, files, points, group_size=32)
     out = str(tmp_path / "out")
+    started = time.monotonic()
+    if kind == "raster":
+        assert main(["run", cfg]) == 0
+    else:
+        with EmulatorServer(ee_catalog(files, times), EmulatorConfig(max_concurrent=8)) as server:
+            assert main(["run", ee_table_config(tmp_path, server.url, profile, points, group_size=32)]) == 0
+        out = str(tmp_path / "ee")
+    elapsed = time.monotonic() - started
     import pyarrow as pa
     table = pa.concat_tables([pq.read_table(f) for f in glob.glob(os.path.join(out, "table", "*.parquet"))])
     assert table.num_rows == 700_000 and table.num_rows * 3 >= 2_000_000
@@ -168,7 +177,7 @@ def test_two_million_values_match_a_direct_read(tmp_path, capsys):  # SLOW: the 
     assert sorted(set(zip(k.tolist(), img.tolist()))) == [(p, i) for p in range(7000) for i in range(100)]
     times_ms = np.array([time_ms(t) for t in times])
     np.testing.assert_array_equal(table.column("time").to_numpy(), times_ms[img])
-    print(f"2.1M-value table: {elapsed:.1f} s")
+    print(f"2.1M-value table from {kind}: {elapsed:.1f} s")
 
 
 def test_a_failed_group_is_a_dead_letter_naming_its_points(tmp_path, monkeypatch):
@@ -191,3 +200,105 @@ def test_a_failed_group_is_a_dead_letter_naming_its_points(tmp_path, monkeypatch
     assert dead["group"] == "g0_0" and dead["values_lost"] == 6 and dead["images"] == ["img000", "img001", "img002"]
     assert sorted(p["point_id"] for p in dead["pixels"]) == ["p0", "p1"]
     assert json.load(open(os.path.join(out, "table.json")))["failed_rows"] == 6
+
+
+def ee_table_config(tmp_path, url, profile, regions, collection="DEMO/SERIES", **table):
+    t = profile["transform"]
+    doc = {"source": {"kind": "earthengine", "collection": collection, "url": url, "credentials": "anonymous",
+                      "project": "demo"},
+           "regions": regions, "output": {"path": str(tmp_path / "ee")},
+           "table": {"crs": profile["crs"].to_string(), "scale": [t.a, -t.e], "origin": [t.c, t.f],
+                     "point_id_property": "name", **table},
+           "fetch": {"max_concurrent_requests": 4, "timeout_s": 10}}
+    path = tmp_path / "ee_table.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def ee_catalog(files, times, collection="DEMO/SERIES"):
+    return {"collections": {collection: [
+        {"id": f"{collection}/{os.path.basename(f)[:-4]}", "path": f, "bands": ["B1", "B2", "B3"], "time_start": t}
+        for f, t in zip(files, times)]}}
+
+
+def sorted_rows(rows):
+    return sorted(rows, key=lambda r: (r["point_id"], r["time"], r["id"]))
+
+
+def test_earth_engine_collection_table_equals_the_raster_table(tmp_path, capsys):
+    """The same dated files as raster files and as an emulated Earth Engine collection give the
+    same rows (ids: file stem = system:index; times: system:time_start)."""
+    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    files, profile = write_collection(tmp_path, 40)
+    rng = np.random.default_rng(1)
+    flat = rng.choice(60 * 50, size=300, replace=False)
+    cells = [(int(i // 60), int(i % 60)) for i in flat]
+    points = write_points(tmp_path, profile, cells)
+    cfg, times = write_config(tmp_path, files, points, group_size=16)
+    assert main(["run", cfg]) == 0
+    raster_rows = sorted_rows(read_table(str(tmp_path / "out")))
+    capsys.readouterr()
+    with EmulatorServer(ee_catalog(files, times), EmulatorConfig(max_concurrent=4, fault_429=0.25, seed=2)) as server:
+        ee_cfg = ee_table_config(tmp_path, server.url, profile, points, group_size=16)
+        assert main(["plan", ee_cfg, "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert main(["run", ee_cfg]) == 0
+        stats = server.stats()
+    ee_rows = sorted_rows(read_table(str(tmp_path / "ee")))
+    assert len(ee_rows) == 300 * 40 and ee_rows == raster_rows
+    assert sum(r["B1"] is None for r in ee_rows) > 0  # masked pixels are null in both
+    # 40 images x (3 bands + valid) = 160 bands: one request per group, not one per image
+    assert plan["requests"] == plan["groups"] and plan["images"] == 40
+    assert stats["answered_200"] == 2 + 2 + plan["groups"]  # plan: listing + probe; run: the same + the groups
+    assert stats["rejected_429"]["injected"] > 0  # retried, none lost
+
+
+def test_earth_engine_table_splits_past_1024_bands_and_checks_its_config(tmp_path, capsys):
+    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    files, profile = write_collection(tmp_path, 300, window=Window(300, 300, 4, 4))  # 300 x 4 bands = 1200 > 1024
+    cells = [(0, 0), (3, 3)]
+    points = write_points(tmp_path, profile, cells)
+    times = [f"{2000 + i // 12}-{1 + i % 12:02d}-01" for i in range(300)]
+    with EmulatorServer(ee_catalog(files, times), EmulatorConfig()) as server:
+        cfg = ee_table_config(tmp_path, server.url, profile, points)
+        assert main(["plan", cfg, "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert plan["groups"] == 1 and plan["requests"] == 2
+        assert main(["run", cfg]) == 0
+        rows = read_table(str(tmp_path / "ee"))
+        assert len(rows) == 600 and sorted({r["id"] for r in rows}) == sorted(os.path.basename(f)[:-4] for f in files)
+        expected = expected_rows(files, [f"{t}" for t in times], cells)
+        for row in rows:
+            t, values = expected[(row["point_id"], row["id"])]
+            assert row["time"] == t and (None if row["B1"] is None else (row["B1"], row["B2"], row["B3"])) == values
+        doc = yaml.safe_load(open(cfg))
+        doc["table"].pop("scale")
+        open(cfg, "w").write(yaml.safe_dump(doc))
+        assert main(["plan", cfg]) == 2
+        err = capsys.readouterr().err
+        assert "table.crs: an Earth Engine collection has no single native grid here" in err and err.count("\n") == 1
+
+
+def test_the_earth_engine_point_table_config_runs_offline(tmp_path):
+    """configs/ee_point_table.yaml against the emulator serving configs/emulator_catalog.json:
+    the two low-cloud images, each row the scene's value at the pixel centre (nearest)."""
+    from pipeline.ee_emulator import EmulatorServer
+    from pipeline.ee_emulator.catalog import Catalog
+    doc = yaml.safe_load(open(os.path.join(ROOT, "configs", "ee_point_table.yaml")))
+    doc["regions"] = os.path.join(ROOT, "configs", "point_table_points.geojson")
+    doc["output"]["path"] = str(tmp_path / "out")
+    cfg = tmp_path / "ee_point_table.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    with EmulatorServer(Catalog.from_file(os.path.join(ROOT, "configs", "emulator_catalog.json"))) as server:
+        assert main(["run", str(cfg), "--ee_emulator", server.url]) == 0
+    rows = read_table(str(tmp_path / "out"))
+    assert {(r["id"][:8], r["time"]) for r in rows} == {("20200105", time_ms("2020-01-05")),
+                                                         ("20200125", time_ms("2020-01-25"))}
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32618", always_xy=True)
+    with rasterio.open(LANDSAT) as ds:
+        xy_ = [to_utm.transform(r["longitude"], r["latitude"]) for r in rows]
+        expected = list(ds.sample(xy_))
+    assert len(rows) > 1000 and sum(r["B4"] is not None for r in rows) > 1000
+    for row, v in zip(rows, expected):
+        assert (None if row["B4"] is None else (row["B4"], row["B3"], row["B2"])) == (
+            None if (v == 0).any() else tuple(int(x) for x in v))

@@ -320,3 +320,33 @@ def test_should_retry():
     assert policy.should_retry(1, QuotaError("x", "429"))
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+def test_call_with_retries_retries_transient_errors_and_stops_at_permanent_ones():
+    from transforms.retry import call_with_retries
+    slept = []
+    answers = iter([TransientError("503", cause="http_503"), QuotaError("429", cause="http_429"), "listed"])
+
+    def flaky():
+        a = next(answers)
+        if isinstance(a, Exception):
+            raise a
+        return a
+    assert call_with_retries(flaky, RetryPolicy(max_attempts=3, rng=random.Random(0)), sleep=slept.append) == "listed"
+    assert len(slept) == 2 and all(0 <= s <= 2 for s in slept)
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise PermanentError("400 bad collection", cause="http_400")
+    with pytest.raises(PermanentError, match="bad collection"):
+        call_with_retries(refused, RetryPolicy(max_attempts=5), sleep=slept.append)
+    assert len(calls) == 1
+
+    def always_busy():
+        calls.append(1)
+        raise QuotaError("429", cause="http_429")
+    calls.clear()
+    with pytest.raises(QuotaError):
+        call_with_retries(always_busy, RetryPolicy(max_attempts=4), sleep=lambda s: None)
+    assert len(calls) == 4

@@ -6,15 +6,17 @@ Earth Engine returns masked pixels as 0, so unless `mask: none` the request adds
 read with `getPixels` (no computation) and every pixel counts as valid.
 
 A collection with `collection_mode` (stack, mosaic, composite, flatten) is listed once when the
-job is planned: one 1x1 px computePixels of the filtered collection's `toBands()` whose bands
-name each image (`<system:index>_...`) and carry its `system:time_start` as a constant band.
-Each patch then requests every listed image on its own (`<collection>/<system:index>`, one
-request of C x H x W per image, which fits the request limits as a single image does, where a
-`toBands()` stack of T images would hit the 1024-band and 48 MiB caps), and the images are
-combined by transforms/collections.py exactly as for raster files. Without `collection_mode`,
-`composite` is reduced by Earth Engine (one request per patch). The `ee` client is
-initialized once per worker process, with its own retries off (pixelbeam's request runner is
-the only one deciding) and its HTTP deadline set to `timeout_s`.
+job is planned: one `value:compute` (what `getInfo()` sends) of the filtered collection's
+`aggregate_array` of `system:index`, `system:time_start` and, for `flatten_by` a property, that
+property. With `bounds` (the job's lon/lat extent) the collection is first `filterBounds`-ed, so
+only images that can touch a patch are listed. Each patch then requests every listed image on
+its own (`<collection>/<system:index>`, one request of C x H x W per image, which fits the
+request limits as a single image does, where a `toBands()` stack of T images would hit the
+1024-band and 48 MiB caps), and the images are combined by transforms/collections.py exactly
+as for raster files. Without `collection_mode`, `composite` is reduced by Earth Engine (one
+request per patch). The `ee` client is initialized once per worker process, with its own
+retries off (pixelbeam's request runner is the only one deciding) and its HTTP deadline set to
+`timeout_s`; the launcher's listing and band probe are retried by `call_with_retries`.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ import numpy as np
 from transforms.collections import CollectionError, CollectionImage, iso_time, plan_collection
 from transforms.patch import PatchSpec
 from transforms.resampling import ee_resampling
-from transforms.retry import PermanentError
+from transforms.retry import PermanentError, RetryPolicy, call_with_retries, classify_exception
 from transforms.sizing import EE_MAX_BANDS, EE_MAX_BYTES, RequestLimits, RequestPart
 from transforms.sources import PartResult, SourceError, SourceInfo
 
 VALID_BAND = "pixelbeam_valid"
-TIME_BAND = "pixelbeam_time"
+NPY_MAX_HEADER = 1 << 20  # bytes of an NPY header (a dtype of up to 1,024 fields; no pickle either way)
+LAUNCH_POLICY = RetryPolicy(max_attempts=6, base_delay_s=0.5, max_delay_s=10.0)  # listing and probe
 EE_SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform")
 FILTER_OPS = {"eq": "eq", "neq": "neq", "lt": "lt", "lte": "lte", "gt": "gt", "gte": "gte"}
 
@@ -139,6 +142,7 @@ class EarthEngineSource:
     mode: Optional[str] = None  # collection_mode: each image requested, combined locally
     flatten_by: str = "day"
     min_coverage: float = 0.0  # filter_coverage
+    bounds: Optional[tuple[float, float, float, float]] = None  # lon/lat: list only images touching it
 
     @property
     def uses_get_pixels(self) -> bool:
@@ -151,6 +155,8 @@ class EarthEngineSource:
             coll = coll.filterDate(self.start or "1970-01-01", self.end or "2100-01-01")
         for prop, op, value in self.filters:
             coll = coll.filter(getattr(ee.Filter, FILTER_OPS[op])(prop, value))
+        if self.bounds:
+            coll = coll.filterBounds(ee.Geometry.BBox(*self.bounds))
         return coll
 
     def image(self, image_id: Optional[str] = None):
@@ -167,21 +173,7 @@ class EarthEngineSource:
             img = getattr(coll, self.composite)()
         return img.select(list(self.bands)) if self.bands else img
 
-    def list_images(self) -> list[CollectionImage]:
-        """The filtered collection's images (id, time) from one 1x1 px request (module doc)."""
-        import ee
-        first = self.bands[0] if self.bands else 0
-        coll = self.filtered_collection().map(lambda i: ee.Image(i).select([first]).addBands(
-            ee.Image.constant(ee.Image(i).get("system:time_start")).toDouble().rename([TIME_BAND])))
-        grid = PatchSpec("list", "list", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1).pixel_grid()
-        fields = np.load(io.BytesIO(ee.data.computePixels({"expression": coll.toBands(), "fileFormat": "NPY",
-                                                            "grid": grid})), allow_pickle=False)
-        suffix = f"_{TIME_BAND}"
-        return [CollectionImage(f"{self.collection}/{name[:-len(suffix)]}", iso_time(float(fields[name].ravel()[0])))
-                for name in fields.dtype.names if name.endswith(suffix)]
-
-    def describe(self) -> SourceInfo:
-        """Band names and dtypes, learnt from a 1x1 px request (Earth Engine's NPY header)."""
+    def initialize(self) -> None:
         try:
             initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
         except SourceError:
@@ -189,38 +181,84 @@ class EarthEngineSource:
         except Exception as e:  # e.g. a token that cannot be refreshed, an unreachable url
             raise SourceError(f"source: cannot initialize Earth Engine at {self.url} ({type(e).__name__}: "
                               f"{_first_line(e)}); check url, project and credentials") from None
+
+    def list_collection(self, prop: Optional[str] = None) -> list[tuple[str, int, tuple]]:
+        """(system:index, system:time_start in ms, ((prop, value),) or ()) of each image of the
+        filtered collection, in listing order: one value:compute request (module doc)."""
+        import ee
+        coll = self.filtered_collection()
+        columns = {"index": coll.aggregate_array("system:index"), "time": coll.aggregate_array("system:time_start")}
+        if prop:
+            columns["property"] = coll.aggregate_array(prop)
+        try:
+            listing = call_with_retries(lambda: ee.data.computeValue(ee.Dictionary(columns)), LAUNCH_POLICY)
+        except Exception as e:
+            raise SourceError(f"source: Earth Engine could not list collection {self.collection!r} "
+                              f"({classify_exception(e)}); check the id, dates and filters") from None
+        index, times = listing["index"], listing["time"]
+        if not index:
+            raise SourceError(f"source: collection {self.collection!r} has no image in the dates, filters and "
+                              "regions; widen them")
+        if len(times) != len(index):
+            raise SourceError(f"source: {len(index) - len(times)} of {len(index)} images of {self.collection!r} "
+                              "have no system:time_start; add a filter that leaves them out")
+        values = listing.get("property", [])
+        if prop and len(values) != len(index):
+            raise SourceError(f"source.flatten_by: {len(index) - len(values)} of {len(index)} images have no "
+                              f"property {prop!r}; filter them out or flatten by day")
+        return [(i, int(t), ((prop, values[k]),) if prop else ()) for k, (i, t) in enumerate(zip(index, times))]
+
+    def list_images(self) -> list[CollectionImage]:
+        """The filtered collection's images (full id, ISO time, the flatten_by property)."""
+        prop = self.flatten_by if self.mode == "flatten" and self.flatten_by != "day" else None
+        return [CollectionImage(f"{self.collection}/{index}", iso_time(t), props)
+                for index, t, props in self.list_collection(prop)]
+
+    def probe(self, image_id: Optional[str] = None) -> SourceInfo:
+        """Band names and dtypes of the image (or of the collection's `image_id`), learnt from a
+        1x1 px request (Earth Engine's NPY header); no limits, no collection plan."""
+        reader = EarthEngineReader(self, None, image_id)
+        probe = PatchSpec("probe", "probe", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1)
+        try:
+            fields = call_with_retries(lambda: reader.request_structured(probe, None), LAUNCH_POLICY)
+        except Exception as e:
+            what = f"asset {self.asset!r}" if self.asset else f"collection {self.collection!r}"
+            raise SourceError(f"source: Earth Engine refused {what} ({classify_exception(e)}); "
+                              "check the id, bands and credentials") from None
+        names = tuple(n for n in fields.dtype.names if n != VALID_BAND)
+        return SourceInfo(band_names=names, dtypes=tuple(fields.dtype[n].name for n in names))
+
+    def describe(self) -> SourceInfo:
+        """Band names, dtypes and request limits (and, with collection_mode, the listed images)."""
+        self.initialize()
         plan = None
         if self.mode:
             try:
-                images = self.list_images()
-                plan = plan_collection(images, self.mode, self.composite, self.flatten_by, self.min_coverage)
+                plan = plan_collection(self.list_images(), self.mode, self.composite, self.flatten_by,
+                                       self.min_coverage)
             except CollectionError as e:
                 raise SourceError(str(e)) from None
-            except Exception as e:
-                from transforms.retry import classify_exception
-                raise SourceError(f"source: Earth Engine could not list collection {self.collection!r} "
-                                  f"({classify_exception(e)}); check the id, dates and filters") from None
-        reader = EarthEngineReader(self, None, plan.images[0].image_id if plan else None)
-        probe = PatchSpec("probe", "probe", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1)
-        try:
-            fields = reader.request_structured(probe, None)
-        except Exception as e:
-            from transforms.retry import classify_exception
-            err = classify_exception(e)
-            what = f"asset {self.asset!r}" if self.asset else f"collection {self.collection!r}"
-            raise SourceError(f"source: Earth Engine refused {what} ({err}); check the id, bands and credentials") from None
-        names = tuple(n for n in fields.dtype.names if n != VALID_BAND)
-        dtypes = tuple(fields.dtype[n].name for n in names)
-        data_bytes = max(1, min(np.dtype(d).itemsize for d in dtypes))
+        base = self.probe(plan.images[0].image_id if plan else None)
+        data_bytes = max(1, min(np.dtype(d).itemsize for d in base.dtypes))
         # each request also carries the 1-byte valid band: keep data bytes within the share left
         max_bytes = EE_MAX_BYTES if self.mask == "none" else EE_MAX_BYTES * data_bytes // (data_bytes + 1)
-        return SourceInfo(band_names=names, dtypes=tuple(plan.output_dtype(d) for d in dtypes) if plan else dtypes,
-                          limits=RequestLimits(max_bytes=max_bytes, max_bands=EE_MAX_BANDS - 1), collection=plan)
+        dtypes = tuple(plan.output_dtype(d) for d in base.dtypes) if plan else base.dtypes
+        return dataclasses.replace(base, dtypes=dtypes, collection=plan,
+                                   limits=RequestLimits(max_bytes=max_bytes, max_bands=EE_MAX_BANDS - 1))
 
     def open(self, info: Optional[SourceInfo] = None) -> "EarthEngineReader":
         """A reader for a worker; `info` from the launcher's describe() saves a probe request."""
         initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
         return EarthEngineReader(self, info or self.describe())
+
+
+def decode_npy(payload: bytes) -> np.ndarray:
+    """An NPY answer as a structured (H, W) array; a partial answer is a permanent error (the
+    server sent it so; a cut connection fails in the transport first)."""
+    try:  # numpy refuses headers over 10 kB by default; 1,024 named fields take about 25 kB
+        return np.load(io.BytesIO(payload), allow_pickle=False, max_header_size=NPY_MAX_HEADER)
+    except Exception as e:
+        raise PermanentError(f"undecodable NPY answer ({len(payload)} bytes): {e}", cause="decode") from e
 
 
 def valid_band(ee, img, band_names):
@@ -275,10 +313,7 @@ class EarthEngineReader:
         else:
             image = self.image if part is None or part.image is None else self.images[part.image]
             payload = self.ee.data.computePixels({"expression": image, **params})
-        try:
-            return np.load(io.BytesIO(payload), allow_pickle=False)
-        except Exception as e:  # an answer that is not a whole NPY: permanent (the server sent it so)
-            raise PermanentError(f"undecodable NPY answer ({len(payload)} bytes): {e}", cause="decode") from e
+        return decode_npy(payload)
 
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
         fields = self.request_structured(spec, part)
@@ -301,11 +336,12 @@ def _first_line(e: Exception, limit: int = 200) -> str:
     return (text[0] if text else "")[:limit]
 
 
-def earthengine_source(cfg, timeout_s: float) -> EarthEngineSource:
-    """An EarthEngineSource from the validated `source:` config section."""
+def earthengine_source(cfg, timeout_s: float, bounds=None) -> EarthEngineSource:
+    """An EarthEngineSource from the validated `source:` config section; `bounds` (lon/lat) as
+    in EarthEngineSource."""
     return EarthEngineSource(
         asset=cfg.asset, collection=cfg.collection, start=cfg.start, end=cfg.end,
         filters=tuple((f.property, f.op, f.value) for f in cfg.filters), composite=cfg.composite,
         bands=tuple(cfg.bands), mask=cfg.mask or "source", project=cfg.project, url=cfg.url,
         credentials=cfg.credentials, timeout_s=timeout_s, resampling=ee_resampling(cfg.resampling),
-        mode=cfg.collection_mode, flatten_by=cfg.flatten_by, min_coverage=cfg.filter_coverage)
+        mode=cfg.collection_mode, flatten_by=cfg.flatten_by, min_coverage=cfg.filter_coverage, bounds=bounds)

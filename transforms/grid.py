@@ -13,7 +13,7 @@ import functools
 import hashlib
 import math
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pyproj
@@ -129,6 +129,28 @@ def bounds_to_lonlat(crs: str, bounds: Sequence[float]) -> tuple[float, float, f
     if _epsg_code(crs) == 4326:
         return tuple(bounds)
     return _transformer(crs, "EPSG:4326").transform_bounds(*bounds, densify_pts=21)
+
+
+def lonlat_extent(regions: Iterable[Region], grid: GridSpec) -> Optional[tuple[float, float, float, float]]:
+    """A lon/lat box holding every pixel the regions can plan: each region's box in its grid
+    CRS grown by one fetch window (a patch and its margins) on every side; None when there is
+    no region or the box would cross the antimeridian."""
+    boxes = []
+    for region in regions:
+        if region.geometry.bounds[0] < -180 or region.geometry.bounds[2] > 180:
+            return None
+        crs = region_crs(grid, region)
+        minx, miny, maxx, maxy = project_lonlat(region.geometry, crs).bounds
+        gx = (grid.patch_size[0] + 2 * grid.margin) * grid.scale[0]
+        gy = (grid.patch_size[1] + 2 * grid.margin) * grid.scale[1]
+        boxes.append(bounds_to_lonlat(crs, (minx - gx, miny - gy, maxx + gx, maxy + gy)))
+    if not boxes:
+        return None
+    west, south = min(b[0] for b in boxes), max(-90.0, min(b[1] for b in boxes))
+    east, north = max(b[2] for b in boxes), min(90.0, max(b[3] for b in boxes))
+    if west < -180 or east > 180 or west >= east:
+        return None
+    return (west, south, east, north)
 
 
 def patch_transform(grid: GridSpec, row: int, col: int) -> tuple[float, ...]:

@@ -383,6 +383,21 @@ class RetryPolicy:
         return bool(error.retryable) and attempt < self.max_attempts
 
 
+def call_with_retries(call, policy: RetryPolicy, sleep=time.sleep):
+    """`call()` retried by `policy` (for the launcher's few metadata requests, which have no
+    throttler); raises the final FetchError, the original exception chained."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - everything is classified
+            error = classify_exception(exc)
+            if not policy.should_retry(attempt, error):
+                raise error from exc
+            sleep(policy.delay_s(attempt, error))
+
+
 __all__ = [
     "FetchError",
     "TransientError",
@@ -393,4 +408,5 @@ __all__ = [
     "classify_exception",
     "classify_ee_message",
     "RetryPolicy",
+    "call_with_retries",
 ]

@@ -4,11 +4,17 @@ Columns follow Earth Engine's `getRegion`: `id` (the image id), `longitude`, `la
 pixel centre, degrees), `time` (the image's start, ms since the Unix epoch, UTC; null when not
 known), then `point_id` (which point or polygon the pixel belongs to) and one column per band in
 the source's type, null where the pixel is masked in that image.
+
+Files of run `<run>`: `table/part-<run>-SSSSS-of-NNNNN.{parquet,csv}` and, written last,
+`table/_groups-<run>-SSSSS-of-NNNNN.json` (the groups whose rows the shard holds, its files and
+row count), which a rerun reads to skip groups done by a completed run (pipeline/table_resume.py).
+The `_` prefix keeps it out of pyarrow's dataset discovery.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from typing import Iterable, Sequence
 
@@ -40,14 +46,26 @@ def shard_of(key: str, shards: int) -> int:
     return zlib.crc32(key.encode()) % max(shards, 1)
 
 
-def shard_name(shard: int, shards: int, ext: str) -> str:
-    return f"table/part-{shard:05d}-of-{shards:05d}.{ext}"
+SHARD_PREFIX = "table/part-"
+GROUPS_PREFIX = "table/_groups-"
+
+
+def shard_name(shard: int, shards: int, ext: str, run_id: str = "") -> str:
+    run = f"{run_id}-" if run_id else ""
+    return f"{SHARD_PREFIX}{run}{shard:05d}-of-{shards:05d}.{ext}"
+
+
+def groups_name(shard: int, shards: int, run_id: str) -> str:
+    """The record of the groups in one shard of run `run_id`."""
+    return f"{GROUPS_PREFIX}{run_id}-{shard:05d}-of-{shards:05d}.json"
 
 
 def write_shard(output_path: str, shard: int, shards: int, tables: Iterable[pa.Table], formats: Sequence[str],
-                schema: pa.Schema) -> list[str]:
-    """Writes one shard's rows in every format (atomically); returns the files' relative paths."""
-    table = pa.concat_tables(list(tables)) if tables else schema.empty_table()
+                schema: pa.Schema, run_id: str = "", groups: Sequence[str] = ()) -> list[str]:
+    """Writes one shard's rows in every format (atomically), then, with a `run_id`, the record
+    of its `groups`; returns the shard files' relative paths."""
+    tables = list(tables)
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
     written = []
     for fmt in formats:
         buf = io.BytesIO()
@@ -57,7 +75,10 @@ def write_shard(output_path: str, shard: int, shards: int, tables: Iterable[pa.T
         else:
             import pyarrow.csv as pcsv
             pcsv.write_csv(table, buf)
-        name = shard_name(shard, shards, "parquet" if fmt == "parquet" else "csv")
+        name = shard_name(shard, shards, "parquet" if fmt == "parquet" else "csv", run_id)
         write_atomically(join(output_path, name), buf.getvalue())
         written.append(name)
+    if run_id:
+        record = {"run_id": run_id, "groups": sorted(groups), "rows": table.num_rows, "files": written}
+        write_atomically(join(output_path, groups_name(shard, shards, run_id)), json.dumps(record).encode())
     return written

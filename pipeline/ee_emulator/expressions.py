@@ -61,6 +61,20 @@ def evaluate(expression: Any, catalog: Catalog) -> Any:
     return _Evaluator(catalog, expression["values"]).reference(expression["result"], {})
 
 
+def to_json_value(value: Any) -> Any:
+    """A computed value as getInfo() returns it: numbers, strings, lists, dicts (no images)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise invalid(f"value:compute: the emulator cannot return a {type(value).__name__}; "
+                  "ask for numbers, strings, lists or dictionaries.")
+
+
 def evaluate_image(expression: Any, catalog: Catalog) -> Image:
     value = evaluate(expression, catalog)
     if not isinstance(value, Image):
@@ -261,6 +275,12 @@ def collection_reduce(ev, collection, reducer, parallelScale=None):
                                        reducer.name, suffix=True)
 
 
+def aggregate_array(ev, collection, property):
+    """``aggregate_array``: the property of each image that has it, in collection order."""
+    images = _images(collection, "AggregateFeatureCollection.array")
+    return [i.properties[property] for i in images if i.properties.get(property) is not None]
+
+
 def to_bands(ev, collection):
     return image_ops.to_bands(_images(collection, "ImageCollection.toBands"))
 
@@ -338,6 +358,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "ImageCollection.fromImages": from_images,
     "ImageCollection.mosaic": _reduce("mosaic"),
     "ImageCollection.toBands": to_bands,
+    "AggregateFeatureCollection.array": aggregate_array,
     "ImageCollection.reduce": collection_reduce,
     "Collection.filter": collection_filter,
     "Collection.limit": collection_limit,

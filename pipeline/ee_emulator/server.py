@@ -232,7 +232,12 @@ class EmulatorServer:
     # -- pixels -----------------------------------------------------------
     def render(self, project: str, project_path: str, body: dict[str, Any]) -> bytes:
         """NPY bytes for ``projects/{project}/`` + ``assets/{id}:getPixels`` or
-        ``image:computePixels``."""
+        ``image:computePixels``; JSON ``{"result": ...}`` for ``value:compute``."""
+        if project_path == "value:compute":  # what getInfo() sends: a JSON {"result": value}
+            if "expression" not in body:
+                raise invalid("value:compute: expression is required.")
+            result = expressions.to_json_value(expressions.evaluate(body["expression"], self.catalog))
+            return json.dumps({"result": result}).encode()
         unsupported = [k for k in ("region", "visualizationOptions") if body.get(k)]
         if unsupported:
             raise invalid(f"The emulator does not support {unsupported}; pass a grid.")
@@ -298,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {})
             return
         m = _API_PATH.match(path)
-        if not m or not (m.group(2).endswith(":getPixels") or m.group(2).endswith(":computePixels")):
+        if not m or not (m.group(2).endswith((":getPixels", ":computePixels")) or m.group(2) == "value:compute"):
             self._send_error(404, f"No POST handler for {path}.")
             return
         outcome = emulator.admit()
@@ -365,7 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_truncated(payload)
         else:
             release(200)
-            self._send(200, payload, "application/octet-stream")
+            kind = "application/json" if project_path == "value:compute" else "application/octet-stream"
+            self._send(200, payload, kind)
 
     # -- low-level responses ----------------------------------------------
     def _path(self) -> str:
