@@ -36,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     retry = sub.add_parser("retry-failed", help="rerun the job of an output folder: fetches only what is not done")
     retry.add_argument("output", help="an output folder written by pixelbeam run (its dataset.json or table.json has the config)")
     retry.add_argument("--max_failed_fraction", type=float, default=0.0)
-    for sub_parser in (run,):
+    for sub_parser in (run, retry):
         sub_parser.add_argument("--ee_emulator", metavar="URL",
                                 help="send Earth Engine requests to a local emulator at URL (anonymous credentials)")
     plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")

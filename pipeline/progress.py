@@ -23,9 +23,11 @@ def is_local(runner: Optional[str]) -> bool:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, enabled: Optional[bool] = None, poll_s: float = 0.5) -> Iterator[Optional[str]]:
+def progress_bar(total: int, enabled: Optional[bool] = None, poll_s: float = 0.5,
+                 unit: str = "patches") -> Iterator[Optional[str]]:
     """Yields the folder workers report to (None when the bar is off) and draws the bar until
-    the block ends. `enabled` None means: when stderr is a terminal."""
+    the block ends. `enabled` None means: when stderr is a terminal; `unit` names what is
+    fetched (patches, or a table's groups)."""
     console = Console(stderr=True)
     if enabled is None:
         enabled = console.is_terminal
@@ -35,7 +37,7 @@ def progress_bar(total: int, enabled: Optional[bool] = None, poll_s: float = 0.5
     with tempfile.TemporaryDirectory(prefix="pixelbeam-progress-") as directory:
         stop = threading.Event()
         columns = (TextColumn("fetch"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                   TextColumn("{task.fields[rate]:.1f} patches/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TextColumn(f"{{task.fields[rate]:.1f}} {unit}/s"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(), TextColumn("retries {task.fields[retries]}  429s {task.fields[quota]}"
                                                      "  failed {task.fields[failed]}"))
         with Progress(*columns, console=console, transient=False) as bar:

@@ -173,7 +173,7 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
     with --overwrite), Beam's staging folders, and temporary files of atomic writes."""
     doomed = [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
               if overwrite or shard_run_id(name) not in completed_runs]
-    doomed += beam_staging_folders(output_path)
+    doomed += beam_staging_folders(output_path) + temporary_files(output_path)
     for folder in file_folders:
         doomed += [join(output_path, f"{folder}/{name}") for name in existing_files(output_path, folder)
                    if overwrite or name.startswith(".tmp-")]
@@ -184,6 +184,12 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
         FileSystems.delete(sorted(set(doomed)))
         log.info("removed %d leftover files", len(doomed))
     return len(doomed)
+
+
+def temporary_files(output_path: str) -> list[str]:
+    """Temporary files of atomic writes (`write_atomically`) left in the folder itself by a
+    killed run (dataset.json, table.json, previews)."""
+    return [m.path for m in _match(join(output_path, ".tmp-*"))]
 
 
 def beam_staging_folders(output_path: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 groups of pixels -> FetchPatches (a group is a small window stacked over the collection's
 images; the same throttled, retried fetch as patches) -> rows per (pixel, image) -> sharded
-Parquet / CSV under `output.path/table/` (each run its own shards, `part-<run>-*`),
+Parquet under `output.path/table/`, CSV under `table_csv/` (each run its own shards, `part-<run>-*`),
 `failed.jsonl` (one record per group failed in the latest run, naming its points and images),
 `table.json` (columns, images, counts over every run's shards, config, and the resume state).
 A rerun of the same config fetches only the groups no completed run wrote
@@ -28,6 +28,7 @@ from transforms.patch import FAILED
 from transforms.point_table import group_columns
 from transforms.sinks import join, to_json_line, write_atomically
 from transforms import table_sink
+from transforms.table_sink import FOLDERS
 
 
 class GroupRows(beam.DoFn):
@@ -93,7 +94,8 @@ def count_outputs(job: TableJob) -> tuple[int, int, list[str]]:
     """(rows written, values lost in failed groups, files), read back from the outputs."""
     from apache_beam.io.filesystems import FileSystems
     out = job.config.output.path
-    files = sorted(m.path for m in FileSystems.match([join(out, "table/part-*")])[0].metadata_list)
+    files = sorted(m.path for result in FileSystems.match([join(out, f"{folder}/part-*") for folder in FOLDERS.values()])
+                   for m in result.metadata_list)
     rows = 0
     fmt = job.config.table.formats[0]
     for path in files:
@@ -172,9 +174,13 @@ def table_main(command: str, config: Config, beam_args: Sequence[str], as_json: 
     started = time.monotonic()
     delete_doomed(state.doomed)
     resume.mark_running(out, state.run_id, state.fingerprint)
-    pipeline = build_table_pipeline(job, beam.Pipeline(options=options), fetch_settings(job, options),
-                                    todo, state.run_id)
-    pipeline.run().wait_until_finish()
+    from apache_beam.options.pipeline_options import StandardOptions
+    from pipeline.progress import is_local, progress_bar
+    local = is_local(options.view_as(StandardOptions).runner)
+    with progress_bar(len(todo), enabled=None if local else False, unit="groups") as progress_dir:
+        pipeline = build_table_pipeline(job, beam.Pipeline(options=options),
+                                        fetch_settings(job, options, progress_dir), todo, state.run_id)
+        pipeline.run().wait_until_finish()
     rows, lost, files = count_outputs(job)
     write_atomically(join(out, resume.TABLE_STATE_FILE),
                      json.dumps(table_description(job, rows, lost, files, state), indent=2).encode())

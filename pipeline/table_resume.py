@@ -7,8 +7,8 @@ pixels: a group id names a block of the grid, so other regions or another image 
 same id other rows) and the completed runs. Each run writes its shards under its own id, each
 with a record of the groups it holds (transforms/table_sink.py). A group is *done* when such a
 record of a completed run lists it and every file the record names exists. Everything else in
-`table/` (shards of killed runs, incomplete shards, temporary files) is deleted before a run
-starts, with Beam's staging folders.
+`table/` and `table_csv/` (shards of killed runs, incomplete shards, temporary files) is deleted
+before a run starts, with Beam's staging folders.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import resume
 from pipeline.config import ConfigError
 from transforms.sinks import join
-from transforms.table_sink import GROUPS_PREFIX, SHARD_PREFIX
+from transforms.table_sink import FOLDERS, GROUPS_PREFIX, SHARD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def plan_table_resume(job, overwrite: bool) -> TableResume:
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)
     run_id, digest = resume.new_run_id(), table_plan_digest(job)
     if overwrite:
-        doomed = [join(out, f"{TABLE_FOLDER}/{n}") for n in resume.existing_files(out, TABLE_FOLDER)]
+        doomed = [join(out, f) for f in table_files(out)]
         doomed += [join(out, n) for n in ("failed.jsonl", resume.TABLE_STATE_FILE) if FileSystems.exists(join(out, n))]
         return TableResume(run_id, fingerprint, digest, doomed=doomed + staging_and_temporary(out))
     state = resume.read_json(join(out, resume.TABLE_STATE_FILE)) or {}
@@ -81,28 +81,33 @@ def plan_table_resume(job, overwrite: bool) -> TableResume:
     return TableResume(run_id, fingerprint, digest, completed, frozenset(done), doomed + staging_and_temporary(out))
 
 
+def table_files(out: str) -> list[str]:
+    """Every file in the table's folders (`table/`, `table_csv/`), relative to `out`."""
+    return [f"{folder}/{name}" for folder in sorted(set(FOLDERS.values()))
+            for name in resume.existing_files(out, folder)]
+
+
 def completed_shards(out: str, completed_runs: list[str]) -> tuple[set, list[str]]:
-    """(groups held by intact shards of completed runs, every other file in `table/`)."""
-    names = resume.existing_files(out, TABLE_FOLDER)
+    """(groups held by intact shards of completed runs, every other file in the table's folders)."""
     units: dict[str, list[str]] = {}  # "<run>-SSSSS-of-NNNNN" -> its files (shard formats + groups record)
     doomed = []
-    for name in names:
-        stem = unit_stem(name)
+    for path in table_files(out):
+        stem = unit_stem(path.split("/", 1)[1])
         if stem is None:  # temporary files, shards without a run id, anything else
-            doomed.append(name)
+            doomed.append(path)
         else:
-            units.setdefault(stem, []).append(name)
+            units.setdefault(stem, []).append(path)
     done: set = set()
     for stem, files in sorted(units.items()):
         completed = resume.shard_run_id(SHARD_NAME + stem, SHARD_NAME) in completed_runs
         record = read_groups_record(out, stem) if completed else None
-        listed = ({f.split("/", 1)[1] for f in record["files"]} | {GROUPS_NAME + stem + ".json"}) if record else set()
+        listed = (set(record["files"]) | {f"{TABLE_FOLDER}/{GROUPS_NAME}{stem}.json"}) if record else set()
         if record and listed <= set(files) and not done & set(record["groups"]):  # intact, and no group twice
             done.update(record["groups"])
             doomed += [f for f in files if f not in listed]
         else:
             doomed += files
-    return done, [join(out, f"{TABLE_FOLDER}/{n}") for n in doomed]
+    return done, [join(out, f) for f in doomed]
 
 
 def unit_stem(name: str) -> Optional[str]:
@@ -125,15 +130,7 @@ def read_groups_record(out: str, stem: str) -> Optional[dict]:
 
 def staging_and_temporary(out: str) -> list[str]:
     """Beam's staging folders (failed.jsonl) and temporary files of atomic writes (table.json)."""
-    temporary = [m.path for m in match(join(out, ".tmp-*"))]
-    return resume.beam_staging_folders(out) + temporary
-
-
-def match(pattern: str) -> list:
-    try:
-        return FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # e.g. the folder does not exist yet
-        return []
+    return resume.beam_staging_folders(out) + resume.temporary_files(out)
 
 
 def delete_doomed(doomed: list[str]) -> int:

@@ -143,3 +143,21 @@ def test_planning_100k_patches_is_vectorised():
     region = Region("big", shapely.Point(-77.5, 24.5).buffer(0.6))
     specs = plan_patches([region], grid)
     assert len(specs) > 100_000
+
+
+@pytest.mark.parametrize("crs, scale", [("EPSG:32618", 30.0), ("utm", 30.0), ("EPSG:4326", 0.0003), ("EPSG:3857", 40.0)])
+def test_the_listing_extent_holds_every_pixel_a_plan_can_fetch(crs, scale):
+    """An Earth Engine collection is listed inside lonlat_extent: every planned patch's fetched
+    window (margins included), corners and edges, must lie inside it."""
+    from transforms.grid import bounds_to_lonlat, lonlat_extent
+    regions = [Region("a", box(-77.9, 24.3, -77.83, 24.36)), Region("b", Point(-77.5, 24.9))]
+    grid = GridSpec(crs=crs, scale=(scale, scale), patch_size=(64, 48), overlap=8, margin=5)
+    west, south, east, north = lonlat_extent(regions, grid)
+    specs = plan_patches(regions, grid)
+    assert len(specs) > 10
+    for spec in specs:
+        a, _, c, _, e, f = spec.fetch_transform
+        bounds = (c, f + e * spec.fetch_height, c + a * spec.fetch_width, f)
+        lon0, lat0, lon1, lat1 = bounds_to_lonlat(spec.crs, bounds)
+        assert west <= lon0 and lon1 <= east and south <= lat0 and lat1 <= north, spec.patch_id
+    assert east - west < 1.0 and north - south < 1.0  # and it is a box around the regions, not the world

@@ -73,7 +73,7 @@ def expected_rows(files, times, cells):
 
 
 def read_table(out, fmt="parquet"):
-    files = sorted(glob.glob(os.path.join(out, "table", f"*.{fmt}")))
+    files = sorted(glob.glob(os.path.join(out, "table" if fmt == "parquet" else "table_csv", f"*.{fmt}")))
     if fmt == "parquet":
         return [row for f in files for row in pq.read_table(f).to_pylist()]
     rows = []
@@ -302,3 +302,47 @@ def test_the_earth_engine_point_table_config_runs_offline(tmp_path):
     for row, v in zip(rows, expected):
         assert (None if row["B4"] is None else (row["B4"], row["B3"], row["B2"])) == (
             None if (v == 0).any() else tuple(int(x) for x in v))
+
+
+def test_retry_failed_refetches_the_refused_groups_through_the_emulator(tmp_path, capsys):
+    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    files, profile = write_collection(tmp_path, 4)
+    rng = np.random.default_rng(3)
+    cells = [(int(i // 60), int(i % 60)) for i in rng.choice(60 * 50, size=200, replace=False)]
+    points = write_points(tmp_path, profile, cells)
+    times = [f"2020-02-{i + 1:02d}" for i in range(4)]
+    with EmulatorServer(ee_catalog(files, times), EmulatorConfig()) as server:
+        cfg = ee_table_config(tmp_path, server.url, profile, points, group_size=8)
+        server.set_config(EmulatorConfig(fault_400=0.3, seed=5))  # after the plan: listing and probe answered
+        assert main(["run", cfg]) == 1
+        lost = json.load(open(tmp_path / "ee" / "table.json"))["failed_rows"]
+        failed_groups = {json.loads(x)["group"] for x in open(tmp_path / "ee" / "failed.jsonl")}
+        server.set_config(EmulatorConfig())
+        before = server.stats()["answered_200"]
+        assert main(["retry-failed", str(tmp_path / "ee"), "--ee_emulator", server.url]) == 0
+        refetched = server.stats()["answered_200"] - before - 2  # minus the listing and the probe
+    assert lost > 0 and refetched == len(failed_groups) > 0  # exactly the refused groups, once each
+    assert open(tmp_path / "ee" / "failed.jsonl").read() == ""
+    rows = read_table(str(tmp_path / "ee"))
+    assert len(rows) == 200 * 4 and len({(r["point_id"], r["id"]) for r in rows}) == 800
+
+
+def test_earth_engine_mask_none_gives_values_where_the_image_is_masked(tmp_path):
+    """mask: none asks for no validity band: no nulls, and Earth Engine's 0 where masked."""
+    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    files, profile = write_collection(tmp_path, 3)
+    cells = [(1, 3), (30, 40)]  # (1, 3) is in image 1's and 2's nodata rows
+    points = write_points(tmp_path, profile, cells)
+    times = ["2020-03-01", "2020-03-02", "2020-03-03"]
+    with EmulatorServer(ee_catalog(files, times), EmulatorConfig()) as server:
+        cfg = ee_table_config(tmp_path, server.url, profile, points)
+        doc = yaml.safe_load(open(cfg))
+        doc["source"]["mask"] = "none"
+        open(cfg, "w").write(yaml.safe_dump(doc))
+        assert main(["run", cfg]) == 0
+    rows = {(r["point_id"], r["id"]): r for r in read_table(str(tmp_path / "ee"))}
+    assert len(rows) == 6 and all(r["B1"] is not None for r in rows.values())
+    assert (rows[("p0", "img001")]["B1"], rows[("p0", "img002")]["B2"]) == (0, 0)
+    expected = expected_rows(files, times, cells)
+    assert (rows[("p1", "img002")]["B1"], rows[("p1", "img002")]["B3"]) == (expected[("p1", "img002")][1][0],
+                                                                          expected[("p1", "img002")][1][2])

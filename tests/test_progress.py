@@ -52,6 +52,22 @@ def test_a_run_reports_every_fetched_patch(tmp_path):
     assert totals["done"] == job.planned and totals["requests"] == job.planned and totals["failed"] == 0
 
 
+def test_a_table_run_reports_every_fetched_group(tmp_path):
+    from pipeline.graph import fetch_settings
+    from pipeline.table_graph import build_table_pipeline
+    from pipeline.table_plan import prepare_table_job
+    from tests.test_point_table import write_collection, write_config, write_points
+    files, profile = write_collection(tmp_path, 3)
+    cfg, _ = write_config(tmp_path, files, write_points(tmp_path, profile, [(1, 3), (30, 40), (49, 59)]), group_size=16)
+    job = prepare_table_job(load_config(cfg))
+    options = pipeline_options([])
+    with progress_bar(len(job.groups), enabled=True, poll_s=0.05, unit="groups") as directory:
+        build_table_pipeline(job, beam.Pipeline(options=options), fetch_settings(job, options, directory),
+                             run_id="r1").run().wait_until_finish()
+        totals = read_progress(directory)
+    assert len(job.groups) == 3 and totals["done"] == 3 and totals["failed"] == 0
+
+
 def test_the_bar_is_off_when_not_a_terminal():
     with progress_bar(10) as directory:  # pytest captures stderr: not a terminal
         assert directory is None

@@ -91,10 +91,12 @@ def test_a_rerun_fetches_only_missing_files(tmp_path, capsys):
     for path in missing:
         os.remove(path)
     capsys.readouterr()
+    stale = tmp_path / "out" / ".tmp-0123-dataset.json"  # an atomic write a killed run left half done
+    stale.write_text('{"fingerp')
     assert main(["run", cfg]) == 0
     out = capsys.readouterr().out
     assert "fetched in this run" in out and "requests 3 " in out
-    assert all(os.path.exists(p) for p in missing)
+    assert all(os.path.exists(p) for p in missing) and not stale.exists()
     audit(cfg)  # the refetched patches are not added to the TFRecords a second time
 
 

@@ -47,7 +47,7 @@ def snapshot(out):
 
 def run_ids(out, pattern="part-*"):
     return {os.path.basename(p).split("-")[1] + "-" + os.path.basename(p).split("-")[2]
-            for p in glob.glob(os.path.join(out, "table", pattern))}
+            for p in glob.glob(os.path.join(out, "table*", pattern))}
 
 
 def audit(out, files, times, cells, formats=("parquet",)):
@@ -63,7 +63,7 @@ def audit(out, files, times, cells, formats=("parquet",)):
         assert row["time"] == t and (None if row["B1"] is None else (row["B1"], row["B2"], row["B3"])) == values
     desc = json.load(open(os.path.join(out, "table.json")))
     assert desc["rows"] == desc["planned_rows"] == len(expected) and desc["failed_rows"] == 0
-    assert desc["files"] == sorted(os.path.relpath(p, out) for p in glob.glob(os.path.join(out, "table", "part-*")))
+    assert desc["files"] == sorted(os.path.relpath(p, out) for p in glob.glob(os.path.join(out, "table*", "part-*")))
     assert run_ids(out, "*") <= set(desc["runs"])  # every shard and groups record belongs to a completed run
     leftovers = [p for p in snapshot(out) if os.path.basename(p).startswith((".tmp-", "beam-temp-", "_running"))]
     assert not leftovers
@@ -82,7 +82,7 @@ def test_a_rerun_fetches_only_the_failed_group(tmp_path, monkeypatch, capsys):
     assert main(["run", cfg]) == 1
     assert sorted(fetches.ids) == ["g0_0", "g1_1"]
     assert [json.loads(line)["group"] for line in open(os.path.join(out, "failed.jsonl"))] == ["g0_0"]
-    first = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "table", "*"))}
+    first = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "table*", "*"))}
     (first_run,) = json.load(open(os.path.join(out, "table.json")))["runs"]
 
     fetches.ids.clear()

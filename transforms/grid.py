@@ -148,8 +148,8 @@ def lonlat_extent(regions: Iterable[Region], grid: GridSpec) -> Optional[tuple[f
         return None
     west, south = min(b[0] for b in boxes), max(-90.0, min(b[1] for b in boxes))
     east, north = max(b[2] for b in boxes), min(90.0, max(b[3] for b in boxes))
-    if west < -180 or east > 180 or west >= east:
-        return None
+    if not np.isfinite([west, south, east, north]).all() or west < -180 or east > 180 or west >= east:
+        return None  # e.g. a region far outside a projected CRS's area of use
     return (west, south, east, north)
 
 

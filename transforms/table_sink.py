@@ -1,14 +1,16 @@
-"""Point-table rows to Arrow, and the sharded Parquet / CSV files under `output.path/table/`.
+"""Point-table rows to Arrow, and the sharded Parquet (`output.path/table/`) and CSV
+(`output.path/table_csv/`) files.
 
 Columns follow Earth Engine's `getRegion`: `id` (the image id), `longitude`, `latitude` (the
 pixel centre, degrees), `time` (the image's start, ms since the Unix epoch, UTC; null when not
 known), then `point_id` (which point or polygon the pixel belongs to) and one column per band in
 the source's type, null where the pixel is masked in that image.
 
-Files of run `<run>`: `table/part-<run>-SSSSS-of-NNNNN.{parquet,csv}` and, written last,
-`table/_groups-<run>-SSSSS-of-NNNNN.json` (the groups whose rows the shard holds, its files and
-row count), which a rerun reads to skip groups done by a completed run (pipeline/table_resume.py).
-The `_` prefix keeps it out of pyarrow's dataset discovery.
+Files of run `<run>`: `table/part-<run>-SSSSS-of-NNNNN.parquet`, `table_csv/part-<...>.csv`
+and, written last, `table/_groups-<run>-SSSSS-of-NNNNN.json` (the groups whose rows the shard
+holds, its files and row count), which a rerun reads to skip groups done by a completed run
+(pipeline/table_resume.py). The `_` prefix keeps it out of pyarrow's dataset discovery, and the
+CSV files have their own folder, so `pyarrow.parquet.read_table("OUT/table")` reads the table.
 """
 
 from __future__ import annotations
@@ -48,11 +50,12 @@ def shard_of(key: str, shards: int) -> int:
 
 SHARD_PREFIX = "table/part-"
 GROUPS_PREFIX = "table/_groups-"
+FOLDERS = {"parquet": "table", "csv": "table_csv"}  # a folder per format: `pq.read_table("OUT/table")` reads the table
 
 
 def shard_name(shard: int, shards: int, ext: str, run_id: str = "") -> str:
     run = f"{run_id}-" if run_id else ""
-    return f"{SHARD_PREFIX}{run}{shard:05d}-of-{shards:05d}.{ext}"
+    return f"{FOLDERS[ext]}/part-{run}{shard:05d}-of-{shards:05d}.{ext}"
 
 
 def groups_name(shard: int, shards: int, run_id: str) -> str:
