@@ -124,11 +124,31 @@ def summary_scale_rows(doc: dict) -> list[Row]:
     return rows
 
 
+def table_throughput_rows(doc: dict) -> list[Row]:
+    rows = []
+    r = doc.get("raster")
+    if r:
+        rows.append((f"table of {r['files']} files x {r['points']:,} points x {r['bands']} bands: time",
+                     f"{r['pixelbeam_s']:.2f} s", "rasterio + numpy + one Parquet loop", f"{r['baseline_s']:.2f} s",
+                     r["ratio"], f"time, lower (rows {r['check']})"))
+    e = doc.get("ee")
+    if e:
+        what = f"table, L {e['latency_s']:g} s, C {e['concurrency']}, {e['images']} images x {e['points']} points"
+        pb, ref = e["pixelbeam"], e["per_image"]
+        label = f"a computePixels per (group, image), {e['concurrency']} threads"
+        rows.append((f"{what}: wall time", f"{pb['wall_s']:.1f} s", label, f"{ref['wall_s']:.1f} s",
+                     e["wall_ratio"], f"time, lower (rows {e['check']})"))
+        rows.append((f"{what}: requests", str(pb["requests"]), label, str(ref["requests"]),
+                     e["requests_ratio"], "requests, lower"))
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
     "extract_overhead": extract_overhead_rows,
     "ee_throughput": ee_throughput_rows,
     "plan_scale": plan_scale_rows,
     "summary_scale": summary_scale_rows,
+    "table_throughput": table_throughput_rows,
 }
 
 

@@ -155,6 +155,8 @@ def count_done_rows(manifest: str, completed_runs: list[str]) -> tuple[int, int]
     done = written = 0
     with FileSystems.open(manifest) as f:
         for line in f:
+            if not line.strip():
+                continue
             row = json.loads(line)
             if row.get("run_id") in completed_runs and row["status"] in DONE_STATUSES:
                 done += 1

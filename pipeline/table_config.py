@@ -24,6 +24,8 @@ class TableConfig(BaseModel):
     point_id_property: Optional[str] = None  # a region property naming each point (default: the region id)
     group_size: int = Field(64, ge=1, le=4096)  # nearby pixels within one group_size x group_size px block share requests
     max_pixels_per_region: int = Field(10_000, ge=1)  # polygons: at most this many pixels each
+    # Earth Engine: at most this many images per computePixels (default: as many as 1,024 bands hold)
+    images_per_request: Optional[int] = Field(None, ge=1)
 
     @field_validator("formats")
     @classmethod

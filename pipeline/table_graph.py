@@ -49,7 +49,7 @@ def failed_group_record(element, images) -> dict:
     key, joined = element
     failure, pixels = joined["failed"][0], joined["pixels"][0]
     rec = failure.to_record()
-    rec.update(group=key, values_lost=len(pixels) * len(images), images=[i.image_id for i in images],
+    rec.update(group=key, rows_lost=len(pixels) * len(images), images=[i.image_id for i in images],
                pixels=[{"point_id": p.point_id, "longitude": p.lon, "latitude": p.lat} for p in pixels])
     return rec
 
@@ -103,14 +103,15 @@ def count_outputs(job: TableJob) -> tuple[int, int, list[str]]:
             import pyarrow.parquet as pq
             with FileSystems.open(path) as f:
                 rows += pq.ParquetFile(f).metadata.num_rows
-        elif fmt == "csv" and path.endswith(".csv"):
+        elif fmt == "csv" and path.endswith(".csv"):  # parsed: a quoted point id may hold a newline
+            import pyarrow.csv as pcsv
             with FileSystems.open(path) as f:
-                rows += max(sum(1 for _ in f) - 1, 0)
+                rows += sum(batch.num_rows for batch in pcsv.open_csv(f))
     lost = 0
     failed = join(out, "failed.jsonl")
     if FileSystems.exists(failed):
         with FileSystems.open(failed) as f:
-            lost = sum(json.loads(line)["values_lost"] for line in f if line.strip())
+            lost = sum(json.loads(line)["rows_lost"] for line in f if line.strip())
     return rows, lost, [os.path.relpath(p, out) if "://" not in out else p for p in files]
 
 

@@ -71,6 +71,9 @@ def prepare_table_job(config: Config) -> TableJob:
         if isinstance(src, EarthEngineSourceConfig):
             source, base, grid = earthengine_table_source(config, regions)
         else:
+            if table.images_per_request:
+                raise ConfigError("table.images_per_request: applies to Earth Engine (a raster file is read "
+                                  "whole, no request limits); remove it")
             source = raster_table_source(config)
             base = source.raster.describe()
             grid = table_grid(table, base)
@@ -136,7 +139,7 @@ def earthengine_table_source(config: Config, regions):
     listed = ee_src.list_collection()
     images = tuple(sorted((TableImage(index, t) for index, t, _ in listed), key=lambda i: i.time_ms))
     base = ee_src.probe(f"{ee_src.collection}/{images[0].image_id}")
-    return EarthEngineTableSource(ee_src, images, base), base, grid
+    return EarthEngineTableSource(ee_src, images, base, table.images_per_request), base, grid
 
 
 def table_grid(table, info: SourceInfo) -> TableGrid:

@@ -123,6 +123,8 @@ CASES = {
         source={"kind": "earthengine", "collection": "C", "composite": "median"}, table={"crs": "EPSG:32618", "scale": 30}),
         "table: writes one row per image; remove source.collection_mode, composite and filter_coverage"),
     "table scale negative": (lambda cfg, tmp: cfg.update(table={"scale": [10, -10]}), "table.scale: the pixel size must be positive"),
+    "table images_per_request on rasters": (lambda cfg, tmp: cfg.update(table={"times": ["2020-01-01"], "images_per_request": 2}),
+                                            "table.images_per_request: applies to Earth Engine"),
 }
 
 

@@ -60,8 +60,35 @@ def test_ee_throughput_summary_compares_pixelbeam_with_every_baseline():
     assert abs(ratios[(True, "ideal client (told the quota)")] - 33.6 / 33.7) < 1e-9
 
 
+def test_run_all_quick_table_throughput_compares_both_sources_with_their_baselines():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"), "--quick",
+                           "--only", "table_throughput"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [[x.strip() for x in line.split("|")] for line in proc.stdout.splitlines()
+            if line.startswith("table_throughput")]
+    assert [r[1].split(": ")[-1] for r in rows] == ["time", "wall time", "requests"]
+    assert all(float(r[5]) > 0 for r in rows)
+    assert "rows equal" in rows[0][6] and "rows equal" in rows[1][6]  # both tables match their baseline's rows
+    # its own table (on stderr under run_all): every client, requests counted by the emulator
+    for key in ("rasterio + numpy + Parquet loop", "pixelbeam (stacked)", "per image (4 threads)", "fixed cost"):
+        assert key in proc.stderr
+
+
+def test_table_throughput_summary_reports_time_and_requests():
+    doc = {"raster": {"files": 100, "points": 7000, "bands": 3, "pixelbeam_s": 2.0, "baseline_s": 0.25,
+                      "ratio": 8.0, "check": "equal"},
+           "ee": {"latency_s": 0.25, "concurrency": 8, "images": 30, "points": 300, "check": "equal",
+                  "pixelbeam": {"wall_s": 6.0, "requests": 18}, "per_image": {"wall_s": 17.0, "requests": 480},
+                  "wall_ratio": 6 / 17, "requests_ratio": 18 / 480}}
+    table = run_all.table_throughput_rows(doc)
+    assert [(measure.split(": ")[-1], value, ref_value) for measure, value, _, ref_value, _, _ in table] == [
+        ("time", "2.00 s", "0.25 s"), ("wall time", "6.0 s", "17.0 s"), ("requests", "18", "480")]
+    assert [round(ratio, 6) for *_, ratio, _ in table] == [8.0, round(6 / 17, 6), round(18 / 480, 6)]
+    assert run_all.table_throughput_rows({"raster": {}, "ee": doc["ee"]})[0][0].endswith("wall time")  # --skip raster
+
+
 def test_scripts_are_discovered_with_their_options():
     names = {os.path.basename(p): run_all.options_of(p) for p in run_all.scripts()}
     assert "run_all.py" not in names
     assert names["extract_overhead.py"] == names["ee_throughput.py"] == {"--quick", "--json"}
-    assert names["summary_scale.py"] == {"--quick", "--json"}
+    assert names["summary_scale.py"] == names["table_throughput.py"] == {"--quick", "--json"}

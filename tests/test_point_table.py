@@ -197,7 +197,7 @@ def test_a_failed_group_is_a_dead_letter_naming_its_points(tmp_path, monkeypatch
     out = str(tmp_path / "out")
     assert {r["point_id"] for r in read_table(out)} == {"p2"} and len(read_table(out)) == 3
     (dead,) = [json.loads(line) for line in open(os.path.join(out, "failed.jsonl"))]
-    assert dead["group"] == "g0_0" and dead["values_lost"] == 6 and dead["images"] == ["img000", "img001", "img002"]
+    assert dead["group"] == "g0_0" and dead["rows_lost"] == 6 and dead["images"] == ["img000", "img001", "img002"]
     assert sorted(p["point_id"] for p in dead["pixels"]) == ["p0", "p1"]
     assert json.load(open(os.path.join(out, "table.json")))["failed_rows"] == 6
 
@@ -251,6 +251,13 @@ def test_earth_engine_collection_table_equals_the_raster_table(tmp_path, capsys)
     assert plan["requests"] == plan["groups"] and plan["images"] == 40
     assert stats["answered_200"] == 2 + 2 + plan["groups"]  # plan: listing + probe; run: the same + the groups
     assert stats["rejected_429"]["injected"] > 0  # retried, none lost
+    with EmulatorServer(ee_catalog(files, times), EmulatorConfig()) as server:
+        ee_cfg = ee_table_config(tmp_path, server.url, profile, points, group_size=16, images_per_request=15)
+        capsys.readouterr()
+        assert main(["plan", ee_cfg, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["requests"] == 3 * plan["groups"]  # 15 + 15 + 10 images
+        assert main(["run", ee_cfg, "--overwrite"]) == 0
+    assert sorted_rows(read_table(str(tmp_path / "ee"))) == raster_rows
 
 
 def test_earth_engine_table_splits_past_1024_bands_and_checks_its_config(tmp_path, capsys):
@@ -346,3 +353,15 @@ def test_earth_engine_mask_none_gives_values_where_the_image_is_masked(tmp_path)
     expected = expected_rows(files, times, cells)
     assert (rows[("p1", "img002")]["B1"], rows[("p1", "img002")]["B3"]) == (expected[("p1", "img002")][1][0],
                                                                           expected[("p1", "img002")][1][2])
+
+
+def test_a_point_id_with_a_newline_and_quotes_survives_csv(tmp_path):
+    files, profile = write_collection(tmp_path, 2)
+    points = write_points(tmp_path, profile, [(1, 3), (30, 40)])
+    doc = json.load(open(points))
+    doc["features"][0]["properties"]["name"] = 'line\nbreak, "quoted"'
+    open(points, "w").write(json.dumps(doc))
+    cfg, _ = write_config(tmp_path, files, points, formats=["csv"])
+    assert main(["run", cfg]) == 0  # the row count read back from the CSV matches the plan
+    rows = read_table(str(tmp_path / "out"), "csv")
+    assert [r["point_id"] for r in rows].count('line\nbreak, "quoted"') == 2 and len(rows) == 4

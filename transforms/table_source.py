@@ -7,8 +7,9 @@ FetchPatches (throttle, retries, dead letters) unchanged. Bands are laid out per
 - Raster files: one request reads the window from every file (local reads need no splitting).
 - Earth Engine: the images listed at plan time are requested as one computePixels of their
   bands side by side (each image's bands renamed `<system:index>_<band>`, plus its validity
-  band), so a group costs ceil(T x (C + 1) / 1024) requests (or more under the 48 MiB cap)
-  rather than T; getRegion's 1,048,576-value ceiling does not apply to pixel requests.
+  band), so a group costs ceil(T / floor(1024 / (C + 1))) requests (more under the 48 MiB cap,
+  or with `table.images_per_request`) rather than T; getRegion's 1,048,576-value ceiling does not
+  apply to pixel requests.
 """
 
 from __future__ import annotations
@@ -96,9 +97,16 @@ class EarthEngineTableSource:
     ee: object
     images: tuple[TableImage, ...]
     base: SourceInfo
+    images_per_request: Optional[int] = None  # default: as many as 1,024 bands hold
 
     def describe(self) -> SourceInfo:
-        return stacked_info(self.base, self.images, RequestLimits(max_bytes=EE_MAX_BYTES, max_bands=EE_MAX_BANDS))
+        """The stacked layout; a request holds whole images (bands a multiple of C + 1)."""
+        per_image = len(self.base.band_names) + 1
+        images = EE_MAX_BANDS // per_image
+        if self.images_per_request:
+            images = min(images, self.images_per_request)
+        limits = RequestLimits(max_bytes=EE_MAX_BYTES, max_bands=max(1, images) * per_image)
+        return stacked_info(self.base, self.images, limits)
 
     def data_bands(self, info: SourceInfo) -> tuple[str, ...]:
         return data_bands(info, self.images)
