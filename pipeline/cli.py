@@ -139,7 +139,7 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
     out = job.config.output.path
     options = pipeline_options(beam_args)
     from pipeline.dataflow import check_runner, dry_run, is_dry_run
-    check_runner(job, options)  # Dataflow: worker count, gs:// paths; before anything is read or written
+    check_runner(job, options, lambda p: build_pipeline(job, p))  # Dataflow: workers, gs:// paths, graph size
     if is_dry_run(options):
         return dry_run(job, options)
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)

@@ -24,6 +24,7 @@ from pipeline.config import ConfigError, EarthEngineSourceConfig, RasterSourceCo
 ONE_PROCESS_PER_WORKER = "no_use_multiple_sdk_containers"
 SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 SLOTS_PER_PROCESS = 8  # request slots each SDK process gets when the worker count is derived
+GRAPH_LIMIT_BYTES = 10_000_000  # Dataflow refuses a job graph over 10 MB (its request quotas page)
 SHARED_CORE_VCPUS = {"e2-micro": 2, "e2-small": 2, "e2-medium": 2, "f1-micro": 1, "g1-small": 1}
 _STANDARD = re.compile(r"^[a-z][a-z0-9]*-[a-z]+-(\d+)(?:-lssd|-metal)?$")  # n1-standard-4, c3-highcpu-22
 _CUSTOM = re.compile(r"^(?:[a-z][a-z0-9]*-)?custom-(\d+)-\d+(?:-ext)?$")  # custom-4-16384, n2-custom-8-32768
@@ -171,9 +172,21 @@ def submission_problems(job) -> list[str]:
     return problems
 
 
-def check_runner(job, options) -> None:
+def graph_size_problem(pipeline) -> Optional[str]:
+    """The planned cells, regions and (tables) points travel inside the job graph: a graph over
+    Dataflow's limit is refused at submission, so say so first (size of the pipeline proto)."""
+    size = len(pipeline.to_runner_api().SerializeToString())
+    if size <= GRAPH_LIMIT_BYTES:
+        return None
+    return (f"regions: the job graph would be {size / 1e6:.1f} MB (the planned regions, points and cells travel "
+            f"in it) and Dataflow refuses graphs over {GRAPH_LIMIT_BYTES / 1e6:.0f} MB; split the regions over "
+            "several jobs, or run this one locally")
+
+
+def check_runner(job, options, build=None) -> None:
     """Before anything is written: the Dataflow settings pixelbeam depends on, and (unless a
-    dry run) the paths and credentials the workers will use. Raises ConfigError."""
+    dry run) the paths and credentials the workers will use, and the size of the graph `build`
+    (pipeline -> pipeline with the job's steps) makes. Raises ConfigError."""
     if not is_dataflow(options):
         if is_dry_run(options):
             raise ConfigError("--dry_run: only DataflowRunner has a dry run; `pixelbeam plan` plans without running")
@@ -183,8 +196,13 @@ def check_runner(job, options) -> None:
         raise ConfigError(f"--max_num_workers: {worker_vms(options)} workers x {processes_per_worker(options)} SDK "
                           f"processes each exceed fetch.max_concurrent_requests {slots} (every process needs a "
                           "request slot); use fewer or smaller workers, or raise the limit")
+    if is_dry_run(options):
+        return  # dry_run() reports what a real run would stop at
     problems = submission_problems(job)
-    if problems and not is_dry_run(options):
+    if not problems and build is not None:
+        import apache_beam as beam
+        problems = [p for p in [graph_size_problem(build(beam.Pipeline()))] if p]
+    if problems:
         raise ConfigError(problems[0])
 
 
@@ -199,7 +217,7 @@ def dry_run(job, options) -> int:
     print(f"dry run: DataflowRunner translated the job ({job.planned} planned patches; {sdk_processes(options)} SDK "
           f"processes x {settings.max_concurrent} concurrent requests, {settings.max_requests_per_second:g} requests/s "
           "each); nothing was submitted or written")
-    for problem in submission_problems(job):
+    for problem in submission_problems(job) + [p for p in [graph_size_problem(pipeline)] if p]:
         print(f"note: a real run would stop here: {problem}")
     return 0
 

@@ -151,16 +151,17 @@ def table_main(command: str, config: Config, beam_args: Sequence[str], as_json: 
     from pipeline.graph import fetch_settings
     options = pipeline_options(beam_args)
     out = config.output.path
-    from pipeline.dataflow import check_runner, is_dry_run, submission_problems
-    try:  # Dataflow: worker count against the quota, gs:// paths; before anything is read or written
-        check_runner(job, options)
+    from pipeline.dataflow import check_runner, graph_size_problem, is_dry_run, submission_problems
+    try:  # Dataflow: worker count against the quota, gs:// paths, graph size; before anything is written
+        check_runner(job, options, lambda p: build_table_pipeline(job, p, fetch_settings(job, options)))
     except ConfigError as e:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
     if is_dry_run(options):  # DataflowRunner translates the graph; nothing is submitted or written
-        build_table_pipeline(job, beam.Pipeline(options=options), fetch_settings(job, options)).run().wait_until_finish()
+        pipeline = build_table_pipeline(job, beam.Pipeline(options=options), fetch_settings(job, options))
+        pipeline.run().wait_until_finish()
         print(f"dry run: DataflowRunner translated the job ({job.rows} planned rows); nothing was submitted or written")
-        for problem in submission_problems(job):
+        for problem in submission_problems(job) + [p for p in [graph_size_problem(pipeline)] if p]:
             print(f"note: a real run would stop here: {problem}")
         return 0
     try:

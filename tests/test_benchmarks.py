@@ -92,3 +92,14 @@ def test_scripts_are_discovered_with_their_options():
     assert "run_all.py" not in names
     assert names["extract_overhead.py"] == names["ee_throughput.py"] == {"--quick", "--json"}
     assert names["summary_scale.py"] == names["table_throughput.py"] == {"--quick", "--json"}
+    assert names["graph_size.py"] == {"--quick"}  # prints its own table of sizes
+
+
+def test_graph_size_quick_prints_both_graphs():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "graph_size.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [line for line in proc.stdout.splitlines() if line.strip().startswith("2,000")]
+    assert row.count(" MB") == 2

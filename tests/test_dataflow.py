@@ -161,6 +161,30 @@ def test_a_table_job_gets_the_same_dataflow_checks(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")  # nothing written
 
 
+@pytest.mark.parametrize("name", ["demo.yaml", "point_table.yaml"])
+def test_a_graph_over_dataflows_limit_is_refused_before_anything_is_written(name, tmp_path, capsys, monkeypatch):
+    """The planned regions, points and cells travel in the job graph; Dataflow refuses graphs
+    over 10 MB. The limit is lowered here so that the bundled configs exceed it."""
+    from pipeline import dataflow
+    from pipeline.cli import main
+    cfg = tmp_path / name
+    cfg.write_text(open(os.path.join(ROOT, "configs", name)).read()
+                   .replace(f"../out/{name[:-5]}", str(tmp_path / "out")).replace("../", ROOT + "/")
+                   .replace("point_table_points.geojson", os.path.join(ROOT, "configs", "point_table_points.geojson")))
+    options = [*DATAFLOW, "--max_num_workers=2", "--machine_type=n1-standard-2"]
+    assert main(["run", str(cfg), *options, "--dry_run=True"]) == 0
+    assert "would be" not in capsys.readouterr().out  # the real limit: these graphs are small
+    monkeypatch.setattr(dataflow, "GRAPH_LIMIT_BYTES", 20_000)
+    assert main(["run", str(cfg), *options, "--dry_run=True"]) == 0
+    out = capsys.readouterr().out
+    assert "note: a real run would stop here: regions: the job graph would be" in out, out
+    monkeypatch.setattr(dataflow, "submission_problems", lambda job: [])  # as if paths were gs://
+    assert main(["run", str(cfg), *options]) == 2
+    err = capsys.readouterr().err
+    assert "regions: the job graph would be" in err and "Dataflow refuses graphs over 0 MB" in err
+    assert err.count("\n") == 1 and not os.path.exists(tmp_path / "out")
+
+
 def test_plan_workers_keeps_every_process_inside_the_fetch_limits():
     fetch = FetchConfig(max_concurrent_requests=40, max_requests_per_second=100)
     plan = plan_workers(fetch, "n1-standard-2")
