@@ -197,8 +197,9 @@ class Row:
     note: str = ""
 
 
-def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = False) -> Row:
-    """Reset the emulator, run `cmd`, and read delivered patches, timing and quota stats."""
+def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float, "StatsSampler", dict]:
+    """Reset the emulator's stats, run `cmd` in its own process while sampling them; (process,
+    wall seconds, the sampler, the emulator's final stats)."""
     emulator_call(url, "/_emulator/reset", post=True)
     sampler = StatsSampler(url)
     sampler.start()
@@ -208,7 +209,12 @@ def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = Fals
     time.sleep(2 * POLL_S)
     sampler.stopped.set()
     sampler.join()
-    stats = emulator_call(url, "/_emulator/stats")
+    return proc, wall, sampler, emulator_call(url, "/_emulator/stats")
+
+
+def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = False) -> Row:
+    """Reset the emulator, run `cmd`, and read delivered patches, timing and quota stats."""
+    proc, wall, sampler, stats = sampled_run(url, cmd)
     delivered, attempted, note = count_delivered(proc)
     skip = max(0, stats["answered_200"] - delivered)  # pixelbeam's describe probe (1 request)
     seconds, mean_in_flight = sampler.window(skip, stats["answered_200"])

@@ -48,7 +48,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -65,7 +64,7 @@ from rasterio.windows import Window
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ee_throughput import POLL_S, StatsSampler, emulator_call, start_emulator  # noqa: E402
+from ee_throughput import sampled_run, start_emulator  # noqa: E402
 
 SCENE = os.path.join(ROOT, "data", "RGB.byte.tif")
 BANDS = ["B1", "B2", "B3"]
@@ -314,18 +313,9 @@ def write_client_job(path: str, config: str, url: str, threads: int, out: str) -
 
 def run_measured(url: str, cmd: list[str], launch_requests: int) -> dict:
     """Reset the emulator's stats, run `cmd` in its own process; wall time and what the emulator saw."""
-    emulator_call(url, "/_emulator/reset", post=True)
-    sampler = StatsSampler(url)
-    sampler.start()
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.monotonic() - started
-    time.sleep(2 * POLL_S)
-    sampler.stopped.set()
-    sampler.join()
+    proc, wall, sampler, stats = sampled_run(url, cmd)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    stats = emulator_call(url, "/_emulator/stats")
     fetch_s, _ = sampler.window(launch_requests, stats["answered_200"])
     return {"wall_s": wall, "fetch_s": fetch_s, "requests": stats["requests_received"],
             "answered_200": stats["answered_200"], "rejected_429": sum(stats["rejected_429"].values()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions, DirectOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, DirectOptions
 
 from pipeline.outputs import patch_file_options
 from pipeline.plan import Job

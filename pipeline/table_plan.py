@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 
-from pipeline.config import Config, ConfigError, EarthEngineSourceConfig, RasterSourceConfig
+from pipeline.config import Config, ConfigError, EarthEngineSourceConfig
 from transforms.point_table import TableError, TableGrid, TableImage, group_pixels, plan_pixels, time_ms
 from transforms.regions import RegionError, load_regions
 from transforms.sources import SourceError, SourceInfo, patch_parts

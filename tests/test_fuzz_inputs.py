@@ -3,7 +3,6 @@ own one-line error (ConfigError / RegionError), never another exception."""
 
 import json
 
-import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pipeline.config import ConfigError, load_config, parse_config

@@ -1,7 +1,5 @@
 """Grid math and patch planning: worked examples and hypothesis properties."""
 
-import random
-
 import numpy as np
 import pytest
 import shapely

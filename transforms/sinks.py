@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.encode import patch_to_example
 from transforms.outputs import PatchFileOptions, encode_patch_files, per_patch_formats
-from transforms.outcomes import filter_reason, filtered_row, failed_row, npy_relpath, written_row
+from transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
 from transforms.patch import FAILED, FILTERED, FailedPatch, Patch
 
 TFRECORD_PREFIX = "tfrecord/patches"
