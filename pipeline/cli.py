@@ -138,8 +138,8 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
 
     out = job.config.output.path
     options = pipeline_options(beam_args)
-    from pipeline.dataflow import check_runner, dry_run, is_dry_run
-    check_runner(job, options, lambda p: build_pipeline(job, p))  # Dataflow: workers, gs:// paths, graph size
+    from pipeline.dataflow import check_runner, dry_run, is_dry_run, plan_staging, remove_staging
+    check_runner(job, options, lambda p: build_pipeline(job, p, stage_to=plan_staging(options, write=False)))
     if is_dry_run(options):
         return dry_run(job, options)
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)
@@ -153,10 +153,12 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
     from apache_beam.options.pipeline_options import StandardOptions
     from pipeline.progress import is_local, progress_bar
     local = is_local(options.view_as(StandardOptions).runner)
+    stage_to = plan_staging(options, state.run_id)  # Dataflow: the plan as files, not in the job graph
     with progress_bar(max(job.planned - state.done_before, 0), enabled=None if local else False) as progress_dir:
-        pipeline = build_pipeline(job, beam.Pipeline(options=options), state, progress_dir)
+        pipeline = build_pipeline(job, beam.Pipeline(options=options), state, progress_dir, stage_to)
         result = pipeline.run()
         result.wait_until_finish()
+    remove_staging(stage_to)
     write_dataset_json(job, fingerprint, state.completed_runs + [state.run_id], resume.plan_digest(job))
     resume.clear_running(out)
     summary = summarize(job, result, time.monotonic() - started)

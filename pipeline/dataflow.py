@@ -206,13 +206,33 @@ def check_runner(job, options, build=None) -> None:
         raise ConfigError(problems[0])
 
 
+def plan_staging(options, run_id: str = "", write: bool = True):
+    """On Dataflow, where the plan is staged (pipeline/graph.StageTo under --temp_location) so
+    that it stays out of the job graph; None for local runners (the plan is embedded)."""
+    if not is_dataflow(options):
+        return None
+    from pipeline.graph import StageTo, stage_folder
+    return StageTo(stage_folder(options, run_id), write)
+
+
+def remove_staging(stage_to) -> None:
+    """Deletes the staged plan once the job is done (a killed launcher leaves it in temp)."""
+    if stage_to is None or not stage_to.write:
+        return
+    from apache_beam.io.filesystems import FileSystems
+    found = FileSystems.match([FileSystems.join(stage_to.folder, "*")])[0].metadata_list
+    if found:
+        FileSystems.delete([m.path for m in found])
+
+
 def dry_run(job, options) -> int:
     """Translate the whole graph for DataflowRunner (it pickles every transform and builds the
-    worker package) without submitting it, reading or writing the output."""
+    worker package) without submitting it, reading or writing the output (the plan is named
+    where a real run would stage it, not written)."""
     import apache_beam as beam
     from pipeline.graph import build_pipeline, fetch_settings
     settings = fetch_settings(job, options)
-    pipeline = build_pipeline(job, beam.Pipeline(options=options))
+    pipeline = build_pipeline(job, beam.Pipeline(options=options), stage_to=plan_staging(options, write=False))
     pipeline.run().wait_until_finish()
     print(f"dry run: DataflowRunner translated the job ({job.planned} planned patches; {sdk_processes(options)} SDK "
           f"processes x {settings.max_concurrent} concurrent requests, {settings.max_requests_per_second:g} requests/s "

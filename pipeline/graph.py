@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, DirectOptions
 
 from pipeline.outputs import patch_file_options
 from pipeline.plan import Job
 from pipeline.resume import ResumeState
 from transforms.fetch import FAILED, FetchPatches, FetchSettings
+from transforms import staged
 from transforms.sinks import FILTERED, JudgePatches, WritePatches, WriteReports
 from transforms.throttle import per_worker_limits
 from transforms.skip_done import SkipDonePatches
@@ -32,6 +35,25 @@ def worker_count(options: PipelineOptions) -> int:
     return max(1, direct.direct_num_workers or 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class StageTo:
+    """Where the launcher stages the plan (transforms/staged.py): `folder`, and whether to write
+    the files (False: a dry run or a size check, which only translate the graph)."""
+
+    folder: str
+    write: bool = True
+
+
+def stage_folder(options: PipelineOptions, run_id: str) -> str:
+    """`<--temp_location>/pixelbeam-plan-<run_id>`: Dataflow needs a temp_location anyway."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    temp = options.view_as(GoogleCloudOptions).temp_location
+    if not temp:
+        from pipeline.config import ConfigError
+        raise ConfigError("--temp_location: Dataflow runs stage the plan there; give gs://BUCKET/tmp")
+    return FileSystems.join(temp, f"pixelbeam-plan-{run_id or 'check'}")
+
+
 def fetch_settings(job: Job, options: PipelineOptions, progress_dir: Optional[str] = None) -> FetchSettings:
     fetch = job.config.fetch
     concurrent, rate = per_worker_limits(fetch.max_concurrent_requests, fetch.max_requests_per_second,
@@ -49,12 +71,18 @@ def fetch_threads(max_concurrent: int) -> int:
 
 
 def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None,
-                   progress_dir: Optional[str] = None) -> beam.Pipeline:
+                   progress_dir: Optional[str] = None, stage_to: Optional[StageTo] = None) -> beam.Pipeline:
     """Adds every step of the job to `pipeline` and returns it. With `resume` naming a previous
-    manifest, the patches it records as done are carried over instead of fetched."""
+    manifest, the patches it records as done are carried over instead of fetched. With
+    `stage_to`, the plan (cells, regions, sample) goes to files there instead of into the graph."""
     out = job.config.output
     resume = resume or ResumeState(run_id="")
-    specs = pipeline | "TilePatches" >> TilePatches(job.cells, job.regions, job.grid, job.sample)
+    cells, regions, sample = job.cells, job.regions, job.sample
+    if stage_to is not None:
+        cells = staged.stage_chunks(job.cells, stage_to.folder, "cells", stage_to.write)
+        regions = staged.stage(job.regions, stage_to.folder, "regions", stage_to.write)
+        sample = staged.stage(job.sample, stage_to.folder, "sample", stage_to.write)
+    specs = pipeline | "TilePatches" >> TilePatches(cells, regions, job.grid, sample)
     if resume.previous_manifest:
         specs, carried = specs | "SkipDonePatches" >> SkipDonePatches(
             resume.previous_manifest, tuple(resume.completed_runs), out.path)

@@ -27,7 +27,7 @@ from pipeline.table_resume import TableResume, delete_doomed, plan_table_resume
 from transforms.patch import FAILED
 from transforms.point_table import group_columns
 from transforms.sinks import join, to_json_line, write_atomically
-from transforms import table_sink
+from transforms import staged, table_sink
 from transforms.table_sink import FOLDERS
 
 
@@ -67,13 +67,18 @@ def write_shard(out, shard, shards, keyed_tables, formats, schema, run_id) -> li
 
 
 def build_table_pipeline(job: TableJob, pipeline: beam.Pipeline, settings, groups: Optional[list] = None,
-                         run_id: str = "") -> beam.Pipeline:
-    """Fetches `groups` (default every planned group) and writes them as shards of run `run_id`."""
+                         run_id: str = "", stage_to=None) -> beam.Pipeline:
+    """Fetches `groups` (default every planned group) and writes them as shards of run `run_id`;
+    with `stage_to` (pipeline/graph.StageTo) the groups go to files there, not into the graph."""
     from transforms.fetch import FetchPatches
     out = job.config.output.path
     schema = table_sink.arrow_schema(job.bands, job.dtype)
     todo = job.groups if groups is None else groups
-    groups = pipeline | "PlanGroups" >> beam.Create([(spec.patch_id, spec, pixels) for spec, pixels in todo])
+    planned = [(spec.patch_id, spec, pixels) for spec, pixels in todo]
+    if stage_to is not None:
+        planned = staged.stage_chunks(planned, stage_to.folder, "groups", stage_to.write)
+    groups = (pipeline | "PlanGroups" >> beam.Create(planned, reshuffle=False)
+              | "UnstageGroups" >> beam.FlatMap(staged.unstage_items))
     keyed_pixels = groups | "PixelsByGroup" >> beam.Map(lambda g: (g[0], g[2]))
     fetched = (groups | "Specs" >> beam.Map(lambda g: g[1]) | beam.Reshuffle()
                | "FetchGroups" >> FetchPatches(job.source, job.info, settings))
@@ -81,11 +86,12 @@ def build_table_pipeline(job: TableJob, pipeline: beam.Pipeline, settings, group
     failures = fetched[FAILED] | "FailureByGroup" >> beam.Map(lambda f: (f.spec.patch_id, f))
     joined = {"patch": patches, "failed": failures, "pixels": keyed_pixels} | "JoinPixels" >> beam.CoGroupByKey()
     formats, shards = tuple(job.config.table.formats), shard_count(job, todo)
+    images = job.images  # what the lambdas below need, not the whole job (the graph pickles it)
     _ = (joined | "Rows" >> beam.ParDo(GroupRows(job.images, job.bands, job.dtype, shards))
          | "ByShard" >> beam.GroupByKey()
          | "WriteShards" >> beam.Map(lambda kv: write_shard(out, kv[0], shards, kv[1], formats, schema, run_id)))
     _ = (joined | "FailedGroups" >> beam.Filter(lambda kv: bool(kv[1]["failed"]))
-         | "DeadLetter" >> beam.Map(lambda kv: to_json_line(failed_group_record(kv, job.images)))
+         | "DeadLetter" >> beam.Map(lambda kv: to_json_line(failed_group_record(kv, images)))
          | "WriteDeadLetters" >> beam.io.WriteToText(join(out, "failed.jsonl"), shard_name_template=""))
     return pipeline
 
@@ -151,14 +157,18 @@ def table_main(command: str, config: Config, beam_args: Sequence[str], as_json: 
     from pipeline.graph import fetch_settings
     options = pipeline_options(beam_args)
     out = config.output.path
-    from pipeline.dataflow import check_runner, graph_size_problem, is_dry_run, submission_problems
+    from pipeline.dataflow import (check_runner, graph_size_problem, is_dry_run, plan_staging, remove_staging,
+                                   submission_problems)
     try:  # Dataflow: worker count against the quota, gs:// paths, graph size; before anything is written
-        check_runner(job, options, lambda p: build_table_pipeline(job, p, fetch_settings(job, options)))
+        check_staging = plan_staging(options, write=False)
+        check_runner(job, options, lambda p: build_table_pipeline(job, p, fetch_settings(job, options),
+                                                                  stage_to=check_staging))
     except ConfigError as e:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
     if is_dry_run(options):  # DataflowRunner translates the graph; nothing is submitted or written
-        pipeline = build_table_pipeline(job, beam.Pipeline(options=options), fetch_settings(job, options))
+        pipeline = build_table_pipeline(job, beam.Pipeline(options=options), fetch_settings(job, options),
+                                        stage_to=check_staging)
         pipeline.run().wait_until_finish()
         print(f"dry run: DataflowRunner translated the job ({job.rows} planned rows); nothing was submitted or written")
         for problem in submission_problems(job) + [p for p in [graph_size_problem(pipeline)] if p]:
@@ -179,10 +189,12 @@ def table_main(command: str, config: Config, beam_args: Sequence[str], as_json: 
     from apache_beam.options.pipeline_options import StandardOptions
     from pipeline.progress import is_local, progress_bar
     local = is_local(options.view_as(StandardOptions).runner)
+    stage_to = plan_staging(options, state.run_id)  # Dataflow: the groups as files, not in the job graph
     with progress_bar(len(todo), enabled=None if local else False, unit="groups") as progress_dir:
         pipeline = build_table_pipeline(job, beam.Pipeline(options=options),
-                                        fetch_settings(job, options, progress_dir), todo, state.run_id)
+                                        fetch_settings(job, options, progress_dir), todo, state.run_id, stage_to)
         pipeline.run().wait_until_finish()
+    remove_staging(stage_to)
     rows, lost, files = count_outputs(job)
     write_atomically(join(out, resume.TABLE_STATE_FILE),
                      json.dumps(table_description(job, rows, lost, files, state), indent=2).encode())

@@ -102,4 +102,4 @@ def test_graph_size_quick_prints_both_graphs():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = [line for line in proc.stdout.splitlines() if line.strip().startswith("2,000")]
-    assert row.count(" MB") == 2
+    assert row.count(" MB") == 4

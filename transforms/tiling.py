@@ -1,14 +1,15 @@
 """TilePatches: planned cells -> PatchSpecs on the global grid, spread over workers.
 
-The launcher plans coarse cells (transforms/cells.py); workers expand each cell into its
-patches behind a Reshuffle, and a second Reshuffle spreads the patches of a cell over workers
+The launcher plans coarse cells (transforms/cells.py; on Dataflow staged as files with the
+regions and sample, transforms/staged.py); workers expand each cell into its patches behind a
+Reshuffle, and a second Reshuffle spreads the patches of a cell over workers
 before fetching. A patch lies in exactly one cell, so no deduplication step is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Sequence, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -17,32 +18,37 @@ from transforms.cells import Cell, expand_cell, project_regions
 from transforms.grid import GridSpec
 from transforms.regions import Region
 from transforms.sampling import Sample
+from transforms.staged import Staged, resolve, unstage_items
 
 
 class ExpandCells(beam.DoFn):
-    """Cell -> its PatchSpecs; regions are projected once per worker, in setup."""
+    """Cell -> its PatchSpecs; regions (and sample) are loaded and projected once per worker."""
 
-    def __init__(self, regions: Sequence[Region], grid: GridSpec, sample: Optional[Sample] = None):
-        self.regions, self.grid, self.sample = list(regions), grid, sample
+    def __init__(self, regions: Union[Sequence[Region], Staged], grid: GridSpec,
+                 sample: Union[Sample, Staged, None] = None):
+        self.regions = regions if isinstance(regions, Staged) else list(regions)
+        self.grid, self.sample = grid, sample
 
     def setup(self):
-        self.projected = project_regions(self.regions, self.grid)
+        self.projected = project_regions(resolve(self.regions), self.grid)
+        self.resolved_sample = resolve(self.sample)
         self.planned = Metrics.counter("pixelbeam", "patches_planned")
 
     def process(self, cell: Cell):
-        specs = expand_cell(cell, self.projected[cell.crs], self.grid, self.sample)
+        specs = expand_cell(cell, self.projected[cell.crs], self.grid, self.resolved_sample)
         self.planned.inc(len(specs))
         yield from specs
 
 
 @dataclasses.dataclass
 class TilePatches(beam.PTransform):
-    """PBegin -> PCollection[PatchSpec] of the cells' patches."""
+    """PBegin -> PCollection[PatchSpec] of the cells' patches. Each input may be staged
+    (transforms/staged.py): `cells` as chunks, `regions` and `sample` whole."""
 
-    cells: Sequence[Cell]
-    regions: Sequence[Region]
+    cells: Sequence[Union[Cell, Staged]]
+    regions: Union[Sequence[Region], Staged]
     grid: GridSpec
-    sample: Optional[Sample] = None  # per-region subset and labels (transforms/sampling.py)
+    sample: Union[Sample, Staged, None] = None  # per-region subset and labels (transforms/sampling.py)
 
     def __post_init__(self):
         super().__init__()
@@ -50,6 +56,7 @@ class TilePatches(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "PlannedCells" >> beam.Create(list(self.cells), reshuffle=False)
+                | "UnstageCells" >> beam.FlatMap(unstage_items)
                 | "SpreadCells" >> beam.Reshuffle()
                 | "ExpandCells" >> beam.ParDo(ExpandCells(self.regions, self.grid, self.sample))
                 | "SpreadPatches" >> beam.Reshuffle())
