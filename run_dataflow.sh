@@ -9,7 +9,7 @@ usage() {
   cat <<'EOF'
 usage: run_dataflow.sh CONFIG [--dry_run] [extra Beam or pixelbeam options]
 
-Runs `python -m pipeline run CONFIG --runner DataflowRunner ...` with the project, region,
+Runs `python -m pixelbeam run CONFIG --runner DataflowRunner ...` with the project, region,
 temp/staging locations, service account and worker packaging (--setup_file ./setup.py) set,
 and a fixed pool of workers sized from the config's fetch limits (the Earth Engine quota), so
 that the job as a whole cannot exceed them. Waits until the job finishes, then writes
@@ -81,7 +81,7 @@ fi
 
 REQUIREMENTS=$(mktemp "${TMPDIR:-/tmp}/pixelbeam-worker-requirements.XXXXXX")
 trap 'rm -f "$REQUIREMENTS"' EXIT
-HELPER=(-m pipeline.dataflow worker-options "$CONFIG" --machine_type "$MACHINE_TYPE" --requirements_file "$REQUIREMENTS")
+HELPER=(-m pixelbeam.pipeline.dataflow worker-options "$CONFIG" --machine_type "$MACHINE_TYPE" --requirements_file "$REQUIREMENTS")
 [[ -n ${MAX_WORKERS:-} ]] && HELPER+=(--max_workers "$MAX_WORKERS")
 [[ ${ONE_PROCESS_PER_WORKER:-0} == 1 ]] && HELPER+=(--one_process_per_worker)
 [[ -n ${SERVICE_ACCOUNT:-} ]] && HELPER+=(--service_account "$SERVICE_ACCOUNT")
@@ -95,7 +95,7 @@ if [[ -z ${JOB_NAME:-} ]]; then
   JOB_NAME="pixelbeam-${name}-$(date -u +%Y%m%d-%H%M%S)"
 fi
 
-CMD=("$PYTHON" -m pipeline run "$CONFIG"
+CMD=("$PYTHON" -m pixelbeam run "$CONFIG"
      --runner DataflowRunner
      --project "$PROJECT" --region "$REGION"
      --temp_location "$BUCKET/pixelbeam/temp" --staging_location "$BUCKET/pixelbeam/staging"

@@ -20,14 +20,23 @@ EE = ["earthengine-api>=1.5"]
 TF = ["tensorflow-cpu>=2.16"]
 TEST = ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0"] + GCP + EE + TF
 
+# One import name, `pixelbeam`, while the design card's folders stay at the top of the
+# repository: pixelbeam/ holds the public API (and pixelbeam.testing, the development servers),
+# pipeline/ is installed as pixelbeam.pipeline and transforms/ as pixelbeam.transforms.
+PACKAGE_DIRS = {"pixelbeam": "pixelbeam", "pixelbeam.pipeline": "pipeline", "pixelbeam.transforms": "transforms"}
+PACKAGES = [f"{name}.{sub}" if sub else name
+            for name, folder in PACKAGE_DIRS.items()
+            for sub in [""] + find_packages(where=folder)]
+
 setup(
     name="pixelbeam",
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
-    package_data={"": ["*.json"]},
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIRS,
+    package_data={"pixelbeam": ["py.typed"], "": ["*.json"]},
     install_requires=CORE,
     extras_require={"gcp": GCP, "ee": EE, "tf": TF, "test": TEST},
-    entry_points={"console_scripts": ["pixelbeam=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["pixelbeam=pixelbeam.pipeline.cli:main"]},
 )

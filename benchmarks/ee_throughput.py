@@ -9,7 +9,7 @@ each in its own process:
 
   ideal        C threads pull from a queue (told the quota), ee retries off, a failed patch is
                requeued at once: the machine's own ceiling.
-  pixelbeam    `python -m pipeline run CONFIG` (the real job, local runner, NPY only) with
+  pixelbeam    `python -m pixelbeam run CONFIG` (the real job, local runner, NPY only) with
                fetch.max_concurrent_requests C and max_requests_per_second 10*C/L.
   sequential   a plain loop of ee.data.getPixels, for --sequential-s seconds (a subset).
   notebook-64  ThreadPoolExecutor(max_workers=64) over all patches, ee's own retries at their
@@ -65,7 +65,7 @@ def init_ee(url: str, client_retries: bool) -> None:
     """Initialize `ee` as pixelbeam does (anonymous, offline, retries off, deadline TIMEOUT_S);
     `client_retries` puts the ee client's own retries back to their default."""
     import ee
-    from transforms.ee_source import initialize_earth_engine
+    from pixelbeam.transforms.sources.earthengine import initialize_earth_engine
     initialize_earth_engine(url, "bench", "anonymous", TIMEOUT_S)
     if client_retries:
         ee.data.setMaxRetries(ee._state.EEState().max_retries)
@@ -137,8 +137,8 @@ def run_client(kind: str, url: str, grids: list, threads: int, seconds: float) -
 # -- the emulator and its stats ------------------------------------------------------------------
 
 def start_emulator(catalog: str, latency: float, concurrency: int, max_rps: float, faults: float):
-    """Start `python -m pipeline.ee_emulator` in its own process; returns (process, url)."""
-    cmd = [sys.executable, "-m", "pipeline.ee_emulator", "--port", "0", "--catalog", catalog,
+    """Start `python -m pixelbeam.testing.ee_emulator` in its own process; returns (process, url)."""
+    cmd = [sys.executable, "-m", "pixelbeam.testing.ee_emulator", "--port", "0", "--catalog", catalog,
            "--latency-s", str(latency), "--max-concurrent", str(concurrency), "--max-rps", str(max_rps)]
     for kind, share in FAULT_SPLIT.items():
         if faults:
@@ -289,8 +289,8 @@ def write_job(tmp: str, url: str, patches: int, concurrency: int, latency: float
 
 def plan(config_path: str) -> list:
     """pixelbeam's own plan of the job: [(patch_id, PixelGrid)] (sends one describe probe)."""
-    from pipeline.config import load_config
-    from pipeline.plan import prepare_job
+    from pixelbeam.pipeline.config import load_config
+    from pixelbeam.pipeline.plan import prepare_job
     return [(s.patch_id, s.pixel_grid()) for s in prepare_job(load_config(config_path)).specs]
 
 
@@ -311,7 +311,7 @@ def run_clients(args, tmp: str, catalog: str, faults: float, kinds: list[str]) -
             if kind == "pixelbeam":
                 out = os.path.join(tmp, f"pixelbeam-{tag}")
                 shutil.rmtree(out, ignore_errors=True)
-                rows.append(measure("pixelbeam" + suffix, url, [sys.executable, "-m", "pipeline", "run", config],
+                rows.append(measure("pixelbeam" + suffix, url, [sys.executable, "-m", "pixelbeam", "run", config],
                                     pixelbeam_result(out, [pid for pid, _ in specs])))
             else:
                 threads = {"ideal": args.concurrency, "notebook": 64, "sequential": 1}[kind]

@@ -29,10 +29,10 @@ from rasterio.windows import Window
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.cli import pipeline_options  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.graph import build_pipeline  # noqa: E402
-from pipeline.plan import prepare_job  # noqa: E402
+from pixelbeam.pipeline.runner import pipeline_options  # noqa: E402
+from pixelbeam.pipeline.config import load_config  # noqa: E402
+from pixelbeam.pipeline.graph import build_pipeline  # noqa: E402
+from pixelbeam.pipeline.plan import prepare_job  # noqa: E402
 
 
 def raw_loop(job, out_dir: str) -> int:

@@ -1,9 +1,9 @@
 """How big the job graph gets with many points: Dataflow refuses graphs over 10 MB. Local runs
 embed the plan (cells, regions, sample, a table's pixel groups) in the graph; Dataflow runs
-stage it as files under --temp_location (transforms/staged.py), so their graph stays small.
+stage it as files under --temp_location (transforms/planning/staged.py), so their graph stays small.
 
 For N random points over the bundled scene, prints the size of the pipeline proto (what
-`pipeline.dataflow.graph_size_problem` checks), embedded and staged, for centred, labelled
+`pixelbeam.pipeline.dataflow.graph_size_problem` checks), embedded and staged, for centred, labelled
 32 px patches and for a point table, and the time to plan and build. No runner is started.
 
     .venv/bin/python benchmarks/graph_size.py            # 20,000 and 200,000 points (~1 min)
@@ -43,12 +43,14 @@ def graph_bytes(pipeline) -> int:
 
 def measure(n: int, folder: str) -> dict:
     import apache_beam as beam
-    from pipeline.cli import pipeline_options
-    from pipeline.config import parse_config
-    from pipeline.graph import StageTo, build_pipeline, fetch_settings
-    from pipeline.plan import prepare_job
-    from pipeline.table_graph import build_table_pipeline
-    from pipeline.table_plan import prepare_table_job
+    from pixelbeam.pipeline.runner import pipeline_options
+    from pixelbeam.pipeline.config import parse_config
+    from pixelbeam.pipeline.graph import build_pipeline
+    from pixelbeam.pipeline.runner import fetch_settings
+    from pixelbeam.transforms.planning.staged import StageTo
+    from pixelbeam.pipeline.plan import prepare_job
+    from pixelbeam.pipeline.tables.graph import build_table_pipeline
+    from pixelbeam.pipeline.tables.plan import prepare_table_job
     points = write_points(folder, n)
     out = {"points": n}
     started = time.monotonic()

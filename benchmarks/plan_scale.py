@@ -53,8 +53,8 @@ def radius_for(patches: int) -> float:
 def child(mode: str, config_path: str) -> dict:
     """Runs in a fresh process: plan, then report time and peak RSS."""
     sys.path.insert(0, ROOT)
-    from pipeline.config import load_config
-    from pipeline.plan import plan_summary, prepare_job
+    from pixelbeam.pipeline.config import load_config
+    from pixelbeam.pipeline.plan import plan_summary, prepare_job
     started = time.perf_counter()
     job = prepare_job(load_config(config_path))
     patches = plan_summary(job)["patches"] if mode == "cells" else len(job.specs)

@@ -3,7 +3,7 @@
 A synthetic manifest.jsonl in the layout `pixelbeam run` writes (~450 bytes a row: 90% written,
 9% filtered, 1% failed and retried by a rerun whose rows come last, so ~1% of rows repeat an id)
 is counted, each variant in a fresh process that reports its peak RSS, by:
-  streaming - what the summary does (pipeline.summary.manifest_outcomes): the file read in
+  streaming - what the summary does (pixelbeam.pipeline.summary.manifest_outcomes): the file read in
               chunks, two values taken per line, a 64-bit hash + status code kept per row;
   list      - the former way: the whole file read, every row parsed into a dict, then counted
               (skipped above 2*10^6 rows, where it needs tens of GB).
@@ -30,7 +30,7 @@ LIST_MAX_ROWS = 2_000_000
 def row_template() -> str:
     """One manifest line as transforms/sinks.to_json_line writes it, with %-placeholders."""
     sys.path.insert(0, ROOT)
-    from transforms.sinks import to_json_line
+    from pixelbeam.transforms.storage import to_json_line
     row = {"patch_id": "@ID", "region_id": "coast", "status": "@STATUS", "reason": "@REASON",
            "bounds_lonlat": [-77.962454805, 24.437873879, -77.936692609, 24.461456832], "crs": "EPSG:32618",
            "transform": [10.0, 0.0, 199680.0, 0.0, -10.0, 2708480.0], "width": 256, "height": 256, "margin": 0,
@@ -86,7 +86,7 @@ def list_outcomes(output_path: str) -> tuple[dict, int]:
 def child(mode: str, output_path: str) -> dict:
     """Runs in a fresh process: count, then report time and peak RSS (MB), also after imports."""
     sys.path.insert(0, ROOT)
-    from pipeline.summary import manifest_outcomes  # both variants: the same imports
+    from pixelbeam.pipeline.summary import manifest_outcomes  # both variants: the same imports
     imported_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     counts, duplicates = manifest_outcomes(output_path) if mode == "streaming" else list_outcomes(output_path)

@@ -3,7 +3,7 @@
 Raster files: N dated copies of a 120x100 px window of data/RGB.byte.tif (3 uint8 bands, nodata
 0; image i is the data + i, its first 2*(i % 5) rows nodata, as tests/test_point_table.py)
 and P random pixel centres as points:
-  pixelbeam  `pipeline.cli.main(["run", CONFIG])` in this process (local runner, Parquet only).
+  pixelbeam  `pixelbeam.pipeline.cli.main(["run", CONFIG])` in this process (local runner, Parquet only).
   baseline   points to the files' CRS once (pyproj), then per file a rasterio read of the
              points' bounding window and numpy fancy-indexing of their pixels; the same rows
              (null where any band is nodata) built into one pyarrow table and written as one
@@ -13,12 +13,12 @@ and P random pixel centres as points:
   pixelbeam's time on a 2 files x 10 points job is shown too: its fixed cost (planning, Beam's
   graph and stages), which a run pays whatever its size.
 
-Earth Engine: the emulator (`python -m pipeline.ee_emulator`, its own process) serves T dated
+Earth Engine: the emulator (`python -m pixelbeam.testing.ee_emulator`, its own process) serves T dated
 copies of a 60x50 px window as a collection, with latency L s per request and a quota of C
 requests in flight (more get an immediate 429); P points, table.group_size G:
-  pixelbeam  `python -m pipeline run CONFIG` with fetch.max_concurrent_requests C: one
+  pixelbeam  `python -m pixelbeam run CONFIG` with fetch.max_concurrent_requests C: one
              computePixels per group of every image's bands stacked (split at 1,024 bands).
-  per-image  a pool of C threads with the real `ee` client (transforms.ee_source.
+  per-image  a pool of C threads with the real `ee` client (pixelbeam.transforms.sources.earthengine.
              initialize_earth_engine): one computePixels per (group, image) of that image's bands
              and validity band (the image pixelbeam stacks), a 429 or 5xx retried after 0.1 s;
              the same rows into one Parquet file.
@@ -180,7 +180,7 @@ def baseline_raster_table(files: list[str], times: list[str], points: str, out_f
 
 def pixelbeam_run(config: str) -> None:
     """`pixelbeam run CONFIG` in this process, its output kept off the terminal."""
-    from pipeline.cli import main
+    from pixelbeam.pipeline.cli import main
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         code = main(["run", config])
@@ -229,7 +229,7 @@ def measure_raster(tmp: str, n_files: int, n_points: int, group_size: int, repea
 def per_image_client(job_file: str) -> dict:
     """One computePixels per (group, image) from a pool of `threads`; rows into one Parquet file."""
     import ee
-    from transforms.ee_source import VALID_BAND, decode_npy, initialize_earth_engine, valid_band
+    from pixelbeam.transforms.sources.earthengine import VALID_BAND, decode_npy, initialize_earth_engine, valid_band
     with open(job_file) as f:
         job = json.load(f)
     initialize_earth_engine(job["url"], "bench", "anonymous", TIMEOUT_S)
@@ -297,8 +297,8 @@ def ee_config(tmp: str, url: str, file: str, points: str, group_size: int, concu
 def write_client_job(path: str, config: str, url: str, threads: int, out: str) -> dict:
     """pixelbeam's own plan of the table (its listing and probe reach the emulator), as the
     per-image client's job: images, and per group its PixelGrid and pixels."""
-    from pipeline.config import load_config
-    from pipeline.table_plan import prepare_table_job
+    from pixelbeam.pipeline.config import load_config
+    from pixelbeam.pipeline.tables.plan import prepare_table_job
     job = prepare_table_job(load_config(config))
     groups = [{"grid": spec.pixel_grid(),
                "pixels": [[p.point_id, p.row - spec.row, p.col - spec.col, p.lon, p.lat] for p in pixels]}
@@ -342,7 +342,7 @@ def measure_ee(tmp: str, n_images: int, n_points: int, group_size: int, latency:
         per_image = run_measured(url, [sys.executable, os.path.abspath(__file__), "--client", job_file], 0)
         client = json.loads(per_image.pop("stdout").strip().splitlines()[-1])
         print("  running pixelbeam ...", file=sys.stderr, flush=True)
-        pixelbeam = run_measured(url, [sys.executable, "-m", "pipeline", "run", config], 2)
+        pixelbeam = run_measured(url, [sys.executable, "-m", "pixelbeam", "run", config], 2)
         pixelbeam.pop("stdout")
     finally:
         proc.terminate()

@@ -1,7 +1,7 @@
-"""`python -m pipeline run CONFIG …` is `pixelbeam run CONFIG …`."""
+"""`python -m pixelbeam.pipeline run CONFIG …` is `pixelbeam run CONFIG …`."""
 
 import sys
 
-from pipeline.cli import main
+from pixelbeam.pipeline.cli import main
 
 sys.exit(main())

@@ -11,16 +11,11 @@ import argparse
 import json
 import logging
 import sys
-import time
 from typing import Optional, Sequence
 
-from pipeline.config import ConfigError, load_config
+from pixelbeam.pipeline.config import ConfigError, load_config
 
 log = logging.getLogger("pixelbeam")
-
-# DirectRunner first tries to download the Prism runner; FnApiRunner is the same local
-# execution without that attempt (and honours direct_num_workers / direct_running_mode).
-LOCAL_RUNNER = "FnApiRunner"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -48,10 +43,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub.add_parser("preview", help="write preview.png and footprints.png of an output (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "emulate":
-        from pipeline.ee_emulator.__main__ import main as emulate
+        from pixelbeam.testing.ee_emulator.__main__ import main as emulate
         return emulate(list(rest))
     if args.command == "preview":
-        from pipeline.preview import main as preview
+        from pixelbeam.pipeline.preview import main as preview
         return preview(list(rest))
     if args.command == "plan" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -63,20 +58,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = load_output_config(args.output) if args.command == "retry-failed" else load_config(args.config)
         if getattr(args, "ee_emulator", None):
             config = use_emulator(config, args.ee_emulator)
-        if config.table is not None:  # point time series: pipeline/table_graph.py
-            from pipeline.table_graph import table_main
+        if config.table is not None:  # point time series: pipeline/tables/graph.py
+            from pixelbeam.pipeline.tables.run import table_main
             return table_main(args.command, config, rest, getattr(args, "json", False),
                               getattr(args, "max_failed_fraction", 0.0), overwrite=getattr(args, "overwrite", False))
-        from pipeline.plan import prepare_job
+        from pixelbeam.pipeline.plan import prepare_job
         job = prepare_job(config)
     except ConfigError as e:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
     if args.command == "plan":
         if args.footprints:
-            from pipeline.footprints import write_footprints
+            from pixelbeam.pipeline.footprints import write_footprints
             write_footprints(job, args.footprints)
         return print_plan(job, as_json=args.json)
+    from pixelbeam.pipeline.run import run_job
     try:
         return run_job(job, rest, args.max_failed_fraction, overwrite=getattr(args, "overwrite", False))
     except ConfigError as e:
@@ -87,9 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def load_output_config(output_path: str):
     """The config recorded in an output folder's dataset.json (patches) or table.json (a point
     table), paths already absolute."""
-    from pipeline.config import parse_config
-    from pipeline.resume import STATE_FILE, TABLE_STATE_FILE, read_json
-    from transforms.sinks import join
+    from pixelbeam.pipeline.config import parse_config
+    from pixelbeam.pipeline.resume import STATE_FILE, TABLE_STATE_FILE, read_json
+    from pixelbeam.transforms.storage import join
     for name in (STATE_FILE, TABLE_STATE_FILE):
         state = read_json(join(output_path, name))
         if state and "config" in state:
@@ -100,8 +96,8 @@ def load_output_config(output_path: str):
 
 def use_emulator(config, url: str):
     """The config with its Earth Engine source pointed at a local emulator."""
-    from pipeline.config import ConfigError, EarthEngineSourceConfig
-    from transforms.ee_source import is_loopback
+    from pixelbeam.pipeline.config import ConfigError, EarthEngineSourceConfig
+    from pixelbeam.transforms.sources.earthengine import is_loopback
     if not isinstance(config.source, EarthEngineSourceConfig):
         raise ConfigError("--ee_emulator: the config's source is not earthengine; drop the flag")
     if not is_loopback(url):
@@ -110,68 +106,13 @@ def use_emulator(config, url: str):
 
 
 def print_plan(job, as_json: bool) -> int:
-    from pipeline.plan import plan_summary
+    from pixelbeam.pipeline.plan import plan_summary
     summary = plan_summary(job)
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
             print(f"{key:>22}: {value}")
-    return 0
-
-
-def pipeline_options(beam_args: Sequence[str]):
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-    options = PipelineOptions(list(beam_args))
-    standard = options.view_as(StandardOptions)
-    if standard.runner in (None, "DirectRunner"):
-        standard.runner = LOCAL_RUNNER
-    return options
-
-
-def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite: bool = False) -> int:
-    """Runs the job, resuming what an earlier run of the same config left undone."""
-    import apache_beam as beam
-    from pipeline import resume
-    from pipeline.graph import build_pipeline
-    from pipeline.summary import summarize, write_dataset_json
-
-    out = job.config.output.path
-    options = pipeline_options(beam_args)
-    from pipeline.dataflow import check_runner, dry_run, is_dry_run, plan_staging, remove_staging
-    check_runner(job, options, lambda p: build_pipeline(job, p, stage_to=plan_staging(options, write=False)))
-    if is_dry_run(options):
-        return dry_run(job, options)
-    fingerprint = resume.check_fingerprint(job.config, out, overwrite)
-    state = resume.plan_resume(job, resume.new_run_id(), overwrite)
-    if state.nothing_to_do:
-        print(f"nothing to do: all {job.planned} planned patches are done in {out} (--overwrite redoes them)")
-        return 0
-    started = time.monotonic()
-    resume.clean_leftovers(out, state.completed_runs, overwrite)
-    resume.mark_running(out, state.run_id, fingerprint)
-    from apache_beam.options.pipeline_options import StandardOptions
-    from pipeline.progress import is_local, progress_bar
-    local = is_local(options.view_as(StandardOptions).runner)
-    stage_to = plan_staging(options, state.run_id)  # Dataflow: the plan as files, not in the job graph
-    with progress_bar(max(job.planned - state.done_before, 0), enabled=None if local else False) as progress_dir:
-        pipeline = build_pipeline(job, beam.Pipeline(options=options), state, progress_dir, stage_to)
-        result = pipeline.run()
-        result.wait_until_finish()
-    remove_staging(stage_to)
-    write_dataset_json(job, fingerprint, state.completed_runs + [state.run_id], resume.plan_digest(job))
-    resume.clear_running(out)
-    summary = summarize(job, result, time.monotonic() - started)
-    for line in summary.lines():
-        print(line)
-    from pipeline.preview import try_write_previews
-    try_write_previews(out)  # preview.png + footprints.png; a failure only warns
-    failed = summary.counts.get("failed", 0)
-    if not summary.complete:
-        return 1
-    if failed > max_failed_fraction * summary.planned:
-        print(f"pixelbeam: {failed} patches failed (see failed.jsonl); rerun to retry them", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -19,7 +19,7 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from pipeline.config import ConfigError, EarthEngineSourceConfig, RasterSourceConfig
+from pixelbeam.pipeline.config import ConfigError, EarthEngineSourceConfig, RasterSourceConfig
 
 ONE_PROCESS_PER_WORKER = "no_use_multiple_sdk_containers"
 SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
@@ -118,7 +118,7 @@ def plan_workers(fetch, machine_type: str, one_process_per_worker: bool = False,
                  max_workers: Optional[int] = None) -> WorkerPlan:
     """The pool for a config's `fetch` limits: every SDK process gets at least one request slot,
     and by default about SLOTS_PER_PROCESS (the quota, not the worker count, bounds throughput)."""
-    from transforms.throttle import per_worker_limits
+    from pixelbeam.transforms.fetching.throttle import per_worker_limits
     per_worker = 1 if one_process_per_worker else machine_vcpus(machine_type)
     slots = fetch.max_concurrent_requests
     most = slots // per_worker
@@ -163,7 +163,7 @@ def submission_problems(job) -> list[str]:
             problems.append(f"source.uri: {local[0]!r} is on this machine; copy it to gs://BUCKET/... "
                             "(GDAL reads gs:// with the worker's credentials)")
     if isinstance(src, EarthEngineSourceConfig):
-        from transforms.ee_source import is_loopback
+        from pixelbeam.transforms.sources.earthengine import is_loopback
         if is_loopback(src.url):
             problems.append(f"source.url: {src.url!r} is a loopback address (an emulator); workers cannot reach it")
         elif src.credentials not in ("default", "anonymous"):
@@ -207,12 +207,22 @@ def check_runner(job, options, build=None) -> None:
 
 
 def plan_staging(options, run_id: str = "", write: bool = True):
-    """On Dataflow, where the plan is staged (pipeline/graph.StageTo under --temp_location) so
+    """On Dataflow, where the plan is staged (transforms/planning/staged.StageTo under --temp_location) so
     that it stays out of the job graph; None for local runners (the plan is embedded)."""
     if not is_dataflow(options):
         return None
-    from pipeline.graph import StageTo, stage_folder
+    from pixelbeam.transforms.planning.staged import StageTo
     return StageTo(stage_folder(options, run_id), write)
+
+
+def stage_folder(options, run_id: str) -> str:
+    """`<--temp_location>/pixelbeam-plan-<run_id>`: Dataflow needs a temp_location anyway."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    temp = options.view_as(GoogleCloudOptions).temp_location
+    if not temp:
+        raise ConfigError("--temp_location: Dataflow runs stage the plan there; give gs://BUCKET/tmp")
+    return FileSystems.join(temp, f"pixelbeam-plan-{run_id or 'check'}")
 
 
 def remove_staging(stage_to) -> None:
@@ -225,27 +235,10 @@ def remove_staging(stage_to) -> None:
         FileSystems.delete([m.path for m in found])
 
 
-def dry_run(job, options) -> int:
-    """Translate the whole graph for DataflowRunner (it pickles every transform and builds the
-    worker package) without submitting it, reading or writing the output (the plan is named
-    where a real run would stage it, not written)."""
-    import apache_beam as beam
-    from pipeline.graph import build_pipeline, fetch_settings
-    settings = fetch_settings(job, options)
-    pipeline = build_pipeline(job, beam.Pipeline(options=options), stage_to=plan_staging(options, write=False))
-    pipeline.run().wait_until_finish()
-    print(f"dry run: DataflowRunner translated the job ({job.planned} planned patches; {sdk_processes(options)} SDK "
-          f"processes x {settings.max_concurrent} concurrent requests, {settings.max_requests_per_second:g} requests/s "
-          "each); nothing was submitted or written")
-    for problem in submission_problems(job) + [p for p in [graph_size_problem(pipeline)] if p]:
-        print(f"note: a real run would stop here: {problem}")
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m pipeline.dataflow worker-options CONFIG ...`: the Beam options run_dataflow.sh
+    """`python -m pixelbeam.pipeline.dataflow worker-options CONFIG ...`: the Beam options run_dataflow.sh
     adds for a config, one per line; the plan in words on stderr."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.dataflow")
+    parser = argparse.ArgumentParser(prog="python -m pixelbeam.pipeline.dataflow")
     sub = parser.add_subparsers(dest="command", required=True)
     opts = sub.add_parser("worker-options", help="Dataflow worker options that keep the job inside its fetch limits")
     opts.add_argument("config")
@@ -258,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="write the extra worker requirements here and add --requirements_file when there are any")
     opts.add_argument("--service_account", default="", help="the worker service account (to check it is given)")
     args = parser.parse_args(argv)
-    from pipeline.config import load_config
+    from pixelbeam.pipeline.config import load_config
     try:
         config = load_config(args.config)
         machine_vcpus(args.machine_type)

@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import pyproj
 
-from transforms.grid import DENSIFY_DEGREES
-from transforms.patch import PatchSpec
+from pixelbeam.transforms.planning.grid import DENSIFY_DEGREES
+from pixelbeam.transforms.patch import PatchSpec
 
 MIN_SEGMENTS_PER_SIDE = 2
 MAX_SEGMENTS_PER_SIDE = 64

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipeline.config import ConfigError, OutputConfig
-from transforms.outputs import VISUAL_FORMATS, PatchFileOptions, per_patch_formats
-from transforms.sources import SourceInfo
-from transforms.visualize import VisParams, VisualizationError, resolve_vis
+from pixelbeam.pipeline.config import ConfigError, OutputConfig
+from pixelbeam.transforms.formats.files import VISUAL_FORMATS, PatchFileOptions, per_patch_formats
+from pixelbeam.transforms.sources.base import SourceInfo
+from pixelbeam.transforms.formats.visualize import VisParams, VisualizationError, resolve_vis
 
 
 def resolve_visualization(output: OutputConfig, info: SourceInfo) -> Optional[VisParams]:

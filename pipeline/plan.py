@@ -17,17 +17,17 @@ import numpy as np
 import pyproj
 import shapely
 
-from pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
-from pipeline.outputs import check_outputs
-from transforms.cells import Cell, count_patches, owned_patch_ids, plan_by_cells, plan_cells, project_regions
-from transforms.grid import GridSpec, lonlat_extent
-from transforms.patch import PatchSpec
-from transforms.masking import PixelRules, check_fill_value
-from transforms.regions import Region, RegionError, load_regions
-from transforms.sampling import Sample, SampleError, label_dtype, region_labels, region_thresholds
-from transforms.scaling import ScalingError, resolve_scaling
-from transforms.sizing import RequestTooLarge, plan_parts, request_bytes
-from transforms.sources import PixelSource, SourceError, SourceInfo
+from pixelbeam.pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
+from pixelbeam.pipeline.outputs import check_outputs
+from pixelbeam.transforms.planning.cells import Cell, count_patches, owned_patch_ids, plan_by_cells, plan_cells, project_regions
+from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent
+from pixelbeam.transforms.patch import PatchSpec
+from pixelbeam.transforms.pixels.masking import PixelRules, check_fill_value
+from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
+from pixelbeam.transforms.planning.sampling import Sample, SampleError, label_dtype, region_labels, region_thresholds
+from pixelbeam.transforms.pixels.scaling import ScalingError, resolve_scaling
+from pixelbeam.transforms.fetching.sizing import RequestTooLarge, plan_parts, request_bytes
+from pixelbeam.transforms.sources.base import PixelSource, SourceError, SourceInfo
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ class Job:
 
     @property
     def images_per_patch(self) -> int:
-        """A collection's images are fetched one by one (transforms/collections.py)."""
+        """A collection's images are fetched one by one (transforms/pixels/collections.py)."""
         return len(self.info.collection.images) if self.info.collection else 1
 
     @property
@@ -93,7 +93,7 @@ def make_source(config: Config, regions: Sequence[Region] = ()) -> PixelSource:
     where the regions' patches can reach (`lonlat_extent`, when the grid is known up front)."""
     src = config.source
     if isinstance(src, RasterSourceConfig):
-        from transforms.raster_source import RasterSource
+        from pixelbeam.transforms.sources.raster import RasterSource
         images = src.images or ()
         return RasterSource(uris=src.uris, bands=tuple(src.bands) if src.bands else None, resampling=src.resampling,
                             mask_nodata=config.mask.mask_nodata, mask_alpha=config.mask.mask_alpha, mode=src.mode,
@@ -101,7 +101,7 @@ def make_source(config: Config, regions: Sequence[Region] = ()) -> PixelSource:
                             properties=tuple(tuple(sorted(i.properties.items())) for i in images),
                             reducer=src.composite, flatten_by=src.flatten_by, min_coverage=src.filter_coverage)
     if isinstance(src, EarthEngineSourceConfig):
-        from transforms.ee_source import earthengine_source
+        from pixelbeam.transforms.sources.earthengine import earthengine_source
         bounds = None
         if src.collection_mode and regions:
             try:  # an Earth Engine image has no native grid here, so the grid is explicit

@@ -4,7 +4,7 @@
 preview.png: a reproducible sample (`--sample N` patches, `--seed S`, drawn from the written
 patch ids in sorted order, so the same seed gives the same patches whatever order the manifest
 rows came in) rendered with Earth Engine's visualization parameters through
-`transforms.visualize` (bands, min, max, gamma, palette for one band). Without min/max the
+`pixelbeam.transforms.formats.visualize` (bands, min, max, gamma, palette for one band). Without min/max the
 stretch is the 2nd..98th percentile of the sample's valid pixels, band by band, so that a
 uint16 or float source shows something. Pixels come from the NPY files (or the TFRecords when
 NPY was not written); the mask from the TFRecords when they were written (an NPY file has no
@@ -32,11 +32,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from transforms import visualize
-from transforms.loaders import (example_arrays, join_path, load_npy, read_dataset_json, read_manifest_rows,
+from pixelbeam.transforms.formats import visualize
+from pixelbeam.transforms.loaders.common import (example_arrays, join_path, load_npy, read_dataset_json, read_manifest_rows,
                                 tfrecord_files, to_chw)
-from transforms.patch import FAILED, FILTERED, WRITTEN
-from transforms.records import iter_examples
+from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
+from pixelbeam.transforms.formats.records import iter_examples
 
 log = logging.getLogger("pixelbeam")
 
@@ -316,8 +316,8 @@ def write_footprints_png(output_path: str, meta: dict, rows: Sequence[dict],
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch as LegendPatch
 
-    from pipeline.footprints import row_rings
-    from transforms.regions import RegionError, load_regions
+    from pixelbeam.pipeline.footprints import row_rings
+    from pixelbeam.transforms.planning.regions import RegionError, load_regions
 
     if not rows:
         log.warning("footprints: %s has no manifest row; no footprints.png", output_path)
@@ -389,7 +389,7 @@ def write_footprints_png(output_path: str, meta: dict, rows: Sequence[dict],
 
 def _write_bytes(path: str, data: bytes) -> None:
     if "://" in path:
-        from transforms.sinks import write_atomically
+        from pixelbeam.transforms.storage import write_atomically
         write_atomically(path, data)
         return
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")

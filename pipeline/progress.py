@@ -1,6 +1,6 @@
 """A live progress bar for local runs: patches done / to do, patches/s, ETA, retries, 429s.
 
-It reads what the fetch workers report (transforms/progress.py) twice a second and draws a
+It reads what the fetch workers report (transforms/fetching/progress.py) twice a second and draws a
 `rich` progress bar on stderr, only when stderr is a terminal (quiet in CI, logs and pipes).
 """
 
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from transforms.progress import read_progress
+from pixelbeam.transforms.fetching.progress import read_progress
 
 
 def is_local(runner: Optional[str]) -> bool:

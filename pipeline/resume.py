@@ -23,14 +23,14 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import Config, ConfigError
-from transforms.patch import FILTERED, WRITTEN
-from transforms.sinks import join
+from pixelbeam.pipeline.config import Config, ConfigError
+from pixelbeam.transforms.patch import FILTERED, WRITTEN
+from pixelbeam.transforms.storage import join
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "dataset.json"
-TABLE_STATE_FILE = "table.json"  # the state of a point table (pipeline/table_resume.py)
+TABLE_STATE_FILE = "table.json"  # the state of a point table (pipeline/tables/resume.py)
 RUNNING_FILE = "_running.json"
 DONE_STATUSES = (WRITTEN, FILTERED)
 PER_PATCH_FOLDERS = ("npy", "geotiff", "png", "jpeg")  # one file per written patch in each
@@ -217,7 +217,7 @@ def shard_run_id(name: str, prefix: str = "patches-") -> Optional[str]:
 
 
 def mark_running(output_path: str, run_id: str, fingerprint: str) -> None:
-    from transforms.sinks import write_atomically
+    from pixelbeam.transforms.storage import write_atomically
     write_atomically(join(output_path, RUNNING_FILE),
                      json.dumps({"run_id": run_id, "fingerprint": fingerprint}).encode())
 

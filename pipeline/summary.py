@@ -12,11 +12,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.plan import Job
-from transforms.encode import feature_spec
-from transforms.outputs import npy_shape
-from transforms.patch import FAILED, FILTERED, WRITTEN
-from transforms.sinks import join, write_atomically
+from pixelbeam.pipeline.plan import Job
+from pixelbeam.transforms.formats.encode import feature_spec
+from pixelbeam.transforms.formats.files import npy_shape
+from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
+from pixelbeam.transforms.storage import join, write_atomically
 
 
 @dataclasses.dataclass

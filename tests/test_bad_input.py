@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline.cli import main
+from pixelbeam.pipeline.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -162,7 +162,7 @@ def test_cli_process_prints_no_traceback(tmp_path):
     cfg["source"]["bands"] = [9]
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "pixelbeam", "run", str(path)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stdout == ""
@@ -199,8 +199,8 @@ def test_gs_output_without_the_gcp_extra(tmp_path, capsys, monkeypatch):
 
 
 def test_antimeridian_region_is_planned_not_rejected(tmp_path):
-    from transforms.grid import GridSpec, plan_patches
-    from transforms.regions import regions_from_geojson
+    from pixelbeam.transforms.planning.grid import GridSpec, plan_patches
+    from pixelbeam.transforms.planning.regions import regions_from_geojson
     cross = {"type": "Polygon", "coordinates": [[[179.8, -17.2], [-179.8, -17.2], [-179.8, -16.8], [179.8, -16.8],
                                                  [179.8, -17.2]]]}
     same_shape = {"type": "Polygon", "coordinates": [[[170.8, -17.2], [171.2, -17.2], [171.2, -16.8], [170.8, -16.8],

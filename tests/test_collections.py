@@ -12,11 +12,11 @@ import yaml
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, load_config
-from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
-from pipeline.plan import prepare_job
-from transforms.collections import CollectionImage, combine, plan_collection
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import ConfigError, load_config
+from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
+from pixelbeam.pipeline.plan import prepare_job
+from pixelbeam.transforms.pixels.collections import CollectionImage, combine, plan_collection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTION = "DEMO/TINY_SERIES"
@@ -153,9 +153,9 @@ def test_flatten_by_a_property_same_on_both_sources(tmp_path, files, emulator):
 def test_earth_engine_listing_is_bounded_retried_and_checked(files):
     """The listing (one value:compute) keeps the images that can touch the regions, survives
     429s, and names images lacking the flatten_by property."""
-    from pipeline.ee_emulator import EmulatorConfig
-    from transforms.ee_source import EarthEngineSource
-    from transforms.sources import SourceError
+    from pixelbeam.testing.ee_emulator import EmulatorConfig
+    from pixelbeam.transforms.sources.earthengine import EarthEngineSource
+    from pixelbeam.transforms.sources.base import SourceError
     far = {"id": f"{COLLECTION}/FAR", "path": files["A"], "bands": ["B1"], "time_start": "2020-01-02"}
     members = [{"id": f"{COLLECTION}/{n}", "path": files[n], "bands": ["B1"], "time_start": IMAGES[n][0],
                 "properties": {"ORBIT": ORBITS[n]}} for n in "AB"]
@@ -203,8 +203,8 @@ def test_flatten_by_property_and_mask_rules_on_a_stack():
     out, mask, kept = combine(plan, data, masks, "int64")
     np.testing.assert_array_equal(out[:, 0], [[[1, 1]], [[2, 2]]])  # c is masked: a stays
     np.testing.assert_array_equal(mask, [[[True, False]], [[True, True]]])
-    from transforms.masking import PixelRules
-    from transforms.patch import Patch, PatchSpec
+    from pixelbeam.transforms.pixels.masking import PixelRules
+    from pixelbeam.transforms.patch import Patch, PatchSpec
     spec = PatchSpec("p", "r", "EPSG:32618", (10, 0, 0, 0, -10, 0), 2, 1)
     patch = PixelRules(fill_value=9)(Patch(spec, out, mask, ("B1",)))
     np.testing.assert_array_equal(patch.data[:, 0], [[[1, 9]], [[2, 2]]])

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import ConfigError, FetchConfig, load_config
-from pipeline.dataflow import machine_vcpus, plan_workers, sdk_processes, worker_requirements
-from pipeline.ee_emulator import EmulatorServer
-from pipeline.ee_emulator.catalog import Catalog
+from pixelbeam.pipeline.config import ConfigError, FetchConfig, load_config
+from pixelbeam.pipeline.dataflow import machine_vcpus, plan_workers, sdk_processes, worker_requirements
+from pixelbeam.testing.ee_emulator import EmulatorServer
+from pixelbeam.testing.ee_emulator.catalog import Catalog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "run_dataflow.sh")
@@ -79,9 +79,11 @@ def test_the_dry_run_stages_the_sdist_and_the_worker_requirements(tmp_path):
     import apache_beam as beam
     from apache_beam.portability import common_urns
     from apache_beam.portability.api import beam_runner_api_pb2
-    from pipeline.cli import pipeline_options, use_emulator
-    from pipeline.graph import build_pipeline, fetch_settings
-    from pipeline.plan import prepare_job
+    from pixelbeam.pipeline.cli import use_emulator
+    from pixelbeam.pipeline.runner import pipeline_options
+    from pixelbeam.pipeline.graph import build_pipeline
+    from pixelbeam.pipeline.runner import fetch_settings
+    from pixelbeam.pipeline.plan import prepare_job
     config = load_config(os.path.join(ROOT, "configs", "ee_getpixels.yaml"))
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("\n".join(worker_requirements(config)) + "\n")
@@ -117,7 +119,7 @@ def dataflow_options(*extra):
 
 
 def test_the_quota_is_divided_over_every_sdk_process_of_the_pool():
-    from pipeline.graph import worker_count
+    from pixelbeam.pipeline.runner import worker_count
     assert worker_count(dataflow_options("--max_num_workers=3", "--machine_type=n1-standard-4")) == 12
     assert worker_count(dataflow_options("--max_num_workers=3", "--experiments=no_use_multiple_sdk_containers")) == 3
     assert sdk_processes(dataflow_options("--num_workers=2", "--autoscaling_algorithm=NONE",
@@ -135,7 +137,7 @@ def test_a_pool_whose_process_count_is_unknown_is_refused(extra, field):
 
 
 def test_a_pool_with_more_processes_than_request_slots_is_refused_before_anything_runs(tmp_path, capsys):
-    from pipeline.cli import main
+    from pixelbeam.pipeline.cli import main
     cfg = tmp_path / "demo.yaml"  # fetch.max_concurrent_requests: 8
     cfg.write_text(open(os.path.join(ROOT, "configs", "demo.yaml")).read().replace("../", ROOT + "/"))
     assert main(["run", str(cfg), *DATAFLOW, "--dry_run=True", "--max_num_workers=3",
@@ -146,7 +148,7 @@ def test_a_pool_with_more_processes_than_request_slots_is_refused_before_anythin
 
 
 def test_a_table_job_gets_the_same_dataflow_checks(tmp_path, capsys):
-    from pipeline.cli import main
+    from pixelbeam.pipeline.cli import main
     cfg = tmp_path / "point_table.yaml"  # fetch.max_concurrent_requests: 8
     cfg.write_text(open(os.path.join(ROOT, "configs", "point_table.yaml")).read()
                    .replace("../out/point_table", str(tmp_path / "out")).replace("../", ROOT + "/")
@@ -165,8 +167,8 @@ def test_a_table_job_gets_the_same_dataflow_checks(tmp_path, capsys):
 def test_a_graph_over_dataflows_limit_is_refused_before_anything_is_written(name, tmp_path, capsys, monkeypatch):
     """The planned regions, points and cells travel in the job graph; Dataflow refuses graphs
     over 10 MB. The limit is lowered here so that the bundled configs exceed it."""
-    from pipeline import dataflow
-    from pipeline.cli import main
+    from pixelbeam.pipeline import dataflow
+    from pixelbeam.pipeline.cli import main
     cfg = tmp_path / name
     cfg.write_text(open(os.path.join(ROOT, "configs", name)).read()
                    .replace(f"../out/{name[:-5]}", str(tmp_path / "out")).replace("../", ROOT + "/")
@@ -205,7 +207,7 @@ def test_plan_workers_keeps_every_process_inside_the_fetch_limits():
 
 def test_the_helper_prints_the_options_run_dataflow_sh_adds(tmp_path):
     requirements = tmp_path / "req.txt"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.dataflow", "worker-options",
+    proc = subprocess.run([sys.executable, "-m", "pixelbeam.pipeline.dataflow", "worker-options",
                            os.path.join(ROOT, "configs", "ee_computepixels.yaml"), "--machine_type", "n1-standard-4",
                            "--requirements_file", str(requirements)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -267,7 +269,7 @@ def test_the_sdist_holds_what_the_workers_import(tmp_path):
     (sdist,) = glob.glob(str(dist / "*.tar.gz"))
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    modules = {os.path.relpath(p, ROOT) for package in ("pipeline", "transforms")
+    modules = {os.path.relpath(p, ROOT) for package in PACKAGE_FOLDERS
                for p in glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)}
     assert modules and modules <= names, sorted(modules - names)
     assert {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*"))} <= names
@@ -280,17 +282,26 @@ def test_the_sdist_holds_what_the_workers_import(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation",
                     "--target", str(target), sdist], check=True, capture_output=True, timeout=300)
-    check = ("import importlib, json, pkgutil, pipeline, transforms\n"
-             "mods = [m.name for p in (pipeline, transforms)\n"
-             "        for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')\n"
+    assert {n for n in os.listdir(target) if not n.endswith(".dist-info")} - {"bin"} == {"pixelbeam"}
+    check = ("import importlib, json, pkgutil, pixelbeam\n"
+             "mods = [m.name for m in pkgutil.walk_packages(pixelbeam.__path__, 'pixelbeam.')\n"
              "        if not m.name.endswith('__main__')]\n"
              "for m in mods: importlib.import_module(m)\n"
-             "print(json.dumps({'pipeline': pipeline.__file__, 'modules': mods}))\n")
+             "print(json.dumps({'pixelbeam': pixelbeam.__file__, 'modules': mods}))\n")
     proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
-    assert result["pipeline"].startswith(str(target))
-    expected = {m[:-3].replace(os.sep, ".").removesuffix(".__init__") for m in modules}
-    expected -= {"pipeline", "transforms", "pipeline.__main__", "pipeline.ee_emulator.__main__"}
+    assert result["pixelbeam"].startswith(str(target))
+    expected = {import_name(m) for m in modules if not m.endswith("__main__.py")} - {"pixelbeam"}
     assert set(result["modules"]) == expected
+
+
+# Repository folder -> the import name setup.py installs it as (its package_dir).
+PACKAGE_FOLDERS = {"pixelbeam": "pixelbeam", "pipeline": "pixelbeam.pipeline", "transforms": "pixelbeam.transforms"}
+
+
+def import_name(relpath: str) -> str:
+    """`transforms/planning/grid.py` -> `pixelbeam.transforms.planning.grid`."""
+    folder, _, rest = relpath[:-3].partition(os.sep)
+    return ".".join([PACKAGE_FOLDERS[folder]] + ([rest.replace(os.sep, ".")] if rest else [])).removesuffix(".__init__")

@@ -57,9 +57,9 @@ def make_sandbox(tmp_path):
     os.symlink(os.path.join(ROOT, "data"), box / "data")
     os.makedirs(box / "bin")
     shim = box / "bin" / "pixelbeam"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pipeline "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pixelbeam "$@"\n')
     shim.chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2",
+    env = {**os.environ, "MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PATH": os.pathsep.join([str(box / "bin"), os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     return str(box), env
 
@@ -119,7 +119,7 @@ def test_readme_python_examples_run(tmp_path):
 def test_outputs_reference_names_every_key(tmp_path):
     """docs/outputs.md mentions (in backticks) every dataset.json key, manifest key, TFRecord
     feature and failed.jsonl key that a real run writes."""
-    from pipeline.cli import main
+    from pixelbeam.pipeline.cli import main
     import yaml
     with open(os.path.join(ROOT, "configs", "demo.yaml")) as f:
         doc = yaml.safe_load(f)
@@ -132,7 +132,7 @@ def test_outputs_reference_names_every_key(tmp_path):
     out = str(tmp_path / "out")
     meta = json.load(open(os.path.join(out, "dataset.json")))
     row = json.loads(open(os.path.join(out, "manifest.jsonl")).readline())
-    from transforms.patch import FailedPatch, PatchSpec
+    from pixelbeam.transforms.patch import FailedPatch, PatchSpec
     failed_keys = FailedPatch(PatchSpec("p", "r", "EPSG:4326", (1, 0, 0, 0, -1, 0), 1, 1), "fetch", "E", "m").to_record()
     text = open(os.path.join(ROOT, "docs", "outputs.md"), encoding="utf-8").read()
     features = [k for k, v in meta["tfrecord"]["features"].items() if v["role"] != "band"]

@@ -21,9 +21,9 @@ from rasterio.warp import Resampling, reproject, transform_bounds
 
 ee = pytest.importorskip("ee")
 
-from pipeline.ee_emulator import (  # noqa: E402
+from pixelbeam.testing.ee_emulator import (  # noqa: E402
     MAX_REQUEST_BYTES, EmulatorConfig, EmulatorServer, initialize_ee_client)
-from pipeline.ee_emulator import pixels  # noqa: E402
+from pixelbeam.testing.ee_emulator import pixels  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RGB = os.path.join(REPO, "data", "RGB.byte.tif")
@@ -460,7 +460,7 @@ def test_module_runs_as_process(tmp_path, catalog):
     catalog_path = tmp_path / "catalog.json"
     catalog_path.write_text(json.dumps(catalog))
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.ee_emulator", "--port", "0", "--catalog",
+        [sys.executable, "-m", "pixelbeam.testing.ee_emulator", "--port", "0", "--catalog",
          str(catalog_path), "--fault-500", "1.0", "--seed", "1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

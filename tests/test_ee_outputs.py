@@ -14,14 +14,14 @@ from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, parse_config
-from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
-from pipeline.ee_emulator import expressions, pixels
-from pipeline.ee_emulator.catalog import Catalog
-from pipeline.ee_emulator.pixels import EmulatorError
-from transforms.ee_source import EarthEngineSource
-from transforms.visualize import render_rgb, resolve_vis
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import ConfigError, parse_config
+from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
+from pixelbeam.testing.ee_emulator import expressions, pixels
+from pixelbeam.testing.ee_emulator.catalog import Catalog
+from pixelbeam.testing.ee_emulator.pixels import EmulatorError
+from pixelbeam.transforms.sources.earthengine import EarthEngineSource
+from pixelbeam.transforms.formats.visualize import render_rgb, resolve_vis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -88,7 +88,7 @@ def test_ee_resampling_names_map_to_image_resample_modes(name, mode):
     doc = {"source": {"kind": "earthengine", "asset": ASSET, "resampling": name}, "regions": REGIONS,
            "output": {"path": "out"}}
     config = parse_config(doc)
-    from transforms.ee_source import earthengine_source
+    from pixelbeam.transforms.sources.earthengine import earthengine_source
     source = earthengine_source(config.source, timeout_s=10)
     assert source.resampling == mode
 

@@ -11,10 +11,10 @@ import rasterio
 import yaml
 from rasterio.windows import Window
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
-from pipeline.plan import plan_summary, prepare_job
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
+from pixelbeam.pipeline.plan import plan_summary, prepare_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")

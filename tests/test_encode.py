@@ -1,4 +1,4 @@
-"""Tests for transforms/encode.py: our Example bytes must parse with TensorFlow's own parser
+"""Tests for transforms/formats/encode.py: our Example bytes must parse with TensorFlow's own parser
 and equal TensorFlow's serialization. TensorFlow is a test extra (imported once here)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from transforms.encode import (
+from pixelbeam.transforms.formats.encode import (
     band_feature_names,
     encode_example,
     feature_spec,
@@ -21,7 +21,7 @@ from transforms.encode import (
     patch_to_example,
     step_prefix,
 )
-from transforms.patch import Patch, PatchSpec
+from pixelbeam.transforms.patch import Patch, PatchSpec
 
 tf = pytest.importorskip("tensorflow")  # installed in the dev venv, so these tests run
 from hypothesis import HealthCheck, given, settings
@@ -425,10 +425,9 @@ def test_npy_bytes_refuses_pickle():
 
 def test_module_imports_without_tensorflow_or_protobuf():
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['google.protobuf'] = None; "
-            "import transforms.encode as e, numpy as np; "
+            "import pixelbeam.transforms.formats.encode as e, numpy as np; "
             "assert e.encode_example({'a': np.ones(3)}); print('ok')")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 
-from transforms.fetch import FetchDoFn, FetchSettings
-from transforms.grid import GridSpec, make_spec
-from transforms.sources import PartResult, SourceInfo
+from pixelbeam.transforms.fetch import FetchDoFn, FetchSettings
+from pixelbeam.transforms.planning.grid import GridSpec, make_spec
+from pixelbeam.transforms.sources.base import PartResult, SourceInfo
 
 RELEASE = threading.Event()  # module-level: the DoFn's Shared worker holds a reader per process
 

@@ -8,12 +8,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.graph import fetch_settings, worker_count
-from transforms.fetch import FAILED, FetchPatches, FetchSettings
-from transforms.grid import GridSpec, make_spec
-from transforms.retry import PermanentError, QuotaError
-from transforms.sizing import RequestLimits
-from transforms.sources import PartResult, SourceInfo
+from pixelbeam.pipeline.runner import fetch_settings, worker_count
+from pixelbeam.transforms.fetch import FAILED, FetchPatches, FetchSettings
+from pixelbeam.transforms.planning.grid import GridSpec, make_spec
+from pixelbeam.transforms.fetching.retry import PermanentError, QuotaError
+from pixelbeam.transforms.fetching.sizing import RequestLimits
+from pixelbeam.transforms.sources.base import PartResult, SourceInfo
 
 # Shared between the fake source's pickled copies within this process (FnApiRunner in memory).
 CALLS: dict = {}

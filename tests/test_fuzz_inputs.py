@@ -5,8 +5,8 @@ import json
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pipeline.config import ConfigError, load_config, parse_config
-from transforms.regions import RegionError, regions_from_geojson
+from pixelbeam.pipeline.config import ConfigError, load_config, parse_config
+from pixelbeam.transforms.planning.regions import RegionError, regions_from_geojson
 
 KEYS = ["source", "kind", "uri", "bands", "resampling", "regions", "grid", "crs", "scale", "origin", "patch_size",
         "overlap", "margin", "min_coverage", "output", "path", "formats", "max_masked_ratio", "fetch",

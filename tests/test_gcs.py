@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from outputs_compare import assert_same_outputs
-from pipeline.cli import main
+from pixelbeam.pipeline.cli import main
 
 pytest.importorskip("gcp_storage_emulator")
 from google.auth.credentials import AnonymousCredentials  # noqa: E402

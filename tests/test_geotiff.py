@@ -14,9 +14,9 @@ import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
 
-from pipeline.cli import main
-from transforms.geotiff import has_cog_driver, patch_to_geotiff_bytes
-from transforms.patch import Patch, PatchSpec
+from pixelbeam.pipeline.cli import main
+from pixelbeam.transforms.formats.geotiff import has_cog_driver, patch_to_geotiff_bytes
+from pixelbeam.transforms.patch import Patch, PatchSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -249,7 +249,7 @@ def test_geotiff_is_written_atomically_to_gcs(monkeypatch):
 
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms.sinks import write_atomically
+    from pixelbeam.transforms.storage import write_atomically
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -6,10 +6,10 @@ import shapely
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import MultiPoint, Point, box
 
-from transforms.grid import (GridSpec, patch_boxes, patch_id, patch_transform, plan_patches, project_lonlat,
+from pixelbeam.transforms.planning.grid import (GridSpec, patch_boxes, patch_id, patch_transform, plan_patches, project_lonlat,
                              region_cells, utm_crs_for)
-from transforms.cells import plan_by_cells
-from transforms.regions import Region
+from pixelbeam.transforms.planning.cells import plan_by_cells
+from pixelbeam.transforms.planning.regions import Region
 
 
 def test_patch_transform_and_bounds_by_hand():
@@ -147,7 +147,7 @@ def test_planning_100k_patches_is_vectorised():
 def test_the_listing_extent_holds_every_pixel_a_plan_can_fetch(crs, scale):
     """An Earth Engine collection is listed inside lonlat_extent: every planned patch's fetched
     window (margins included), corners and edges, must lie inside it."""
-    from transforms.grid import bounds_to_lonlat, lonlat_extent
+    from pixelbeam.transforms.planning.grid import bounds_to_lonlat, lonlat_extent
     regions = [Region("a", box(-77.9, 24.3, -77.83, 24.36)), Region("b", Point(-77.5, 24.9))]
     grid = GridSpec(crs=crs, scale=(scale, scale), patch_size=(64, 48), overlap=8, margin=5)
     west, south, east, north = lonlat_extent(regions, grid)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.cli import main
-from transforms.encode import patch_to_example
-from transforms.loaders import (NpyPatchDataset, TFRecordPatchDataset, band_features, label_entry, read_dataset_json,
+from pixelbeam.pipeline.cli import main
+from pixelbeam.transforms.formats.encode import patch_to_example
+from pixelbeam.transforms.loaders import (NpyPatchDataset, TFRecordPatchDataset, band_features, label_entry, read_dataset_json,
                                 tf_dataset, tfrecord_files, written_npy_files)
-from transforms.patch import Patch, PatchSpec
-from transforms.records import RecordError, _masked_crc, iter_records, parse_example
+from pixelbeam.transforms.patch import Patch, PatchSpec
+from pixelbeam.transforms.formats.records import RecordError, _masked_crc, iter_records, parse_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -224,7 +224,7 @@ def test_pure_reader_accepts_unpacked_fields_and_rejects_corruption(tmp_path):
 
 
 def test_loaders_import_without_tensorflow_or_torch():
-    code = ("import sys, transforms.loaders, transforms.records, pipeline.preview; "
+    code = ("import sys, pixelbeam.transforms.loaders, pixelbeam.transforms.formats.records, pixelbeam.pipeline.preview; "
             "print('tensorflow' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -12,12 +12,12 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, parse_config
-from transforms.outputs import PatchFileOptions, encode_patch_files, npy_layout, npy_shape
-from transforms.patch import Patch, PatchSpec
-from transforms.raster_source import RasterSource
-from transforms.sizing import RequestPart
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import ConfigError, parse_config
+from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, npy_layout, npy_shape
+from pixelbeam.transforms.patch import Patch, PatchSpec
+from pixelbeam.transforms.sources.raster import RasterSource
+from pixelbeam.transforms.fetching.sizing import RequestPart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")

@@ -13,9 +13,9 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.plan import prepare_job
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.pipeline.plan import prepare_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import shapely
 
-from transforms.cells import count_patches, owned_patch_ids, plan_by_cells, plan_cells, project_regions
-from transforms.grid import GridSpec, _point_cells
-from transforms.masking import PixelRules, apply_pixel_rules, check_fill_value
-from transforms.patch import Patch, PatchSpec
-from transforms.regions import Region
-from transforms.sampling import Sample, SampleError, label_dtype, patch_rank, region_labels, region_thresholds
-from transforms.scaling import ScalingError, apply_scaling, common_data_type, resolve_scaling
+from pixelbeam.transforms.planning.cells import count_patches, owned_patch_ids, plan_by_cells, plan_cells, project_regions
+from pixelbeam.transforms.planning.grid import GridSpec, _point_cells
+from pixelbeam.transforms.pixels.masking import PixelRules, apply_pixel_rules, check_fill_value
+from pixelbeam.transforms.patch import Patch, PatchSpec
+from pixelbeam.transforms.planning.regions import Region
+from pixelbeam.transforms.planning.sampling import Sample, SampleError, label_dtype, patch_rank, region_labels, region_thresholds
+from pixelbeam.transforms.pixels.scaling import ScalingError, apply_scaling, common_data_type, resolve_scaling
 
 # ---- scaling: Descartes Labs' scaling_parameters ----
 

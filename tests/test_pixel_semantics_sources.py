@@ -11,10 +11,10 @@ import yaml
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
-from pipeline.plan import prepare_job
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
+from pixelbeam.pipeline.plan import prepare_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSET = "projects/demo/assets/tiny"
@@ -211,7 +211,7 @@ def test_labelled_points_centred_and_per_region_sample(tmp_path):
         "dtype": "int64", "shape": [], "role": "label",
         "description": "the label of the patch's region (sample.label_property)"}
     tf = pytest.importorskip("tensorflow")
-    from transforms.loaders import label_entry
+    from pixelbeam.transforms.loaders import label_entry
     name, spec = label_entry(meta, "auto")
     files = [str(p) for p in (out / "tfrecord").glob("*.tfrecord.gz")]
     feats = {name: tf.io.FixedLenFeature(spec["shape"], tf.int64), "region_id": tf.io.FixedLenFeature([], tf.string)}

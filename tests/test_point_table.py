@@ -15,8 +15,8 @@ from pyproj import Transformer
 from rasterio.transform import xy
 from rasterio.windows import Window
 
-from pipeline.cli import main
-from transforms.point_table import time_ms
+from pixelbeam.pipeline.cli import main
+from pixelbeam.transforms.tables.points import time_ms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -143,7 +143,7 @@ def test_table_config_errors_are_one_line(tmp_path, capsys):
 def test_two_million_values_match_a_direct_read(tmp_path, capsys, kind):  # SLOW: the 2.1M-value run
     """getRegion's ceiling is 1,048,576 values; 100 images x 7,000 points x 3 bands = 2.1M values,
     from the files and from the same files served as an Earth Engine collection."""
-    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
     files, profile = write_collection(tmp_path, 100, window=Window(200, 200, 120, 100))
     rng = np.random.default_rng(0)
     flat = rng.choice(120 * 100, size=7000, replace=False)
@@ -181,8 +181,8 @@ def test_two_million_values_match_a_direct_read(tmp_path, capsys, kind):  # SLOW
 
 
 def test_a_failed_group_is_a_dead_letter_naming_its_points(tmp_path, monkeypatch):
-    from transforms import table_source
-    from transforms.retry import PermanentError
+    from pixelbeam.transforms.sources import table as table_source
+    from pixelbeam.transforms.fetching.retry import PermanentError
     files, profile = write_collection(tmp_path, 3)
     cells = [(1, 3), (2, 4), (45, 55)]  # two groups of 32 px: g0_0 (p0, p1) and g1_1 (p2)
     cfg, times = write_config(tmp_path, files, write_points(tmp_path, profile, cells), group_size=32)
@@ -228,7 +228,7 @@ def sorted_rows(rows):
 def test_earth_engine_collection_table_equals_the_raster_table(tmp_path, capsys):
     """The same dated files as raster files and as an emulated Earth Engine collection give the
     same rows (ids: file stem = system:index; times: system:time_start)."""
-    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
     files, profile = write_collection(tmp_path, 40)
     rng = np.random.default_rng(1)
     flat = rng.choice(60 * 50, size=300, replace=False)
@@ -261,7 +261,7 @@ def test_earth_engine_collection_table_equals_the_raster_table(tmp_path, capsys)
 
 
 def test_earth_engine_table_splits_past_1024_bands_and_checks_its_config(tmp_path, capsys):
-    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
     files, profile = write_collection(tmp_path, 300, window=Window(300, 300, 4, 4))  # 300 x 4 bands = 1200 > 1024
     cells = [(0, 0), (3, 3)]
     points = write_points(tmp_path, profile, cells)
@@ -289,8 +289,8 @@ def test_earth_engine_table_splits_past_1024_bands_and_checks_its_config(tmp_pat
 def test_the_earth_engine_point_table_config_runs_offline(tmp_path):
     """configs/ee_point_table.yaml against the emulator serving configs/emulator_catalog.json:
     the two low-cloud images, each row the scene's value at the pixel centre (nearest)."""
-    from pipeline.ee_emulator import EmulatorServer
-    from pipeline.ee_emulator.catalog import Catalog
+    from pixelbeam.testing.ee_emulator import EmulatorServer
+    from pixelbeam.testing.ee_emulator.catalog import Catalog
     doc = yaml.safe_load(open(os.path.join(ROOT, "configs", "ee_point_table.yaml")))
     doc["regions"] = os.path.join(ROOT, "configs", "point_table_points.geojson")
     doc["output"]["path"] = str(tmp_path / "out")
@@ -312,7 +312,7 @@ def test_the_earth_engine_point_table_config_runs_offline(tmp_path):
 
 
 def test_retry_failed_refetches_the_refused_groups_through_the_emulator(tmp_path, capsys):
-    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
     files, profile = write_collection(tmp_path, 4)
     rng = np.random.default_rng(3)
     cells = [(int(i // 60), int(i % 60)) for i in rng.choice(60 * 50, size=200, replace=False)]
@@ -336,7 +336,7 @@ def test_retry_failed_refetches_the_refused_groups_through_the_emulator(tmp_path
 
 def test_earth_engine_mask_none_gives_values_where_the_image_is_masked(tmp_path):
     """mask: none asks for no validity band: no nulls, and Earth Engine's 0 where masked."""
-    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
     files, profile = write_collection(tmp_path, 3)
     cells = [(1, 3), (30, 40)]  # (1, 3) is in image 1's and 2's nodata rows
     points = write_points(tmp_path, profile, cells)

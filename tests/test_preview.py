@@ -12,12 +12,12 @@ import yaml
 from PIL import Image
 from shapely.geometry import shape
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.plan import prepare_job
-from pipeline.preview import (FIGURE_DPI, FIGURE_IN, HEADER_H, LABEL_H, MASK_COLORS, PAD, STATUS_COLORS,
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.pipeline.plan import prepare_job
+from pixelbeam.pipeline.preview import (FIGURE_DPI, FIGURE_IN, HEADER_H, LABEL_H, MASK_COLORS, PAD, STATUS_COLORS,
                               sample_ids, tile_scale, write_previews)
-from transforms.grid import bounds_to_lonlat
+from pixelbeam.transforms.planning.grid import bounds_to_lonlat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -151,7 +151,7 @@ def test_preview_from_one_format(tmp_path, formats):
 
 
 def test_earth_engine_output_pictures(tmp_path):
-    from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+    from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
     asset = "projects/demo/assets/landsat"
     with EmulatorServer({"images": {asset: {"path": LANDSAT, "bands": ["B1", "B2", "B3"]}}},
                         EmulatorConfig(max_concurrent=8)) as server:
@@ -171,7 +171,7 @@ def test_earth_engine_output_pictures(tmp_path):
 
 
 def test_run_hook_only_warns_and_skips_large_outputs(run_output, tmp_path, monkeypatch, capsys, caplog):
-    import pipeline.preview as preview
+    import pixelbeam.pipeline.preview as preview
     os.makedirs(tmp_path / "broken")
     open(tmp_path / "broken" / "manifest.jsonl", "w").write("{}\n")
     preview.try_write_previews(str(tmp_path / "broken"))  # no dataset.json: a warning, no exception

@@ -5,12 +5,12 @@ import os
 import apache_beam as beam
 import yaml
 
-from pipeline.cli import pipeline_options
-from pipeline.config import load_config
-from pipeline.graph import build_pipeline
-from pipeline.plan import prepare_job
-from pipeline.progress import progress_bar
-from transforms.progress import ProgressFile, read_progress
+from pixelbeam.pipeline.runner import pipeline_options
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.pipeline.graph import build_pipeline
+from pixelbeam.pipeline.plan import prepare_job
+from pixelbeam.pipeline.progress import progress_bar
+from pixelbeam.transforms.fetching.progress import ProgressFile, read_progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,9 +53,9 @@ def test_a_run_reports_every_fetched_patch(tmp_path):
 
 
 def test_a_table_run_reports_every_fetched_group(tmp_path):
-    from pipeline.graph import fetch_settings
-    from pipeline.table_graph import build_table_pipeline
-    from pipeline.table_plan import prepare_table_job
+    from pixelbeam.pipeline.runner import fetch_settings
+    from pixelbeam.pipeline.tables.graph import build_table_pipeline
+    from pixelbeam.pipeline.tables.plan import prepare_table_job
     from tests.test_point_table import write_collection, write_config, write_points
     files, profile = write_collection(tmp_path, 3)
     cfg, _ = write_config(tmp_path, files, write_points(tmp_path, profile, [(1, 3), (30, 40), (49, 59)]), group_size=16)

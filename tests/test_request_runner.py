@@ -1,4 +1,4 @@
-"""Tests for transforms/request_runner.py on a fake clock (no timed assertions)."""
+"""Tests for transforms/fetching/runner.py on a fake clock (no timed assertions)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 
 
 from tests.fakes import FakeClock
-from transforms.request_runner import RequestRunner, RequestStats
-from transforms.retry import (
+from pixelbeam.transforms.fetching.runner import RequestRunner, RequestStats
+from pixelbeam.transforms.fetching.retry import (
     FetchError,
     PermanentError,
     QuotaError,
     RetryPolicy,
     TransientError,
 )
-from transforms.throttle import AdaptiveThrottler, Throttler
+from pixelbeam.transforms.fetching.throttle import AdaptiveThrottler, Throttler
 
 
 def make_runner(clock, *, rate=None, max_concurrent=4, adaptive=True, max_attempts=6, **kw):

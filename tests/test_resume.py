@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
-from pipeline.plan import prepare_job
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
+from pixelbeam.pipeline.plan import prepare_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -155,7 +155,7 @@ def run_and_kill(cmd, out_dir, cwd):
 def test_killed_raster_run_then_rerun_leaves_every_patch_once(tmp_path):
     cfg = raster_config(tmp_path, patch_size=8, max_concurrent_requests=2)  # ~4,000 small patches
     out = str(tmp_path / "out")
-    assert run_and_kill([sys.executable, "-m", "pipeline", "run", cfg], out, ROOT)
+    assert run_and_kill([sys.executable, "-m", "pixelbeam", "run", cfg], out, ROOT)
     assert not os.path.exists(os.path.join(out, "manifest.jsonl"))  # killed before the manifest
     assert main(["run", cfg]) == 0
     rows = audit(cfg)
@@ -165,14 +165,14 @@ def test_killed_raster_run_then_rerun_leaves_every_patch_once(tmp_path):
 def test_killed_earth_engine_run_then_rerun_leaves_every_patch_once(tmp_path):
     catalog_path = tmp_path / "catalog.json"
     catalog_path.write_text(json.dumps({"images": {ASSET: {"path": LANDSAT, "bands": ["B1", "B2", "B3"]}}}))
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.ee_emulator", "--port", "0", "--catalog",
+    server = subprocess.Popen([sys.executable, "-m", "pixelbeam.testing.ee_emulator", "--port", "0", "--catalog",
                                str(catalog_path), "--latency-s", "0.02", "--max-concurrent", "4"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip().split("=", 1)[1]
         cfg = ee_config(tmp_path, url)
         out = str(tmp_path / "out")
-        assert run_and_kill([sys.executable, "-m", "pipeline", "run", cfg], out, ROOT)
+        assert run_and_kill([sys.executable, "-m", "pixelbeam", "run", cfg], out, ROOT)
         assert main(["run", cfg]) == 0
         audit(cfg)
     finally:

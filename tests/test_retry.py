@@ -1,4 +1,4 @@
-"""Tests for transforms/retry.py: error classification tables and backoff bounds."""
+"""Tests for transforms/fetching/retry.py: error classification tables and backoff bounds."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 
-from transforms.retry import (
+from pixelbeam.transforms.fetching.retry import (
     FetchError,
     PermanentError,
     QuotaError,
@@ -323,7 +323,7 @@ def test_should_retry():
 
 
 def test_call_with_retries_retries_transient_errors_and_stops_at_permanent_ones():
-    from transforms.retry import call_with_retries
+    from pixelbeam.transforms.fetching.retry import call_with_retries
     slept = []
     answers = iter([TransientError("503", cause="http_503"), QuotaError("429", cause="http_429"), "listed"])
 

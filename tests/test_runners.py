@@ -5,24 +5,17 @@ source and for the Earth Engine source against the local emulator."""
 
 import os
 
-import pytest
 import yaml
 
 from outputs_compare import assert_same_outputs
-from pipeline.cli import main
-from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+from pixelbeam.pipeline.cli import main
+from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
 REGIONS = os.path.join(ROOT, "data", "regions.geojson")
 ASSET = "projects/pixelbeam-test/assets/landsat"
 MULTI_PROCESSING = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
-
-
-@pytest.fixture(autouse=True)
-def importable_by_worker_processes(monkeypatch):
-    """Worker processes import pixelbeam's modules to unpickle its DoFns: give them the repository."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
 
 
 def write_config(tmp_path, name, source, grid):

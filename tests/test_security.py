@@ -11,8 +11,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pipeline.cli import main
-from pipeline.ee_emulator import EmulatorConfig, EmulatorServer
+from pixelbeam.pipeline.cli import main
+from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")

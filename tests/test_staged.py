@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.cli import pipeline_options
-from pipeline.config import load_config
-from pipeline.graph import StageTo, build_pipeline, fetch_settings
-from pipeline.plan import prepare_job
-from pipeline.table_graph import build_table_pipeline
-from pipeline.table_plan import prepare_table_job
-from transforms import staged
+from pixelbeam.pipeline.runner import pipeline_options
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.pipeline.graph import build_pipeline
+from pixelbeam.pipeline.runner import fetch_settings
+from pixelbeam.transforms.planning.staged import StageTo
+from pixelbeam.pipeline.plan import prepare_job
+from pixelbeam.pipeline.tables.graph import build_table_pipeline
+from pixelbeam.pipeline.tables.plan import prepare_table_job
+from pixelbeam.transforms.planning import staged
 from tests.test_gcs import gcs  # noqa: F401  (the Cloud Storage emulator fixture)
 from tests.test_point_table import read_table, write_collection, write_config, write_points
 
@@ -101,7 +103,7 @@ def test_staged_files_on_cloud_storage_read_back(gcs):
     assert staged.resolve(handle) == value
     chunks = staged.stage_chunks(list(range(45_000)), f"gs://{BUCKET}/tmp/pixelbeam-plan-r1", "cells")
     assert len(chunks) == 3 and [x for c in chunks for x in staged.unstage_items(c)] == list(range(45_000))
-    from pipeline.dataflow import remove_staging
+    from pixelbeam.pipeline.dataflow import remove_staging
     remove_staging(StageTo(f"gs://{BUCKET}/tmp/pixelbeam-plan-r1"))
     assert not list(gcs.list_blobs(BUCKET, prefix="tmp/pixelbeam-plan-r1/"))
 

@@ -1,4 +1,4 @@
-"""pipeline/summary.py: the end-of-run counts from manifest.jsonl, streamed (pipeline.summary.
+"""pipeline/summary.py: the end-of-run counts from manifest.jsonl, streamed (pixelbeam.pipeline.summary.
 manifest_outcomes) and equal to the former read-everything count, kept here as the reference."""
 
 import collections
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import summary
-from pipeline.summary import RunSummary, count_outcomes, manifest_keys, manifest_outcomes
-from transforms.sinks import to_json_line
+from pixelbeam.pipeline import summary
+from pixelbeam.pipeline.summary import RunSummary, count_outcomes, manifest_keys, manifest_outcomes
+from pixelbeam.transforms.storage import to_json_line
 
 try:  # the Cloud Storage emulator fixture, when gcp-storage-emulator is installed
     from test_gcs import BUCKET, gcs  # noqa: F401

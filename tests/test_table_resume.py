@@ -12,7 +12,7 @@ import time
 
 import yaml
 
-from pipeline.cli import main
+from pixelbeam.pipeline.cli import main
 from tests.test_point_table import expected_rows, read_table, write_collection, write_config, write_points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,8 +23,8 @@ class Fetches:
     """Records the group id of every fetch and fails the groups in `fail` permanently."""
 
     def __init__(self, monkeypatch):
-        from transforms import table_source
-        from transforms.retry import PermanentError
+        from pixelbeam.transforms.sources import table as table_source
+        from pixelbeam.transforms.fetching.retry import PermanentError
         self.ids, self.fail = [], set()
         real = table_source.RasterTableReader.fetch
 
@@ -151,7 +151,7 @@ def test_a_changed_config_or_point_set_is_refused_unless_overwrite(tmp_path, cap
 
 
 def test_a_deleted_shard_is_fetched_again_from_its_groups_record(tmp_path, monkeypatch):
-    from pipeline import table_plan
+    from pixelbeam.pipeline.tables import plan as table_plan
     monkeypatch.setattr(table_plan, "ROWS_PER_SHARD", 12)  # 48 points x 3 images: 12 shards
     files, profile = write_collection(tmp_path, 3)
     cfg, times = write_config(tmp_path, files, write_points(tmp_path, profile, SPREAD), group_size=8)
@@ -171,8 +171,8 @@ def test_a_deleted_shard_is_fetched_again_from_its_groups_record(tmp_path, monke
 SLOW_WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from pipeline import table_plan
-from transforms import table_sink
+from pixelbeam.pipeline.tables import plan as table_plan
+from pixelbeam.transforms.tables import sink as table_sink
 table_plan.ROWS_PER_SHARD = 12  # many small shards
 real = table_sink.write_shard
 def slow(*args, **kwargs):
@@ -180,7 +180,7 @@ def slow(*args, **kwargs):
     time.sleep(0.4)
     return written
 table_sink.write_shard = slow
-from pipeline.cli import main
+from pixelbeam.pipeline.cli import main
 sys.exit(main(["run", {cfg!r}]))
 """
 

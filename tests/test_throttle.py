@@ -1,4 +1,4 @@
-"""Tests for transforms/throttle.py on a fake clock (no timed assertions)."""
+"""Tests for transforms/fetching/throttle.py on a fake clock (no timed assertions)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 
 from tests.fakes import FakeClock
-from transforms.throttle import (
+from pixelbeam.transforms.fetching.throttle import (
     AdaptiveThrottler,
     RequestPacer,
     Throttler,

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, parse_config
-from transforms.visualize import (VisualizationError, apply_palette, jpeg_bytes, parse_color, patch_to_jpeg_bytes,
+from pixelbeam.pipeline.cli import main
+from pixelbeam.pipeline.config import ConfigError, parse_config
+from pixelbeam.transforms.formats.visualize import (VisualizationError, apply_palette, jpeg_bytes, parse_color, patch_to_jpeg_bytes,
                                   patch_to_png_bytes, render_rgb, resolve_vis, stretch)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

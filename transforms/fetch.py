@@ -21,12 +21,12 @@ from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.patch import FAILED, FailedPatch, Patch, PatchSpec  # FAILED: also the dead-letter tag
-from transforms.progress import ProgressFile
-from transforms.request_runner import RequestRunner, RequestStats
-from transforms.retry import FetchError, RetryPolicy, classify_exception
-from transforms.sources import PixelReader, PixelSource, SourceInfo, assemble_patch, patch_parts
-from transforms.throttle import AdaptiveThrottler, Throttler
+from pixelbeam.transforms.patch import FAILED, FailedPatch, Patch, PatchSpec  # FAILED: also the dead-letter tag
+from pixelbeam.transforms.fetching.progress import ProgressFile
+from pixelbeam.transforms.fetching.runner import RequestRunner, RequestStats
+from pixelbeam.transforms.fetching.retry import FetchError, RetryPolicy, classify_exception
+from pixelbeam.transforms.sources.base import PixelReader, PixelSource, SourceInfo, assemble_patch, patch_parts
+from pixelbeam.transforms.fetching.throttle import AdaptiveThrottler, Throttler
 
 METRICS_NAMESPACE = "pixelbeam"
 

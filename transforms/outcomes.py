@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from transforms.grid import bounds_to_lonlat
-from transforms.patch import FAILED, FILTERED, WRITTEN, FailedPatch, Patch, PatchSpec
+from pixelbeam.transforms.planning.grid import bounds_to_lonlat
+from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN, FailedPatch, Patch, PatchSpec
 
 
 def npy_relpath(patch_id: str) -> str:

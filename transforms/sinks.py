@@ -8,43 +8,24 @@ manifest and the dead letters use Beam's file sinks, which finalize by renaming 
 from __future__ import annotations
 
 import dataclasses
-import json
-import uuid
 from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
-from transforms.encode import patch_to_example
-from transforms.outputs import PatchFileOptions, encode_patch_files, per_patch_formats
-from transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
-from transforms.patch import FAILED, FILTERED, FailedPatch, Patch
+from pixelbeam.transforms.formats.encode import patch_to_example
+from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, per_patch_formats
+from pixelbeam.transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
+from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch
+from pixelbeam.transforms.storage import join, to_json_line, write_atomically
 
 TFRECORD_PREFIX = "tfrecord/patches"
 TFRECORD_SUFFIX = ".tfrecord.gz"
 
 
-def join(base: str, relpath: str) -> str:
-    return FileSystems.join(base, *relpath.split("/"))
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the whole file or none of it."""
-    directory, name = FileSystems.split(path)
-    tmp = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
-
-
 def patch_files(templates, patch_id: str) -> list[str]:
     """The files a patch was written to, relative to the output path."""
     return [t.format(patch_id=patch_id) for t in templates]
-
-
-def to_json_line(row: dict) -> str:
-    return json.dumps(row, separators=(",", ":"), sort_keys=False)
 
 
 class JudgePatches(beam.DoFn):
@@ -62,7 +43,7 @@ class JudgePatches(beam.DoFn):
 
 
 class WritePatchFiles(beam.DoFn):
-    """Writes each per-patch file (NPY, GeoTIFF, PNG, JPEG; see transforms/outputs.py)
+    """Writes each per-patch file (NPY, GeoTIFF, PNG, JPEG; see transforms/formats/files.py)
     atomically; main output the patch's manifest row listing them and then `shared` (e.g. the
     TFRecord shards), FAILED the FailedPatch of an encoding or write that raised."""
 

@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.patch import FILTERED, WRITTEN, PatchSpec
+from pixelbeam.transforms.patch import FILTERED, WRITTEN, PatchSpec
 
 CARRIED = "carried"
 

@@ -1,7 +1,7 @@
 """TilePatches: planned cells -> PatchSpecs on the global grid, spread over workers.
 
-The launcher plans coarse cells (transforms/cells.py; on Dataflow staged as files with the
-regions and sample, transforms/staged.py); workers expand each cell into its patches behind a
+The launcher plans coarse cells (transforms/planning/cells.py; on Dataflow staged as files with the
+regions and sample, transforms/planning/staged.py); workers expand each cell into its patches behind a
 Reshuffle, and a second Reshuffle spreads the patches of a cell over workers
 before fetching. A patch lies in exactly one cell, so no deduplication step is needed.
 """
@@ -14,11 +14,11 @@ from typing import Sequence, Union
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.cells import Cell, expand_cell, project_regions
-from transforms.grid import GridSpec
-from transforms.regions import Region
-from transforms.sampling import Sample
-from transforms.staged import Staged, resolve, unstage_items
+from pixelbeam.transforms.planning.cells import Cell, expand_cell, project_regions
+from pixelbeam.transforms.planning.grid import GridSpec
+from pixelbeam.transforms.planning.regions import Region
+from pixelbeam.transforms.planning.sampling import Sample
+from pixelbeam.transforms.planning.staged import Staged, resolve, unstage_items
 
 
 class ExpandCells(beam.DoFn):
@@ -43,12 +43,12 @@ class ExpandCells(beam.DoFn):
 @dataclasses.dataclass
 class TilePatches(beam.PTransform):
     """PBegin -> PCollection[PatchSpec] of the cells' patches. Each input may be staged
-    (transforms/staged.py): `cells` as chunks, `regions` and `sample` whole."""
+    (transforms/planning/staged.py): `cells` as chunks, `regions` and `sample` whole."""
 
     cells: Sequence[Union[Cell, Staged]]
     regions: Union[Sequence[Region], Staged]
     grid: GridSpec
-    sample: Union[Sample, Staged, None] = None  # per-region subset and labels (transforms/sampling.py)
+    sample: Union[Sample, Staged, None] = None  # per-region subset and labels (transforms/planning/sampling.py)
 
     def __post_init__(self):
         super().__init__()

@@ -1,0 +1,120 @@
+"""The job's YAML config: schema, validation and path resolution, before anything runs.
+
+One frozen `Config` object (pydantic models with unknown keys forbidden). Every problem is a
+`ConfigError` whose message is one line naming the field and saying what to do. Relative
+paths in a config resolve against the config file's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import ValidationError, model_validator
+
+from pixelbeam.pipeline.config.base import REMOTE, ConfigError, Strict, resolve
+from pixelbeam.pipeline.config.sections import (FORMATS, FetchConfig, GridConfig, MaskConfig, OutputConfig,
+                                                SampleConfig, VisualizationConfig)
+from pixelbeam.pipeline.config.sources import (COLLECTION_MODES, HIGH_VOLUME_URL, EarthEngineFilter,
+                                               EarthEngineSourceConfig, RasterImageConfig, RasterSourceConfig,
+                                               Reducer, SourceConfig, check_collection)
+from pixelbeam.pipeline.config.table import TableConfig
+
+__all__ = [
+    "Config", "ConfigError", "load_config", "parse_config", "describe_validation_error", "resolve", "resolve_paths",
+    "Strict", "REMOTE", "FORMATS", "FetchConfig", "GridConfig", "MaskConfig", "OutputConfig", "SampleConfig",
+    "VisualizationConfig", "COLLECTION_MODES", "HIGH_VOLUME_URL", "EarthEngineFilter", "EarthEngineSourceConfig",
+    "RasterImageConfig", "RasterSourceConfig", "Reducer", "SourceConfig", "check_collection", "TableConfig",
+]
+
+
+class Config(Strict):
+    source: SourceConfig
+    regions: Union[str, list[float]]
+    grid: GridConfig = GridConfig()
+    output: OutputConfig
+    fetch: FetchConfig = FetchConfig()
+    mask: MaskConfig = MaskConfig()
+    sample: SampleConfig = SampleConfig()
+    table: Optional[TableConfig] = None  # point time series instead of patches (pipeline/tables/graph.py)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _raster_by_default(cls, data: Any):
+        if isinstance(data, dict) and isinstance(data.get("source"), dict) and "kind" not in data["source"]:
+            data = {**data, "source": {"kind": "raster", **data["source"]}}
+        return data
+
+
+def load_config(path: str) -> Config:
+    """Read, validate and resolve a YAML config; raises ConfigError (one line)."""
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; give the path to a YAML config") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch")
+    return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
+
+
+def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config:
+    """Validate a config mapping and resolve its relative paths against `base_dir`."""
+    try:
+        config = Config.model_validate(doc, context={"table": doc.get("table") is not None})
+    except ValidationError as e:
+        raise ConfigError(f"{name}: {describe_validation_error(e)}") from None
+    return resolve_paths(config, base_dir)
+
+
+# What a field of several accepted shapes takes, for type errors (pydantic would name only the
+# first shape it tried).
+SHAPE_HINTS = {
+    "regions": "give a GeoJSON path or a [min_lon, min_lat, max_lon, max_lat] bbox",
+    "grid.patch_size": "give pixels as an int or [width, height]",
+    "grid.scale": "give a pixel size in CRS units (a number or [x, y]) or native",
+    "grid.origin": "give [x, y] in CRS units or native",
+    "source.uri": "give a path or URL, or a list of them",
+    "source.bands": "give a list of 1-based band indexes or band names",
+}
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """The first pydantic error as 'field.path: what is wrong (got …)'."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p) in ("raster", "earthengine")]
+    loc = [p for p in loc if not p.startswith(("function-", "literal[", "tuple[", "list[", "str", "int", "float"))]
+    field = ".".join(loc) or "config"
+    if field in SHAPE_HINTS and err["type"].endswith(("_type", "_parsing", "literal_error", "too_long", "too_short")):
+        return f"{field}: {SHAPE_HINTS[field]} (got {err.get('input')!r})"
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown key; remove it or check its spelling against the config reference"
+    if err["type"] == "union_tag_invalid":
+        tag = (err.get("ctx") or {}).get("tag")
+        return f"{field}.kind: {tag!r} is not a source kind; use raster or earthengine"
+    if err["type"] == "missing":
+        return f"{field}: required key is missing; add it"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{field}: {msg}{shown}"
+
+
+def resolve_paths(config: Config, base_dir: str) -> Config:
+    updates: dict[str, Any] = {"output": config.output.model_copy(update={"path": resolve(config.output.path, base_dir)})}
+    if isinstance(config.regions, str):
+        updates["regions"] = resolve(config.regions, base_dir)
+    if isinstance(config.source, RasterSourceConfig) and config.source.images is not None:
+        images = [i.model_copy(update={"uri": resolve(i.uri, base_dir)}) for i in config.source.images]
+        updates["source"] = config.source.model_copy(update={"images": images})
+    elif isinstance(config.source, RasterSourceConfig):
+        uris = [resolve(u, base_dir) for u in config.source.uris]
+        updates["source"] = config.source.model_copy(update={"uri": uris[0] if isinstance(config.source.uri, str) else uris})
+    return config.model_copy(update=updates)

@@ -1,0 +1,127 @@
+"""The `grid:`, `output:`, `mask:`, `sample:` and `fetch:` sections."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from pixelbeam.pipeline.config.base import Strict
+
+FORMATS = ("tfrecord", "npy", "geotiff", "png", "jpeg")
+
+
+class GridConfig(Strict):
+    """The patch grid. Units: `scale` in CRS units per pixel; sizes in pixels."""
+
+    crs: str = "native"
+    scale: Union[float, tuple[float, float], Literal["native"]] = "native"
+    origin: Optional[Union[tuple[float, float], Literal["native"]]] = None
+    patch_size: Union[int, tuple[int, int]] = 256
+    overlap: int = Field(0, ge=0)
+    margin: int = Field(0, ge=0)
+    min_coverage: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_size(cls, v):
+        sizes = (v, v) if isinstance(v, int) else v
+        if min(sizes) < 1:
+            raise ValueError("patch sizes must be at least 1 px")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, v):
+        if v != "native" and min((v, v) if isinstance(v, (int, float)) else v) <= 0:
+            raise ValueError("the pixel size must be positive (CRS units)")
+        return v
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self):
+        if self.overlap >= min(self.patch_sizes):
+            raise ValueError(f"overlap ({self.overlap} px) must be smaller than patch_size {self.patch_size}")
+        return self
+
+    @property
+    def patch_sizes(self) -> tuple[int, int]:
+        return (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else tuple(self.patch_size)
+
+
+class VisualizationConfig(Strict):
+    """Earth Engine's visualization parameters for png/jpeg (see transforms/formats/visualize.py);
+    band names and per-band lengths are checked against the source when the job is planned."""
+
+    bands: Optional[list[str]] = None
+    min: Optional[Union[float, list[float]]] = None
+    max: Optional[Union[float, list[float]]] = None
+    gamma: Optional[Union[float, list[float]]] = None
+    palette: Optional[list[str]] = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        from pixelbeam.transforms.formats.visualize import check_vis_config
+        check_vis_config(self)
+        return self
+
+
+class OutputConfig(Strict):
+    """Where and how patches are written; `max_masked_ratio` filters mostly masked patches."""
+
+    path: str
+    formats: list[Literal["tfrecord", "npy", "geotiff", "png", "jpeg"]] = ["tfrecord", "npy"]
+    max_masked_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    tfrecord_shards: int = Field(0, ge=0)
+    bands_axis: Literal[0, -1] = 0  # NPY layout: 0 (C, H, W) or -1 (H, W, C)
+    visualization: Optional[VisualizationConfig] = None  # for png / jpeg
+    scaling: Optional[Union[str, list[Any], dict[str, Any]]] = None  # Descartes Labs' scaling (transforms/pixels/scaling.py)
+    data_type: Optional[str] = None  # output type: Byte, UInt16, Int16, UInt32, Int32, Float32, Float64
+    band_ranges: Optional[dict[str, dict[str, tuple[float, float]]]] = None  # per band: data_range, default_range, physical_range
+
+    @field_validator("formats")
+    @classmethod
+    def _some_format(cls, v):
+        if not v:
+            raise ValueError(f"give at least one of {', '.join(FORMATS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _visualization_for_pictures(self):
+        if self.visualization is not None and not {"png", "jpeg"} & set(self.formats):
+            raise ValueError("visualization applies to png and jpeg; add one to output.formats or remove it")
+        return self
+
+
+class MaskConfig(Strict):
+    """Mask semantics (transforms/pixels/masking.py): which pixels are masked and what masked pixels hold."""
+
+    mask_nodata: bool = True  # raster: pixels equal to the file's nodata value are masked (Descartes Labs' mask_nodata)
+    mask_alpha: bool = True  # raster: the alpha band masks (Descartes Labs' mask_alpha)
+    unmask: Optional[float] = None  # Earth Engine's unmask(value): masked pixels become valid with this value
+    fill_value: Optional[float] = None  # masked pixels are written with this value (default: as the source gives them)
+    npy: bool = False  # also write npy/<patch_id>.mask.npy (uint8 (H, W), 1 = valid)
+
+    @model_validator(mode="after")
+    def _unmask_or_fill(self):
+        if self.unmask is not None and self.fill_value is not None:
+            raise ValueError("unmask leaves no masked pixel for fill_value to fill; give one of them")
+        return self
+
+
+class SampleConfig(Strict):
+    """Which patches of the grid are planned (transforms/planning/sampling.py)."""
+
+    per_region: Optional[int] = Field(None, ge=1)  # exactly min(N, patches) patches of each region
+    seed: int = 0
+    centered_on_points: bool = False  # a point keeps the grid patch whose centre is nearest to it
+    label_property: Optional[str] = None  # a region property carried as each patch's label
+
+
+class FetchConfig(Strict):
+    """Request control for the whole job (divided over workers)."""
+
+    max_concurrent_requests: int = Field(40, ge=1)
+    max_requests_per_second: float = Field(100.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    batch_size: int = Field(64, ge=1)

@@ -1,0 +1,41 @@
+"""Load a written pixelbeam output into a training loop: `tf.data` and PyTorch.
+
+Everything is driven by the output's `dataset.json` (bands, feature spec, `bands_axis`) and
+`manifest.jsonl` (which patches were written), so a loader never guesses shapes. This package
+imports neither TensorFlow nor PyTorch at import time:
+
+- `tf_dataset(output_path, ...)` (`tf_data.py`) imports TensorFlow when called and returns a
+  `tf.data.Dataset` of `(H, W, C)` float32 images (TensorFlow's channels-last convention),
+  optionally with labels and the mask.
+- `NpyPatchDataset` and `TFRecordPatchDataset` are PyTorch datasets (`torch_datasets.py`,
+  which imports torch; resolved here on first access) yielding `(C, H, W)` float32 tensors
+  (PyTorch's channels-first convention), whatever `bands_axis` the NPY files were written with.
+- `common.py` reads dataset.json, the manifest, NPY files and TFRecord shards with numpy only.
+
+    ds = tf_dataset("out/demo", batch_size=8, with_mask=True)      # (image, mask) batches
+    loader = torch.utils.data.DataLoader(NpyPatchDataset("out/demo"), batch_size=8)
+
+Pixel values are the source values cast to float32 (no scaling). Images cover the stored
+window, i.e. the patch plus `margin` px on every side, unless `crop_margin=True`.
+"""
+
+from __future__ import annotations
+
+from pixelbeam.transforms.loaders.common import (band_features, example_arrays, label_entry, load_npy,
+                                                 read_dataset_json, tfrecord_files, to_chw, written_npy_files)
+from pixelbeam.transforms.loaders.tf_data import tf_dataset
+
+__all__ = [
+    "tf_dataset", "NpyPatchDataset", "TFRecordPatchDataset", "read_dataset_json", "band_features",
+    "label_entry", "written_npy_files", "tfrecord_files", "to_chw", "load_npy", "example_arrays",
+]
+
+_TORCH_NAMES = ("NpyPatchDataset", "TFRecordPatchDataset")
+
+
+def __getattr__(name: str):
+    """`NpyPatchDataset` / `TFRecordPatchDataset` import torch only when first used."""
+    if name in _TORCH_NAMES:
+        from pixelbeam.transforms.loaders import torch_datasets
+        return getattr(torch_datasets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

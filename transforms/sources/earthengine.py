@@ -1,0 +1,347 @@
+"""Earth Engine pixel source: `getPixels` on an image asset, `computePixels` on a computed image.
+
+Requests carry the patch's PixelGrid and ask for NPY (a structured array, one field per band).
+Earth Engine returns masked pixels as 0, so unless `mask: none` the request adds one uint8 band,
+`pixelbeam_valid`, that is 1 where every requested band is valid; with `mask: none` an asset is
+read with `getPixels` (no computation) and every pixel counts as valid.
+
+A collection with `collection_mode` (stack, mosaic, composite, flatten) is listed once when the
+job is planned: one `value:compute` (what `getInfo()` sends) of the filtered collection's
+`aggregate_array` of `system:index`, `system:time_start` and, for `flatten_by` a property, that
+property. With `bounds` (the job's lon/lat extent) the collection is first `filterBounds`-ed, so
+only images that can touch a patch are listed. Each patch then requests every listed image on
+its own (`<collection>/<system:index>`, one request of C x H x W per image, which fits the
+request limits as a single image does, where a `toBands()` stack of T images would hit the
+1024-band and 48 MiB caps), and the images are combined by transforms/pixels/collections.py exactly
+as for raster files. Without `collection_mode`, `composite` is reduced by Earth Engine (one
+request per patch). The `ee` client is initialized once per worker process, with its own
+retries off (pixelbeam's request runner is the only one deciding) and its HTTP deadline set to
+`timeout_s`; the launcher's listing and band probe are retried by `call_with_retries`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import ipaddress
+import threading
+import urllib.parse
+from typing import Optional
+
+import numpy as np
+
+from pixelbeam.transforms.pixels.collections import CollectionError, CollectionImage, iso_time, plan_collection
+from pixelbeam.transforms.patch import PatchSpec
+from pixelbeam.transforms.pixels.resampling import ee_resampling
+from pixelbeam.transforms.fetching.retry import PermanentError, RetryPolicy, call_with_retries, classify_exception
+from pixelbeam.transforms.fetching.sizing import EE_MAX_BANDS, EE_MAX_BYTES, RequestLimits, RequestPart
+from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInfo
+
+VALID_BAND = "pixelbeam_valid"
+NPY_MAX_HEADER = 1 << 20  # bytes of an NPY header (a dtype of up to 1,024 fields; no pickle either way)
+LAUNCH_POLICY = RetryPolicy(max_attempts=6, base_delay_s=0.5, max_delay_s=10.0)  # listing and probe
+EE_SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform")
+FILTER_OPS = {"eq": "eq", "neq": "neq", "lt": "lt", "lte": "lte", "gt": "gt", "gte": "gte"}
+
+_init_lock = threading.Lock()
+_initialized_for: Optional[tuple] = None
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_credentials(credentials: str, url: str):
+    """`default` (application default credentials), `anonymous` (a loopback url only, e.g. the
+    emulator), or the path of a service-account key file."""
+    if credentials == "anonymous":
+        if not is_loopback(url):
+            raise SourceError(f"source.credentials: anonymous is only allowed for a loopback url (got {url!r}); "
+                              "use default credentials or a service-account key file")
+        import google.auth.credentials
+        return google.auth.credentials.AnonymousCredentials()
+    if credentials == "default":
+        import google.auth
+        try:
+            creds, _ = google.auth.default(scopes=list(EE_SCOPES))
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise SourceError("source.credentials: no Google application default credentials; run "
+                              "'gcloud auth application-default login' or give a service-account key file") from None
+        return creds
+    from google.oauth2 import service_account
+    try:
+        return service_account.Credentials.from_service_account_file(credentials, scopes=list(EE_SCOPES))
+    except (OSError, ValueError) as e:
+        raise SourceError(f"source.credentials: cannot read the service-account key file ({type(e).__name__}); "
+                          "give a readable JSON key, default, or anonymous for a local emulator") from None
+
+
+def initialize_earth_engine(url: str, project: Optional[str], credentials: str, timeout_s: float) -> None:
+    """Initialize the `ee` client once per process for (url, project, credentials)."""
+    global _initialized_for
+    key = (url, project, credentials, timeout_s)
+    with _init_lock:
+        if _initialized_for == key:
+            return
+        import ee
+        creds = load_credentials(credentials, url)
+        if is_loopback(url):
+            _initialize_offline(ee, creds, url, project)
+        else:
+            ee.Initialize(credentials=creds, url=url, project=project)
+        ee.data.setMaxRetries(0)
+        ee.data.setDeadline(int(timeout_s * 1000))
+        _widen_connection_pool(ee)
+        _initialized_for = key
+
+
+def _widen_connection_pool(ee, connections: int = 128) -> None:
+    """Keep a connection per fetch thread: `requests` keeps 10 per host by default, so with
+    40 requests in flight 30 would open a new TLS connection each time."""
+    from requests.adapters import HTTPAdapter
+    session = ee.data._get_state().requests_session  # the session every ee call goes through
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=connections))
+
+
+def _initialize_offline(ee, creds, url: str, project: Optional[str]) -> None:
+    """ee.Initialize against a local server: skip the client's download of the public data
+    catalog (used only to warn about deprecated assets), which needs the internet."""
+    import ee.deprecation
+    fetch = ee.deprecation._FetchDataCatalogStac
+    ee.deprecation._FetchDataCatalogStac = lambda: {}
+    try:
+        ee.Initialize(credentials=creds, url=url, project=project or "pixelbeam-local")
+    finally:
+        ee.deprecation._FetchDataCatalogStac = fetch
+
+
+@dataclasses.dataclass(frozen=True)
+class EarthEngineSource:
+    """An Earth Engine image: `asset`, or `collection` filtered and composited."""
+
+    asset: Optional[str] = None
+    collection: Optional[str] = None
+    start: Optional[str] = None
+    end: Optional[str] = None
+    filters: tuple = ()  # (property, op, value)
+    composite: Optional[str] = None
+    bands: tuple[str, ...] = ()
+    mask: str = "source"
+    project: Optional[str] = None
+    url: str = "https://earthengine-highvolume.googleapis.com"
+    credentials: str = "default"
+    timeout_s: float = 120.0
+    resampling: Optional[str] = None  # ee.Image.resample mode: None (nearest), bilinear, bicubic
+    mode: Optional[str] = None  # collection_mode: each image requested, combined locally
+    flatten_by: str = "day"
+    min_coverage: float = 0.0  # filter_coverage
+    bounds: Optional[tuple[float, float, float, float]] = None  # lon/lat: list only images touching it
+
+    @property
+    def uses_get_pixels(self) -> bool:
+        return bool(self.asset) and self.mask == "none" and not self.resampling
+
+    def filtered_collection(self):
+        import ee
+        coll = ee.ImageCollection(self.collection)
+        if self.start or self.end:
+            coll = coll.filterDate(self.start or "1970-01-01", self.end or "2100-01-01")
+        for prop, op, value in self.filters:
+            coll = coll.filter(getattr(ee.Filter, FILTER_OPS[op])(prop, value))
+        if self.bounds:
+            coll = coll.filterBounds(ee.Geometry.BBox(*self.bounds))
+        return coll
+
+    def image(self, image_id: Optional[str] = None):
+        """The ee.Image to request (data bands only): the asset, one image of a collection
+        (`image_id`), or the composite. Needs an initialized client."""
+        import ee
+        if self.asset or image_id:
+            img = ee.Image(image_id or self.asset)
+            img = img.resample(self.resampling) if self.resampling else img
+        else:
+            coll = self.filtered_collection()
+            if self.resampling:  # resample each image: a composite has no native projection to interpolate in
+                coll = coll.map(lambda i, mode=self.resampling: ee.Image(i).resample(mode))
+            img = getattr(coll, self.composite)()
+        return img.select(list(self.bands)) if self.bands else img
+
+    def initialize(self) -> None:
+        try:
+            initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
+        except SourceError:
+            raise
+        except Exception as e:  # e.g. a token that cannot be refreshed, an unreachable url
+            raise SourceError(f"source: cannot initialize Earth Engine at {self.url} ({type(e).__name__}: "
+                              f"{_first_line(e)}); check url, project and credentials") from None
+
+    def list_collection(self, prop: Optional[str] = None) -> list[tuple[str, int, tuple]]:
+        """(system:index, system:time_start in ms, ((prop, value),) or ()) of each image of the
+        filtered collection, in listing order: one value:compute request (module doc)."""
+        import ee
+        coll = self.filtered_collection()
+        columns = {"index": coll.aggregate_array("system:index"), "time": coll.aggregate_array("system:time_start")}
+        if prop:
+            columns["property"] = coll.aggregate_array(prop)
+        try:
+            listing = call_with_retries(lambda: ee.data.computeValue(ee.Dictionary(columns)), LAUNCH_POLICY)
+        except Exception as e:
+            raise SourceError(f"source: Earth Engine could not list collection {self.collection!r} "
+                              f"({classify_exception(e)}); check the id, dates and filters") from None
+        index, times = listing["index"], listing["time"]
+        if not index:
+            raise SourceError(f"source: collection {self.collection!r} has no image in the dates, filters and "
+                              "regions; widen them")
+        if len(times) != len(index):
+            raise SourceError(f"source: {len(index) - len(times)} of {len(index)} images of {self.collection!r} "
+                              "have no system:time_start; add a filter that leaves them out")
+        values = listing.get("property", [])
+        if prop and len(values) != len(index):
+            raise SourceError(f"source.flatten_by: {len(index) - len(values)} of {len(index)} images have no "
+                              f"property {prop!r}; filter them out or flatten by day")
+        return [(i, int(t), ((prop, values[k]),) if prop else ()) for k, (i, t) in enumerate(zip(index, times))]
+
+    def list_images(self) -> list[CollectionImage]:
+        """The filtered collection's images (full id, ISO time, the flatten_by property)."""
+        prop = self.flatten_by if self.mode == "flatten" and self.flatten_by != "day" else None
+        return [CollectionImage(f"{self.collection}/{index}", iso_time(t), props)
+                for index, t, props in self.list_collection(prop)]
+
+    def probe(self, image_id: Optional[str] = None) -> SourceInfo:
+        """Band names and dtypes of the image (or of the collection's `image_id`), learnt from a
+        1x1 px request (Earth Engine's NPY header); no limits, no collection plan."""
+        reader = EarthEngineReader(self, None, image_id)
+        probe = PatchSpec("probe", "probe", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1)
+        try:
+            fields = call_with_retries(lambda: reader.request_structured(probe, None), LAUNCH_POLICY)
+        except Exception as e:
+            what = f"asset {self.asset!r}" if self.asset else f"collection {self.collection!r}"
+            raise SourceError(f"source: Earth Engine refused {what} ({classify_exception(e)}); "
+                              "check the id, bands and credentials") from None
+        names = tuple(n for n in fields.dtype.names if n != VALID_BAND)
+        return SourceInfo(band_names=names, dtypes=tuple(fields.dtype[n].name for n in names))
+
+    def describe(self) -> SourceInfo:
+        """Band names, dtypes and request limits (and, with collection_mode, the listed images)."""
+        self.initialize()
+        plan = None
+        if self.mode:
+            try:
+                plan = plan_collection(self.list_images(), self.mode, self.composite, self.flatten_by,
+                                       self.min_coverage)
+            except CollectionError as e:
+                raise SourceError(str(e)) from None
+        base = self.probe(plan.images[0].image_id if plan else None)
+        data_bytes = max(1, min(np.dtype(d).itemsize for d in base.dtypes))
+        # each request also carries the 1-byte valid band: keep data bytes within the share left
+        max_bytes = EE_MAX_BYTES if self.mask == "none" else EE_MAX_BYTES * data_bytes // (data_bytes + 1)
+        dtypes = tuple(plan.output_dtype(d) for d in base.dtypes) if plan else base.dtypes
+        return dataclasses.replace(base, dtypes=dtypes, collection=plan,
+                                   limits=RequestLimits(max_bytes=max_bytes, max_bands=EE_MAX_BANDS - 1))
+
+    def open(self, info: Optional[SourceInfo] = None) -> "EarthEngineReader":
+        """A reader for a worker; `info` from the launcher's describe() saves a probe request."""
+        initialize_earth_engine(self.url, self.project, self.credentials, self.timeout_s)
+        return EarthEngineReader(self, info or self.describe())
+
+
+def decode_npy(payload: bytes) -> np.ndarray:
+    """An NPY answer as a structured (H, W) array; a partial answer is a permanent error (the
+    server sent it so; a cut connection fails in the transport first)."""
+    try:  # numpy refuses headers over 10 kB by default; 1,024 named fields take about 25 kB
+        return np.load(io.BytesIO(payload), allow_pickle=False, max_header_size=NPY_MAX_HEADER)
+    except Exception as e:
+        raise PermanentError(f"undecodable NPY answer ({len(payload)} bytes): {e}", cause="decode") from e
+
+
+def valid_band(ee, img, band_names):
+    """A uint8 band, 1 where every band in `band_names` is valid, else 0: a constant masked by
+    each band's mask in turn, then unmasked to 0 (only ops every Earth Engine server has)."""
+    valid = ee.Image.constant(1).toByte()
+    for name in band_names:
+        valid = valid.updateMask(img.select([name]).mask())
+    return valid.unmask(0, False).rename([VALID_BAND])
+
+
+def part_pixel_grid(spec: PatchSpec, part: Optional[RequestPart]) -> dict:
+    """The PixelGrid of one request: the patch's fetch window, or a sub-window of it."""
+    grid = spec.pixel_grid()
+    if part is None:
+        return grid
+    t = grid["affineTransform"]
+    t = {**t, "translateX": t["translateX"] + part.col_off * t["scaleX"] + part.row_off * t["shearX"],
+         "translateY": t["translateY"] + part.col_off * t["shearY"] + part.row_off * t["scaleY"]}
+    return {**grid, "affineTransform": t, "dimensions": {"width": part.width, "height": part.height}}
+
+
+class EarthEngineReader:
+    """Fetches patch requests from Earth Engine; one per worker process, shared by threads."""
+
+    def __init__(self, source: EarthEngineSource, info: Optional[SourceInfo], image_id: Optional[str] = None):
+        import ee
+        self.ee, self.source, self.info = ee, source, info
+        self.limits = info.limits if info else None
+        plan = info.collection if info else None
+        image_id = image_id or (plan.images[0].image_id if plan else None)
+        self.image = self._with_valid_band(source.image(image_id))
+        self.images = [self._with_valid_band(source.image(im.image_id)) for im in plan.images] if plan else []
+
+    def _with_valid_band(self, img):
+        if self.source.mask != "none" and self.info is not None:  # (the describe probe needs data bands only)
+            img = img.addBands(valid_band(self.ee, img, self.info.band_names))
+        return img
+
+    def request_structured(self, spec: PatchSpec, part: Optional[RequestPart]) -> np.ndarray:
+        """The raw NPY structured array (H, W) of one request."""
+        band_ids = None
+        if part is not None:
+            band_ids = [self.info.band_names[b] for b in part.bands]
+            if self.source.mask != "none":
+                band_ids.append(VALID_BAND)
+        params = {"fileFormat": "NPY", "grid": part_pixel_grid(spec, part)}
+        if band_ids:
+            params["bandIds"] = band_ids
+        if self.source.uses_get_pixels:
+            payload = self.ee.data.getPixels({"assetId": self.source.asset, **params})
+        else:
+            image = self.image if part is None or part.image is None else self.images[part.image]
+            payload = self.ee.data.computePixels({"expression": image, **params})
+        return decode_npy(payload)
+
+    def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
+        fields = self.request_structured(spec, part)
+        names = [self.info.band_names[b] for b in part.bands]
+        data = np.empty((len(names),) + fields.shape, dtype=self.info.dtype)
+        for i, name in enumerate(names):
+            data[i] = fields[name]
+        if self.source.mask != "none":
+            mask = fields[VALID_BAND] > 0
+        else:
+            mask = np.ones(fields.shape, dtype=bool)
+        return PartResult(data=data, mask=mask, nbytes=fields.nbytes)
+
+    def close(self) -> None:
+        pass
+
+
+def _first_line(e: Exception, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else "")[:limit]
+
+
+def earthengine_source(cfg, timeout_s: float, bounds=None) -> EarthEngineSource:
+    """An EarthEngineSource from the validated `source:` config section; `bounds` (lon/lat) as
+    in EarthEngineSource."""
+    return EarthEngineSource(
+        asset=cfg.asset, collection=cfg.collection, start=cfg.start, end=cfg.end,
+        filters=tuple((f.property, f.op, f.value) for f in cfg.filters), composite=cfg.composite,
+        bands=tuple(cfg.bands), mask=cfg.mask or "source", project=cfg.project, url=cfg.url,
+        credentials=cfg.credentials, timeout_s=timeout_s, resampling=ee_resampling(cfg.resampling),
+        mode=cfg.collection_mode, flatten_by=cfg.flatten_by, min_coverage=cfg.filter_coverage, bounds=bounds)

@@ -1,0 +1,245 @@
+"""Raster pixel source: any GDAL-readable raster (path, URL, /vsicurl/, /vsigs/) via rasterio.
+
+A patch on the file's own grid is a plain window read (exact pixels); on any other grid the
+file is warped onto the patch grid by GDAL (`WarpedVRT`) with the configured resampling. The
+validity mask comes from GDAL's masks (nodata, alpha, internal mask band); pixels outside the
+file are invalid. A list of files is a mosaic: a later file wins wherever it is valid. A
+collection (`mode` set) reads each image as its own request and combines them in
+transforms/pixels/collections.py (stack, mosaic, composite, flatten). Each
+thread opens its own dataset handles once (GDAL handles are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from pixelbeam.transforms.pixels.collections import CollectionError, CollectionImage, iso_time, plan_collection
+from pixelbeam.transforms.planning.grid import bounds_to_lonlat
+from pixelbeam.transforms.patch import PatchSpec
+from pixelbeam.transforms.fetching.sizing import RequestPart
+from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInfo
+
+# Names users know from GDAL/rasterio and Earth Engine, mapped to rasterio's Resampling.
+RESAMPLING_ALIASES = {"near": "nearest", "cubicspline": "cubic_spline", "med": "med"}
+RESAMPLING_NAMES = tuple(sorted(set(Resampling.__members__) | set(RESAMPLING_ALIASES)))
+
+
+def resampling_method(name: str) -> Resampling:
+    name = RESAMPLING_ALIASES.get(name.lower(), name.lower())
+    if name not in Resampling.__members__:
+        raise SourceError(f"source.resampling: {name!r} is not known; use one of {', '.join(RESAMPLING_NAMES)}")
+    return Resampling[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterSource:
+    """Files in `uris` (one, or several mosaicked in order); `bands` 1-based indices or band
+    descriptions (None: all bands); `resampling` a GDAL resampling name."""
+
+    uris: tuple[str, ...]
+    bands: Optional[tuple] = None
+    resampling: str = "nearest"
+    mask_nodata: bool = True  # pixels equal to the nodata value are masked (Descartes Labs' mask_nodata)
+    mask_alpha: bool = True  # the alpha band masks (Descartes Labs' mask_alpha); both False: on the file's grid only
+    mode: Optional[str] = None  # collection_mode; None: one file, or `uris` mosaicked in the reader
+    times: tuple = ()  # per uri: an ISO time or None
+    properties: tuple = ()  # per uri: ((key, value), ...)
+    reducer: Optional[str] = None
+    flatten_by: str = "day"
+    min_coverage: float = 0.0  # filter_coverage
+
+    def describe(self) -> SourceInfo:
+        info = self._describe_files()
+        if self.mode is None:
+            return info
+        times = self.times or (None,) * len(self.uris)
+        props = self.properties or ((),) * len(self.uris)
+        try:
+            images = [CollectionImage(uri, iso_time(t) if t else "", tuple(p)) for uri, t, p in zip(self.uris, times, props)]
+            plan = plan_collection(images, self.mode, self.reducer, self.flatten_by, self.min_coverage)
+        except CollectionError as e:
+            raise SourceError(str(e)) from None
+        return dataclasses.replace(info, collection=plan, dtypes=tuple(plan.output_dtype(d) for d in info.dtypes))
+
+    def _describe_files(self) -> SourceInfo:
+        resampling_method(self.resampling)
+        infos = [self._describe_one(uri) for uri in self.uris]
+        first = infos[0]
+        for uri, info in zip(self.uris[1:], infos[1:]):
+            if info.band_names != first.band_names or info.dtypes != first.dtypes:
+                raise SourceError(f"source.uri: {uri!r} has bands {info.band_names} {info.dtypes}, the first file "
+                                  f"{first.band_names} {first.dtypes}; a collection needs the same bands in every file")
+        boxes = np.array([i.footprint_lonlat for i in infos])
+        footprint = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))
+        return dataclasses.replace(first, footprint_lonlat=tuple(float(v) for v in footprint))
+
+    def _describe_one(self, uri: str) -> SourceInfo:
+        try:
+            with rasterio.open(uri) as ds:
+                indexes = band_indexes(ds, self.bands, uri)
+                names = tuple(ds.descriptions[i - 1] or f"B{i}" for i in indexes)
+                crs = ds.crs.to_string() if ds.crs else None
+                if crs is None:
+                    raise SourceError(f"source.uri: {uri!r} has no CRS; georeference it (e.g. gdal_edit.py -a_srs)")
+                return SourceInfo(
+                    band_names=names, dtypes=tuple(ds.dtypes[i - 1] for i in indexes), crs=crs,
+                    transform=tuple(ds.transform)[:6], footprint_lonlat=bounds_to_lonlat(crs, tuple(ds.bounds)))
+        except RasterioIOError as e:
+            raise SourceError(f"source.uri: cannot open {uri!r} ({_first_line(e)}); check the path or URL") from None
+
+    def open(self, info: Optional[SourceInfo] = None) -> "RasterReader":
+        return RasterReader(self, info or self.describe())
+
+
+def band_indexes(ds, bands: Optional[Sequence], uri: str) -> tuple[int, ...]:
+    """1-based band indexes for `bands` given as indexes or band descriptions."""
+    if not bands:
+        return tuple(range(1, ds.count + 1))
+    out = []
+    for band in bands:
+        if isinstance(band, int) and not isinstance(band, bool):
+            if not 1 <= band <= ds.count:
+                raise SourceError(f"source.bands: band {band} does not exist in {uri!r}, which has bands 1..{ds.count}")
+            out.append(band)
+        elif isinstance(band, str) and band in ds.descriptions:
+            out.append(ds.descriptions.index(band) + 1)
+        else:
+            known = [d for d in ds.descriptions if d] or [f"1..{ds.count} (no band descriptions)"]
+            raise SourceError(f"source.bands: band {band!r} does not exist in {uri!r}; known bands: {', '.join(known)}")
+    return tuple(out)
+
+
+class RasterReader:
+    """Reads patch windows from the source's files; safe to share between threads."""
+
+    limits = None  # local reads need no splitting
+
+    def __init__(self, source: RasterSource, info: SourceInfo):
+        self.source, self.info = source, info
+        self.resampling = resampling_method(source.resampling)
+        self._local = threading.local()
+        self._all_handles: list = []
+        self._lock = threading.Lock()
+
+    def _dataset(self, uri: str):
+        """This thread's handle on `uri` and the file's band indexes, opened on first use."""
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = {}
+        if uri not in handles:
+            ds = rasterio.open(uri)
+            handles[uri] = (ds, band_indexes(ds, self.source.bands, uri))
+            with self._lock:
+                self._all_handles.append(ds)
+        return handles[uri]
+
+    def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
+        data = mask = None
+        nbytes = 0
+        uris = self.source.uris if part.image is None else (self.info.collection.images[part.image].image_id,)
+        for uri in uris:
+            ds, file_indexes = self._dataset(uri)
+            indexes = [file_indexes[b] for b in part.bands]
+            d, m = read_onto_grid(ds, indexes, spec, part, self.resampling,
+                                  ignore=ignored_masks(self.source.mask_nodata, self.source.mask_alpha))
+            nbytes += d.nbytes
+            if data is None:
+                data, mask = d, m
+            else:  # mosaic: a later file wins where it is valid
+                data = np.where(m[None], d, data)
+                mask = mask | m
+        return PartResult(data=data.astype(self.info.dtype, copy=False), mask=mask, nbytes=nbytes)
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._all_handles:
+                ds.close()
+            self._all_handles.clear()
+
+
+def ignored_masks(mask_nodata: bool, mask_alpha: bool) -> frozenset:
+    """The GDAL mask kinds ('nodata', 'alpha') that do not mask pixels."""
+    return frozenset(k for k, used in (("nodata", mask_nodata), ("alpha", mask_alpha)) if not used)
+
+
+def read_onto_grid(ds, indexes: Sequence[int], spec: PatchSpec, part: RequestPart,
+                   resampling: Resampling, ignore: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """(data (C, h, w), mask (h, w)) of one part of a patch's fetch window, read from `ds`;
+    `ignore` names GDAL mask kinds that do not mask (on the file's own grid only, checked
+    when the job is planned)."""
+    a, b, c, d, e, f = spec.fetch_transform
+    part_transform = Affine(a, b, c, d, e, f) * Affine.translation(part.col_off, part.row_off)
+    offset = aligned_offset(ds, spec.crs, part_transform)
+    if offset is not None:
+        return _window_read(ds, indexes, Window(offset[1], offset[0], part.width, part.height), ignore)
+    with WarpedVRT(ds, crs=spec.crs, transform=part_transform, width=part.width, height=part.height,
+                   resampling=resampling, add_alpha=ds.nodata is None and not _has_mask(ds)) as vrt:
+        if resampling == Resampling.nearest:
+            data, masks = vrt.read(indexes), vrt.read_masks(indexes)
+        else:  # one band at a time: a multi-band warp would treat nodata as unified across bands
+            data = np.stack([vrt.read(i) for i in indexes])
+            masks = np.stack([vrt.read_masks(i) for i in indexes])
+        mask = np.all(masks > 0, axis=0)
+    return data, mask
+
+
+def aligned_offset(ds, crs: str, transform: Affine, tol: float = 1e-6) -> Optional[tuple[int, int]]:
+    """(row, col) of `transform`'s origin in `ds` pixels if the two grids coincide, else None."""
+    t = ds.transform
+    if ds.crs is None or ds.crs != rasterio.crs.CRS.from_user_input(crs):
+        return None
+    if abs(t.b) > 0 or abs(t.d) > 0 or abs(transform.b) > 0 or abs(transform.d) > 0:
+        return None
+    if abs(t.a - transform.a) > tol * abs(t.a) or abs(t.e - transform.e) > tol * abs(t.e):
+        return None
+    col, row = (transform.c - t.c) / t.a, (transform.f - t.f) / t.e
+    if abs(col - round(col)) > tol or abs(row - round(row)) > tol:
+        return None
+    return int(round(row)), int(round(col))
+
+
+def _has_mask(ds) -> bool:
+    from rasterio.enums import MaskFlags
+    return any(MaskFlags.all_valid not in flags for flags in ds.mask_flag_enums)
+
+
+def _band_masks(ds, indexes, window: Window, ignore: frozenset) -> np.ndarray:
+    """GDAL's per-band masks (0 = masked), a band's all 255 where its mask kind is ignored."""
+    from rasterio.enums import MaskFlags
+    masks = ds.read_masks(indexes, window=window)
+    for k, i in enumerate(indexes):
+        flags = ds.mask_flag_enums[i - 1]
+        if ("nodata" in ignore and MaskFlags.nodata in flags) or ("alpha" in ignore and MaskFlags.alpha in flags):
+            masks[k] = 255
+    return masks
+
+
+def _window_read(ds, indexes, window: Window, ignore: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """A window read that may reach past the file's edges: outside pixels are nodata/0, masked."""
+    h, w = int(window.height), int(window.width)
+    fill = ds.nodata if ds.nodata is not None else 0
+    data = np.full((len(indexes), h, w), fill, dtype=np.result_type(*[ds.dtypes[i - 1] for i in indexes]))
+    mask = np.zeros((h, w), dtype=bool)
+    r0, c0 = max(int(window.row_off), 0), max(int(window.col_off), 0)
+    r1, c1 = min(int(window.row_off) + h, ds.height), min(int(window.col_off) + w, ds.width)
+    if r0 < r1 and c0 < c1:
+        inner = Window(c0, r0, c1 - c0, r1 - r0)
+        rows = slice(r0 - int(window.row_off), r1 - int(window.row_off))
+        cols = slice(c0 - int(window.col_off), c1 - int(window.col_off))
+        data[:, rows, cols] = ds.read(indexes, window=inner)
+        mask[rows, cols] = np.all(_band_masks(ds, indexes, inner, ignore) > 0, axis=0)
+    return data, mask
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,27 @@
+"""Where output files go, through Beam's filesystems (a local folder and gs://bucket/prefix
+alike): paths joined under the output path, whole-or-nothing writes, JSON lines. Beam-free
+apart from `apache_beam.io.filesystems`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+
+def join(base: str, relpath: str) -> str:
+    return FileSystems.join(base, *relpath.split("/"))
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the whole file or none of it."""
+    directory, name = FileSystems.split(path)
+    tmp = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+
+
+def to_json_line(row: dict) -> str:
+    return json.dumps(row, separators=(",", ":"), sort_keys=False)
