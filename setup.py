@@ -1,6 +1,13 @@
 """pixelbeam: regions of the Earth -> fixed-size raster patches for ML, as an Apache Beam pipeline."""
 
+import os
+import re
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "pixelbeam", "version.py"), encoding="utf-8") as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read())[1]  # the one place it is written
 
 CORE = [
     "apache-beam==2.77.*",
@@ -18,7 +25,12 @@ CORE = [
 GCP = ["apache-beam[gcp]==2.77.*", "google-cloud-storage>=2.14"]
 EE = ["earthengine-api>=1.5"]
 TF = ["tensorflow-cpu>=2.16"]
-TEST = ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0"] + GCP + EE + TF
+# In Jupyter: rich draws the live progress bar as an ipywidgets widget, and Beam's Pipeline,
+# run inside IPython, imports its interactive environment, which needs pandas (Beam's range).
+NOTEBOOK = ["ipywidgets>=8", "pandas>=1.4.3,<2.4"]
+# nbclient + ipykernel execute docs/notebook.ipynb in a real kernel (tests/test_notebook.py)
+TEST = (["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0",
+         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"] + GCP + EE + TF + NOTEBOOK)
 
 # One import name, `pixelbeam`, while the design card's folders stay at the top of the
 # repository: pixelbeam/ holds the public API (and pixelbeam.testing, the development servers),
@@ -27,16 +39,23 @@ PACKAGE_DIRS = {"pixelbeam": "pixelbeam", "pixelbeam.pipeline": "pipeline", "pix
 PACKAGES = [f"{name}.{sub}" if sub else name
             for name, folder in PACKAGE_DIRS.items()
             for sub in [""] + find_packages(where=folder)]
+# The demo rides along as in the repository, beside pipeline/: configs/ -> pixelbeam/configs,
+# data/ -> pixelbeam/data (data folders, no code), so configs/demo.yaml's ../data/ paths hold
+# and `pixelbeam demo` / `pixelbeam.demo_config()` run from an installed wheel.
+DATA_DIRS = {"pixelbeam.configs": "configs", "pixelbeam.data": "data"}
+PACKAGE_DATA = {"pixelbeam": ["py.typed"], "": ["*.json"],
+                "pixelbeam.configs": ["*.yaml", "*.json", "*.geojson"],
+                "pixelbeam.data": ["README.md", "RGB.byte.tif", "regions.geojson"]}
 
 setup(
     name="pixelbeam",
-    version="0.1.0",
+    version=VERSION,
     description=__doc__,
     python_requires=">=3.11",
-    packages=PACKAGES,
-    package_dir=PACKAGE_DIRS,
-    package_data={"pixelbeam": ["py.typed"], "": ["*.json"]},
+    packages=PACKAGES + list(DATA_DIRS),
+    package_dir={**PACKAGE_DIRS, **DATA_DIRS},
+    package_data=PACKAGE_DATA,
     install_requires=CORE,
-    extras_require={"gcp": GCP, "ee": EE, "tf": TF, "test": TEST},
+    extras_require={"gcp": GCP, "ee": EE, "tf": TF, "notebook": NOTEBOOK, "test": TEST},
     entry_points={"console_scripts": ["pixelbeam=pixelbeam.pipeline.cli:main"]},
 )

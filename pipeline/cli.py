@@ -1,8 +1,9 @@
-"""The `pixelbeam` command: run, plan, emulate.
+"""The `pixelbeam` command: run, plan, retry-failed, demo, preview, emulate.
 
 `pixelbeam run CONFIG [Beam options]` runs the job (Beam options such as --runner pass straight
 through); `pixelbeam plan CONFIG` plans it and sends nothing. Bad input is one line on stderr
-and exit status 2; a run whose failed fraction exceeds --max_failed_fraction exits 1.
+and exit status 2; a run whose failed fraction exceeds --max_failed_fraction exits 1. The
+commands call the Python API (pipeline/api.py) and print what it returns.
 """
 
 from __future__ import annotations
@@ -13,21 +14,26 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from pixelbeam.pipeline.config import ConfigError, load_config
+from pixelbeam.pipeline.config import ConfigError
+from pixelbeam.version import __version__
 
 log = logging.getLogger("pixelbeam")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelbeam", description="Regions of the Earth -> ML training patches.")
+    parser.add_argument("--version", action="version", version=f"pixelbeam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the extraction (extra arguments are Beam pipeline options)")
     run.add_argument("config")
-    run.add_argument("--max_failed_fraction", type=float, default=0.0,
-                     help="exit 1 when more than this fraction of planned patches failed (default 0)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="fetch and write every patch again, replacing what the output folder holds")
-    run.add_argument("-v", "--verbose", action="store_true")
+    demo = sub.add_parser("demo", help="run the bundled demo (a Landsat scene, four regions) into --output")
+    demo.add_argument("--output", default="out/demo", help="output folder (default out/demo in the current folder)")
+    for sub_parser in (run, demo):
+        sub_parser.add_argument("--max_failed_fraction", type=float, default=0.0,
+                                help="exit 1 when more than this fraction of planned patches failed (default 0)")
+        sub_parser.add_argument("--overwrite", action="store_true",
+                                help="fetch and write every patch again, replacing what the output folder holds")
+        sub_parser.add_argument("-v", "--verbose", action="store_true")
     retry = sub.add_parser("retry-failed", help="rerun the job of an output folder: fetches only what is not done")
     retry.add_argument("output", help="an output folder written by pixelbeam run (its dataset.json or table.json has the config)")
     retry.add_argument("--max_failed_fraction", type=float, default=0.0)
@@ -41,6 +47,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan.add_argument("--ee_emulator", metavar="URL", help="as for run")
     sub.add_parser("emulate", help="start a local Earth Engine REST emulator (see --help)", add_help=False)
     sub.add_parser("preview", help="write preview.png and footprints.png of an output (see --help)", add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "emulate":
         from pixelbeam.testing.ee_emulator.__main__ import main as emulate
@@ -52,32 +63,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    # Beam warns each time a rerun replaces manifest.jsonl / failed.jsonl: expected, not news
-    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
+    from pixelbeam.pipeline import api
     try:
-        config = load_output_config(args.output) if args.command == "retry-failed" else load_config(args.config)
-        if getattr(args, "ee_emulator", None):
-            config = use_emulator(config, args.ee_emulator)
-        if config.table is not None:  # point time series: pipeline/tables/graph.py
-            from pixelbeam.pipeline.tables.run import table_main
-            return table_main(args.command, config, rest, getattr(args, "json", False),
-                              getattr(args, "max_failed_fraction", 0.0), overwrite=getattr(args, "overwrite", False))
-        from pixelbeam.pipeline.plan import prepare_job
-        job = prepare_job(config)
+        config = command_config(args)
+        if args.command == "plan":
+            return print_plan(api.plan(config), as_json=args.json, footprints=args.footprints)
+        result = api.run(config, beam_args=rest, overwrite=getattr(args, "overwrite", False),
+                         max_failed_fraction=args.max_failed_fraction)
     except ConfigError as e:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
-    if args.command == "plan":
-        if args.footprints:
-            from pixelbeam.pipeline.footprints import write_footprints
-            write_footprints(job, args.footprints)
-        return print_plan(job, as_json=args.json)
-    from pixelbeam.pipeline.run import run_job
-    try:
-        return run_job(job, rest, args.max_failed_fraction, overwrite=getattr(args, "overwrite", False))
-    except ConfigError as e:
-        print(f"pixelbeam: error: {e}", file=sys.stderr)
-        return 2
+    for line in result.lines:
+        print(line)
+    if result.problem:
+        print(result.problem, file=sys.stderr)
+    return result.exit_code
+
+
+def command_config(args):
+    """The validated config a command runs: the YAML given, an output folder's recorded config
+    (retry-failed) or the bundled demo; pointed at the Earth Engine emulator with --ee_emulator."""
+    from pixelbeam.pipeline import api
+    if args.command == "retry-failed":
+        config = load_output_config(args.output)
+    elif args.command == "demo":
+        config = api.load(api.demo_config(args.output))
+    else:
+        config = api.load(args.config)
+    if getattr(args, "ee_emulator", None):
+        config = use_emulator(config, args.ee_emulator)
+    return config
 
 
 def load_output_config(output_path: str):
@@ -91,7 +106,7 @@ def load_output_config(output_path: str):
         if state and "config" in state:
             return parse_config(state["config"], name=f"{output_path}/{name}")
     raise ConfigError(f"{output_path}: no dataset.json or table.json with a config; "
-                      "give an output folder of a finished run")
+                      "give an output folder of a finished run", field=None)
 
 
 def use_emulator(config, url: str):
@@ -105,14 +120,11 @@ def use_emulator(config, url: str):
     return config.model_copy(update={"source": config.source.model_copy(update={"url": url, "credentials": "anonymous"})})
 
 
-def print_plan(job, as_json: bool) -> int:
-    from pixelbeam.pipeline.plan import plan_summary
-    summary = plan_summary(job)
-    if as_json:
-        print(json.dumps(summary, indent=2))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>22}: {value}")
+def print_plan(plan, as_json: bool, footprints: Optional[str] = None) -> int:
+    """`pixelbeam plan`: the footprints written (patch jobs), then the plan printed."""
+    if footprints and plan.unit == "patches":
+        plan.write_footprints(footprints)
+    print(json.dumps(plan.summary, indent=2) if as_json else str(plan))
     return 0
 
 

@@ -427,20 +427,26 @@ def count_lines(path: str) -> int:
 
 
 def try_write_previews(output_path: str) -> None:
-    """write_previews for the end of `pixelbeam run` (one line printed): a failure is a warning,
-    never an error; outputs of more than RUN_HOOK_MAX_PATCHES patches are left to
-    `pixelbeam preview`."""
+    """write_previews_quietly, its line printed."""
+    line = write_previews_quietly(output_path)
+    if line:
+        print(line)
+
+
+def write_previews_quietly(output_path: str) -> Optional[str]:
+    """write_previews for the end of a run; returns the line `pixelbeam run` prints (None when
+    nothing was drawn). A failure is a warning, never an error; outputs of more than
+    RUN_HOOK_MAX_PATCHES patches are left to `pixelbeam preview`."""
     try:
         n = count_lines(join_path(output_path, "manifest.jsonl"))
         if n > RUN_HOOK_MAX_PATCHES:
-            print(f"pictures: skipped for {n} manifest rows; run `pixelbeam preview {output_path}`")
-            return
+            return f"pictures: skipped for {n} manifest rows; run `pixelbeam preview {output_path}`"
         result = write_previews(output_path)
         written = [os.path.basename(result[k]) for k in ("preview", "footprints") if result[k]]
-        if written:
-            print(f"pictures: {', '.join(written)} in {output_path}")
+        return f"pictures: {', '.join(written)} in {output_path}" if written else None
     except Exception as e:  # pictures are a convenience; the run's outputs stand without them
         log.warning("pictures not written (%s: %s); run `pixelbeam preview %s`", type(e).__name__, e, output_path)
+        return None
 
 
 def _numbers(values):

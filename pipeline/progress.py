@@ -1,12 +1,15 @@
 """A live progress bar for local runs: patches done / to do, patches/s, ETA, retries, 429s.
 
 It reads what the fetch workers report (transforms/fetching/progress.py) twice a second and draws a
-`rich` progress bar on stderr, only when stderr is a terminal (quiet in CI, logs and pipes).
+`rich` progress bar on stderr when stderr is a terminal (quiet in CI, logs and pipes), or in a
+Jupyter notebook as a widget updated in place (with ipywidgets, `pip install
+'pixelbeam[notebook]'`; without it, no bar).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import tempfile
 import threading
 from typing import Iterator, Optional
@@ -26,11 +29,11 @@ def is_local(runner: Optional[str]) -> bool:
 def progress_bar(total: int, enabled: Optional[bool] = None, poll_s: float = 0.5,
                  unit: str = "patches") -> Iterator[Optional[str]]:
     """Yields the folder workers report to (None when the bar is off) and draws the bar until
-    the block ends. `enabled` None means: when stderr is a terminal; `unit` names what is
-    fetched (patches, or a table's groups)."""
+    the block ends. `enabled` None means: when stderr is a terminal, or in Jupyter with
+    ipywidgets; `unit` names what is fetched (patches, or a table's groups)."""
     console = Console(stderr=True)
     if enabled is None:
-        enabled = console.is_terminal
+        enabled = console.is_terminal or (console.is_jupyter and importlib.util.find_spec("ipywidgets") is not None)
     if not enabled:
         yield None
         return
@@ -61,3 +64,4 @@ def progress_bar(total: int, enabled: Optional[bool] = None, poll_s: float = 0.5
                 stop.set()
                 thread.join()
                 refresh()
+                bar.refresh()  # Jupyter: rich draws no final frame of its own when it stops

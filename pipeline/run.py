@@ -1,9 +1,9 @@
 """Running a planned patch job: resume, the Beam graph on the chosen runner, the summary and
-dataset.json, and the Dataflow dry run. The CLI (and the Python API) call `run_job`."""
+dataset.json, and the Dataflow dry run. `pixelbeam.run` (pipeline/api.py) calls `run_job`, and
+the CLI prints the `RunResult` it returns."""
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Sequence
 
@@ -14,14 +14,17 @@ from pixelbeam.pipeline import resume
 from pixelbeam.pipeline.dataflow import (check_runner, graph_size_problem, is_dry_run, plan_staging, remove_staging,
                                          sdk_processes, submission_problems)
 from pixelbeam.pipeline.graph import build_pipeline
-from pixelbeam.pipeline.preview import try_write_previews
+from pixelbeam.pipeline.preview import write_previews_quietly
 from pixelbeam.pipeline.progress import is_local, progress_bar
+from pixelbeam.pipeline.results import Requests, RunResult
 from pixelbeam.pipeline.runner import fetch_settings, pipeline_options
-from pixelbeam.pipeline.summary import summarize, write_dataset_json
+from pixelbeam.pipeline.summary import manifest_outcomes, summarize, write_dataset_json
+from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
 
 
-def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite: bool = False) -> int:
-    """Runs the job, resuming what an earlier run of the same config left undone."""
+def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite: bool = False) -> RunResult:
+    """Runs the job, resuming what an earlier run of the same config left undone; raises
+    ConfigError (a Beam option or the output folder) before anything is written."""
     out = job.config.output.path
     options = pipeline_options(beam_args)
     check_runner(job, options, lambda p: build_pipeline(job, p, stage_to=plan_staging(options, write=False)))
@@ -30,8 +33,11 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)
     state = resume.plan_resume(job, resume.new_run_id(), overwrite)
     if state.nothing_to_do:
-        print(f"nothing to do: all {job.planned} planned patches are done in {out} (--overwrite redoes them)")
-        return 0
+        counts, _ = manifest_outcomes(out)
+        return RunResult(output_path=out, planned=job.planned, written=counts.get(WRITTEN, 0),
+                         filtered=counts.get(FILTERED, 0), failed=counts.get(FAILED, 0), carried=job.planned,
+                         lines=(f"nothing to do: all {job.planned} planned patches are done in {out} "
+                                "(--overwrite redoes them)",))
     started = time.monotonic()
     resume.clean_leftovers(out, state.completed_runs, overwrite)
     resume.mark_running(out, state.run_id, fingerprint)
@@ -45,28 +51,27 @@ def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite
     write_dataset_json(job, fingerprint, state.completed_runs + [state.run_id], resume.plan_digest(job))
     resume.clear_running(out)
     summary = summarize(job, result, time.monotonic() - started)
-    for line in summary.lines():
-        print(line)
-    try_write_previews(out)  # preview.png + footprints.png; a failure only warns
-    failed = summary.counts.get("failed", 0)
-    if not summary.complete:
-        return 1
-    if failed > max_failed_fraction * summary.planned:
-        print(f"pixelbeam: {failed} patches failed (see failed.jsonl); rerun to retry them", file=sys.stderr)
-        return 1
-    return 0
+    pictures = write_previews_quietly(out)  # preview.png + footprints.png; a failure only warns
+    failed = summary.counts.get(FAILED, 0)
+    problem = None
+    if summary.complete and failed > max_failed_fraction * summary.planned:
+        problem = f"pixelbeam: {failed} patches failed (see failed.jsonl); rerun to retry them"
+    return RunResult(output_path=out, planned=job.planned, written=summary.counts.get(WRITTEN, 0),
+                     filtered=summary.counts.get(FILTERED, 0), failed=failed, seconds=summary.elapsed_s,
+                     requests=Requests.from_counters(summary.metrics), carried=summary.carried,
+                     complete=summary.complete, counters=summary.metrics,
+                     lines=tuple(summary.lines()) + ((pictures,) if pictures else ()), problem=problem)
 
 
-def dry_run(job, options) -> int:
+def dry_run(job, options) -> RunResult:
     """Translate the whole graph for DataflowRunner (it pickles every transform and builds the
     worker package) without submitting it, reading or writing the output (the plan is named
     where a real run would stage it, not written)."""
     settings = fetch_settings(job, options)
     pipeline = build_pipeline(job, beam.Pipeline(options=options), stage_to=plan_staging(options, write=False))
     pipeline.run().wait_until_finish()
-    print(f"dry run: DataflowRunner translated the job ({job.planned} planned patches; {sdk_processes(options)} SDK "
-          f"processes x {settings.max_concurrent} concurrent requests, {settings.max_requests_per_second:g} requests/s "
-          "each); nothing was submitted or written")
-    for problem in submission_problems(job) + [p for p in [graph_size_problem(pipeline)] if p]:
-        print(f"note: a real run would stop here: {problem}")
-    return 0
+    lines = [f"dry run: DataflowRunner translated the job ({job.planned} planned patches; {sdk_processes(options)} SDK "
+             f"processes x {settings.max_concurrent} concurrent requests, {settings.max_requests_per_second:g} "
+             "requests/s each); nothing was submitted or written"]
+    lines += [f"note: a real run would stop here: {p}" for p in submission_problems(job) + [graph_size_problem(pipeline)] if p]
+    return RunResult(output_path=job.config.output.path, planned=job.planned, submitted=False, lines=tuple(lines))

@@ -13,6 +13,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.plan import Job
+from pixelbeam.pipeline.results import Requests
 from pixelbeam.transforms.formats.encode import feature_spec
 from pixelbeam.transforms.formats.files import npy_shape
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
@@ -48,11 +49,10 @@ class RunSummary:
                "  ".join(str(v).rjust(w) for v, w in zip(table.values(), widths))]
         if self.carried:
             out.append(f"resumed: {self.carried} patches done by earlier runs, {fetched} fetched in this run")
-        m = self.metrics
-        if m:
-            retries = sum(v for k, v in m.items() if k.startswith("retries_"))
-            out.append(f"requests {m.get('requests', 0)} | retries {retries} | 429s {m.get('quota_errors', 0)} | "
-                       f"throttled {m.get('throttling-msecs', 0) / 1000:.1f} thread-s | bytes {m.get('bytes', 0)}")
+        if self.metrics:
+            r = Requests.from_counters(self.metrics)
+            out.append(f"requests {r.requests} | retries {r.retries} | 429s {r.quota_errors} | "
+                       f"throttled {r.throttled_s:.1f} thread-s | bytes {r.bytes}")
         if not self.complete:
             out.append(f"INCOMPLETE: {self.accounted} manifest rows ({self.duplicates} duplicated) for "
                        f"{self.planned} planned patches")

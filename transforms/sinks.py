@@ -98,7 +98,8 @@ class WritePatches(beam.PTransform):
 
 @dataclasses.dataclass
 class WriteReports(beam.PTransform):
-    """Manifest rows and FailedPatches -> `manifest.jsonl` and `failed.jsonl` (one file each)."""
+    """`(rows, failed)` -> `manifest.jsonl` and `failed.jsonl` (one file each): manifest rows
+    and FailedPatches, and optionally, third, the rows of patches carried from earlier runs."""
 
     output_path: str
     run_id: str = ""
@@ -107,11 +108,11 @@ class WriteReports(beam.PTransform):
         super().__init__()
 
     def expand(self, inputs):
-        rows, failed, carried = inputs  # carried: rows of patches done by earlier runs, kept as they were
+        rows, failed, *carried = inputs  # carried: rows of patches done by earlier runs, kept as they were
         failed_rows = failed | "FailedRows" >> beam.Map(failed_row)
         new_rows = ((rows, failed_rows) | "NewRows" >> beam.Flatten()
                     | "StampRunId" >> beam.Map(lambda row, run=self.run_id: {**row, "run_id": run}))
-        all_rows = (new_rows, carried) | "AllRows" >> beam.Flatten()
+        all_rows = (new_rows, *carried) | "AllRows" >> beam.Flatten()
         _ = (all_rows
              | "ManifestJson" >> beam.Map(to_json_line)
              | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),

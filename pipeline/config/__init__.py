@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 import yaml
 from pydantic import ValidationError, model_validator
 
-from pixelbeam.pipeline.config.base import REMOTE, ConfigError, Strict, resolve
+from pixelbeam.pipeline.config.base import REMOTE, ConfigError, Strict, leading_field, resolve
 from pixelbeam.pipeline.config.sections import (FORMATS, FetchConfig, GridConfig, MaskConfig, OutputConfig,
                                                 SampleConfig, VisualizationConfig)
 from pixelbeam.pipeline.config.sources import (COLLECTION_MODES, HIGH_VOLUME_URL, EarthEngineFilter,
@@ -54,14 +54,14 @@ def load_config(path: str) -> Config:
         with open(path, encoding="utf-8") as f:
             doc = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file; give the path to a YAML config") from None
+        raise ConfigError(f"{path}: no such config file; give the path to a YAML config", field=None) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax") from None
+        raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax", field=None) from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch")
+        raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch", field=None)
     return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
 
 
@@ -70,7 +70,8 @@ def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config
     try:
         config = Config.model_validate(doc, context={"table": doc.get("table") is not None})
     except ValidationError as e:
-        raise ConfigError(f"{name}: {describe_validation_error(e)}") from None
+        problem = describe_validation_error(e)
+        raise ConfigError(f"{name}: {problem}", field=leading_field(problem)) from None
     return resolve_paths(config, base_dir)
 
 

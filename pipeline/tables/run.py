@@ -1,10 +1,10 @@
-"""Running a point-table job (a `table:` section): plan, resume, the Beam graph
-(pipeline/tables/graph.py), table.json and the summary. Called by the CLI."""
+"""Running a planned point-table job (a `table:` section): resume, the Beam graph
+(pipeline/tables/graph.py), table.json and the `RunResult`. `pixelbeam.run` calls
+`run_table_job` (pipeline/api.py); the CLI prints what it returns."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Sequence
 
@@ -12,55 +12,43 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pixelbeam.pipeline import resume
-from pixelbeam.pipeline.config import Config, ConfigError
 from pixelbeam.pipeline.dataflow import (check_runner, graph_size_problem, is_dry_run, plan_staging, remove_staging,
                                          submission_problems)
 from pixelbeam.pipeline.progress import is_local, progress_bar
+from pixelbeam.pipeline.results import ROWS, Requests, RunResult
 from pixelbeam.pipeline.runner import fetch_settings, pipeline_options
+from pixelbeam.pipeline.summary import beam_metrics
 from pixelbeam.pipeline.tables.graph import build_table_pipeline, count_outputs, table_description
-from pixelbeam.pipeline.tables.plan import prepare_table_job
+from pixelbeam.pipeline.tables.plan import TableJob
 from pixelbeam.pipeline.tables.resume import delete_doomed, plan_table_resume
 from pixelbeam.transforms.storage import join, write_atomically
 
 
-def table_main(command: str, config: Config, beam_args: Sequence[str], as_json: bool = False,
-               max_failed_fraction: float = 0.0, overwrite: bool = False) -> int:
-    """`pixelbeam plan` / `run` / `retry-failed` for a config with a `table:` section."""
-    try:
-        job = prepare_table_job(config)
-    except ConfigError as e:
-        print(f"pixelbeam: error: {e}", file=sys.stderr)
-        return 2
-    if command == "plan":
-        summary = job.summary()
-        print(json.dumps(summary, indent=2) if as_json else "\n".join(f"{k:>22}: {v}" for k, v in summary.items()))
-        return 0
+def run_table_job(job: TableJob, beam_args: Sequence[str], max_failed_fraction: float = 0.0,
+                  overwrite: bool = False) -> RunResult:
+    """Runs the table job, fetching only the groups no completed run wrote; raises ConfigError
+    (Dataflow options, the output folder) before anything is written."""
     options = pipeline_options(beam_args)
-    out = config.output.path
-    try:  # Dataflow: worker count against the quota, gs:// paths, graph size; before anything is written
-        check_staging = plan_staging(options, write=False)
-        check_runner(job, options, lambda p: build_table_pipeline(job, p, fetch_settings(job, options),
-                                                                  stage_to=check_staging))
-    except ConfigError as e:
-        print(f"pixelbeam: error: {e}", file=sys.stderr)
-        return 2
+    out = job.config.output.path
+    # Dataflow: worker count against the quota, gs:// paths, graph size; before anything is written
+    check_staging = plan_staging(options, write=False)
+    check_runner(job, options, lambda p: build_table_pipeline(job, p, fetch_settings(job, options),
+                                                              stage_to=check_staging))
     if is_dry_run(options):  # DataflowRunner translates the graph; nothing is submitted or written
         pipeline = build_table_pipeline(job, beam.Pipeline(options=options), fetch_settings(job, options),
                                         stage_to=check_staging)
         pipeline.run().wait_until_finish()
-        print(f"dry run: DataflowRunner translated the job ({job.rows} planned rows); nothing was submitted or written")
-        for problem in submission_problems(job) + [p for p in [graph_size_problem(pipeline)] if p]:
-            print(f"note: a real run would stop here: {problem}")
-        return 0
-    try:
-        state = plan_table_resume(job, overwrite)
-    except ConfigError as e:
-        print(f"pixelbeam: error: {e}", file=sys.stderr)
-        return 2
+        lines = [f"dry run: DataflowRunner translated the job ({job.rows} planned rows); nothing was submitted or written"]
+        lines += [f"note: a real run would stop here: {p}" for p in submission_problems(job) + [graph_size_problem(pipeline)] if p]
+        return RunResult(output_path=out, planned=job.rows, unit=ROWS, submitted=False, lines=tuple(lines))
+    state = plan_table_resume(job, overwrite)
     todo = state.todo(job.groups)
+    details = {"images": len(job.images), "pixels": job.pixels, "groups": len(job.groups), "groups_fetched": len(todo)}
     if not todo:
-        print(f"nothing to do: all {job.rows} planned rows are in {out} (--overwrite redoes them)")
-        return 0
+        rows, lost, _ = count_outputs(job)
+        return RunResult(output_path=out, planned=job.rows, written=rows, failed=lost, unit=ROWS, carried=job.rows,
+                         details=details,
+                         lines=(f"nothing to do: all {job.rows} planned rows are in {out} (--overwrite redoes them)",))
     started = time.monotonic()
     delete_doomed(state.doomed)
     resume.mark_running(out, state.run_id, state.fingerprint)
@@ -69,20 +57,25 @@ def table_main(command: str, config: Config, beam_args: Sequence[str], as_json: 
     with progress_bar(len(todo), enabled=None if local else False, unit="groups") as progress_dir:
         pipeline = build_table_pipeline(job, beam.Pipeline(options=options),
                                         fetch_settings(job, options, progress_dir), todo, state.run_id, stage_to)
-        pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        result.wait_until_finish()
     remove_staging(stage_to)
     rows, lost, files = count_outputs(job)
     write_atomically(join(out, resume.TABLE_STATE_FILE),
                      json.dumps(table_description(job, rows, lost, files, state), indent=2).encode())
     resume.clear_running(out)
-    failed = join(out, "failed.jsonl")
-    print(f"rows {rows} of {job.rows} planned | failed {lost} | images {len(job.images)} | pixels {job.pixels} | "
-          f"values {rows * len(job.bands)} | {time.monotonic() - started:.1f} s")
-    print(f"groups fetched in this run {len(todo)} of {len(job.groups)} (done before: {len(job.groups) - len(todo)})")
+    seconds = time.monotonic() - started
+    lines = (f"rows {rows} of {job.rows} planned | failed {lost} | images {len(job.images)} | pixels {job.pixels} | "
+             f"values {rows * len(job.bands)} | {seconds:.1f} s",
+             f"groups fetched in this run {len(todo)} of {len(job.groups)} (done before: {len(job.groups) - len(todo)})")
+    problem = None
     if rows + lost != job.rows:
-        print(f"pixelbeam: INCOMPLETE: {rows} rows + {lost} failed for {job.rows} planned", file=sys.stderr)
-        return 1
-    if lost > max_failed_fraction * job.rows:
-        print(f"pixelbeam: {lost} rows failed (see {failed}); rerun to retry them", file=sys.stderr)
-        return 1
-    return 0
+        problem = f"pixelbeam: INCOMPLETE: {rows} rows + {lost} failed for {job.rows} planned"
+    elif lost > max_failed_fraction * job.rows:
+        problem = f"pixelbeam: {lost} rows failed (see {join(out, 'failed.jsonl')}); rerun to retry them"
+    counters = beam_metrics(result)
+    carried = (job.pixels - sum(len(pixels) for _, pixels in todo)) * len(job.images)
+    return RunResult(output_path=out, planned=job.rows, written=rows, failed=lost, seconds=seconds,
+                     requests=Requests.from_counters(counters), unit=ROWS, carried=carried,
+                     complete=rows + lost == job.rows, counters=counters,
+                     details={**details, "values": rows * len(job.bands)}, lines=lines, problem=problem)
