@@ -14,7 +14,6 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from pixelbeam.pipeline.config import ConfigError
 from pixelbeam.version import __version__
 
 log = logging.getLogger("pixelbeam")
@@ -63,7 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from pixelbeam.pipeline import api
+    from pixelbeam.pipeline import api  # here, not above: --help and --version stay instant
+    from pixelbeam.pipeline.config import ConfigError
     try:
         config = command_config(args)
         if args.command == "plan":
@@ -98,7 +98,7 @@ def command_config(args):
 def load_output_config(output_path: str):
     """The config recorded in an output folder's dataset.json (patches) or table.json (a point
     table), paths already absolute."""
-    from pixelbeam.pipeline.config import parse_config
+    from pixelbeam.pipeline.config import ConfigError, parse_config
     from pixelbeam.pipeline.resume import STATE_FILE, TABLE_STATE_FILE, read_json
     from pixelbeam.transforms.storage import join
     for name in (STATE_FILE, TABLE_STATE_FILE):

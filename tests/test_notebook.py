@@ -1,7 +1,7 @@
 """docs/notebook.ipynb runs in a real Jupyter kernel (nbclient + ipykernel on this interpreter):
 plan, run, open_output, a preview image and a PyTorch batch. The run's cell shows the summary
-table (HTML and text), the live progress bar is drawn in a widget (not printed line by line),
-and nothing is written outside the notebook's folder."""
+table (HTML and text), and the live progress bar is drawn in a widget updated in place (not
+printed line by line, no warning)."""
 
 import base64
 import json
