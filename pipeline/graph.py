@@ -10,6 +10,7 @@ from pixelbeam.pipeline.outputs import patch_file_options
 from pixelbeam.pipeline.plan import Job
 from pixelbeam.pipeline.resume import ResumeState
 from pixelbeam.pipeline.runner import fetch_settings
+from pixelbeam.pipeline.stats import layer_roles
 from pixelbeam.transforms.fetch import FAILED, FetchPatches
 from pixelbeam.transforms.planning import staged
 from pixelbeam.transforms.planning.staged import StageTo
@@ -46,7 +47,7 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id,
         file_options=patch_file_options(out, job.output_info, mask_npy=job.config.mask.npy),
         splits=job.split_names)
-    _ = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id)  # stats/<run>.json (issue 14)
+    _ = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()
     _ = (rows, failures, carried) | "WriteReports" >> WriteReports(out.path, resume.run_id)

@@ -151,6 +151,27 @@ def test_combiner_in_a_pipeline_writes_the_runs_stats_file(tmp_path):
     assert sorted(e["split"] for e in doc["entries"]) == ["train", "val"]
 
 
+def test_a_target_layer_gets_class_counts_per_split(tmp_path):
+    import apache_beam as beam
+    from pixelbeam.pipeline.stats import recorded_stats
+    from pixelbeam.transforms.patch import Patch, PatchSpec
+    from pixelbeam.transforms.statistics import PatchStatistics
+    rng = np.random.default_rng(5)
+    patches = [Patch(PatchSpec(f"p{i}", "r", "EPSG:32618", (1, 0, 0, 0, -1, 0), 4, 4, split=["train", "test"][i % 2]),
+                     rng.integers(0, 4, size=(1, 4, 4)).astype(np.uint8), rng.random((4, 4)) > 0.25, ("class",))
+               for i in range(6)]
+    for run, part in (("20200101T000000-aaaa", patches[:4]), ("20200102T000000-bbbb", patches[4:])):
+        with beam.Pipeline() as p:
+            _ = p | beam.Create(part) | PatchStatistics(str(tmp_path), run, {"image": "target"})
+    got = recorded_stats(str(tmp_path), ["20200101T000000-aaaa", "20200102T000000-bbbb"], ("train", "val", "test"))
+    for split in ("all", "train", "test"):
+        values = np.concatenate([p.data[0][p.mask] for p in patches if split in ("all", p.spec.split)])
+        classes, counts = np.unique(values, return_counts=True)
+        assert got["class_counts"][split] == {"image": {"class": {str(c): int(n) for c, n in zip(classes, counts)}}}
+        assert got["stats"][split]["image"]["class"]["count"] == values.size
+    assert got["class_counts"]["val"] == {"image": {"class": {}}} and got["stats"]["val"]["image"]["class"]["count"] == 0
+
+
 # ---- end to end: dataset.json against numpy over every NPY file ----
 
 def stats_config(tmp_path, regions, **split):
