@@ -126,7 +126,9 @@ CASES = {
     # issue 14: splits and balanced sampling
     "split fractions not summing to 1": (setter("split", value={"train": 0.8, "val": 0.1, "test": 0.05}),
                                          "split: train 0.8 + val 0.1 + test 0.05 = 0.95; the fractions must sum to 1"),
-    "split negative fraction": (setter("split", value={"train": 1.1, "val": -0.1}), "split.train: Input should be less"),
+    "split negative fraction": (setter("split", value={"train": 0.9, "val": -0.1, "test": 0.2}),
+                                "split.val: Input should be greater than or equal to 0"),
+    "split fraction above 1": (setter("split", value={"train": 1.1, "val": -0.1}), "split.train: Input should be less"),
     "split unknown key": (setter("split", value={"train": 0.9, "valid": 0.1}), "split.valid: unknown key"),
     "split block below 1": (setter("split", value={"train": 1, "block": 0}), "split.block: Input should be greater"),
     "split by with fractions": (setter("split", value={"by": "name", "train": 1}),
