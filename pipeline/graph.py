@@ -10,11 +10,13 @@ from pixelbeam.pipeline.outputs import patch_file_options
 from pixelbeam.pipeline.plan import Job
 from pixelbeam.pipeline.resume import ResumeState
 from pixelbeam.pipeline.runner import fetch_settings
+from pixelbeam.pipeline.stats import layer_roles
 from pixelbeam.transforms.fetch import FAILED, FetchPatches
 from pixelbeam.transforms.planning import staged
 from pixelbeam.transforms.planning.staged import StageTo
 from pixelbeam.transforms.sinks import FILTERED, JudgePatches, WritePatches, WriteReports
 from pixelbeam.transforms.skip_done import SkipDonePatches
+from pixelbeam.transforms.statistics import PatchStatistics
 from pixelbeam.transforms.tiling import TilePatches
 
 def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None,
@@ -41,9 +43,11 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
         patches = patches | "MaskAndScale" >> beam.Map(job.rules)
     judged = patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio)).with_outputs(
         FILTERED, main="keep")
-    written_rows, write_failures = judged.keep | "WritePatches" >> WritePatches(
+    written_rows, write_failures, written = judged.keep | "WritePatches" >> WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id,
-        file_options=patch_file_options(out, job.output_info, mask_npy=job.config.mask.npy))
+        file_options=patch_file_options(out, job.output_info, mask_npy=job.config.mask.npy),
+        splits=job.split_names)
+    _ = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()
     _ = (rows, failures, carried) | "WriteReports" >> WriteReports(out.path, resume.run_id)

@@ -19,12 +19,14 @@ import shapely
 
 from pixelbeam.pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
 from pixelbeam.pipeline.outputs import check_outputs
-from pixelbeam.transforms.planning.cells import Cell, count_patches, owned_patch_ids, plan_by_cells, plan_cells, project_regions
+from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.pixels.masking import PixelRules, check_fill_value
 from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
-from pixelbeam.transforms.planning.sampling import Sample, SampleError, label_dtype, region_labels, region_thresholds
+from pixelbeam.transforms.planning.sampling import (Sample, SampleError, class_thresholds, label_dtype, region_labels,
+                                                    region_thresholds)
+from pixelbeam.transforms.planning.splits import SplitError, SplitRule, region_split_values
 from pixelbeam.transforms.pixels.scaling import ScalingError, resolve_scaling
 from pixelbeam.transforms.fetching.sizing import RequestTooLarge, plan_parts, request_bytes
 from pixelbeam.transforms.sources.base import PixelSource, SourceError, SourceInfo
@@ -45,10 +47,17 @@ class Job:
     sample: Optional[Sample] = None  # per-region subset and labels
     rules: PixelRules = PixelRules()  # unmask, scaling, fill_value after the fetch
     label_dtype: Optional[str] = None  # TFRecord dtype of the labels, if any
+    split_counts: Optional[dict] = None  # planned patches per split (config split:), else None
+    split_guard: int = 0  # patches the split guard left out of the plan (transforms/planning/splits.py)
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
         return plan_by_cells(self.regions, self.grid, sample=self.sample)
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        """The splits' names (config split:), () without splits."""
+        return self.sample.split.names if self.sample is not None and self.sample.split is not None else ()
 
     @property
     def output_info(self) -> SourceInfo:
@@ -191,11 +200,14 @@ def prepare_job(config: Config) -> Job:
     cells = plan_cells(regions, grid)
     projected = project_regions(regions, grid)
     sample, label_type = make_sample(config, regions, cells, projected, grid)
-    planned = count_patches(cells, projected, grid, sample)
+    by_split, guarded = count_by_split(cells, projected, grid, sample)
+    planned = sum(by_split.values())
     if not planned:
         raise ConfigError(f"grid: the regions yield no patch (min_coverage {grid.min_coverage}); lower grid.min_coverage")
     job = Job(config=config, source=source, info=info, regions=regions, grid=grid, cells=cells, planned=planned,
-              sample=sample, rules=rules, label_dtype=label_type)
+              sample=sample, rules=rules, label_dtype=label_type, split_guard=guarded,
+              split_counts={name: by_split.get(name, 0) for name in sample.split.names}
+              if sample is not None and sample.split is not None else None)
     check_outputs(config.output, job.output_info)  # visualization bands against the source's
     if job.time_steps is not None:
         pictures = [f for f in config.output.formats if f in ("png", "jpeg")]
@@ -251,10 +263,25 @@ def pixel_rules(config: Config, info: SourceInfo) -> PixelRules:
     return PixelRules(unmask=m.unmask, scaling=scaling, fill_value=m.fill_value)
 
 
+def make_split(config: Config, regions) -> Optional[SplitRule]:
+    """The resolved `split:` rule (fractions or a region property), or None."""
+    cfg = config.split
+    if cfg is None:
+        return None
+    if cfg.by is None:
+        return SplitRule(fractions=cfg.fractions, block=cfg.block, seed=cfg.seed)
+    try:
+        return SplitRule(by=cfg.by, region_splits=region_split_values(regions, cfg.by))
+    except SplitError as e:
+        raise ConfigError(str(e)) from None
+
+
 def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Optional[Sample], Optional[str]]:
-    """The per-region thresholds and region labels of `sample:`, and the labels' dtype."""
+    """The per-region (or per-class) thresholds, region labels and split rule of `sample:` and
+    `split:`, and the labels' dtype."""
     s = config.sample
-    if s.per_region is None and s.label_property is None:
+    split = make_split(config, regions)
+    if s.per_region is None and s.label_property is None and split is None:
         return None, None
     labels, dtype = (), None
     if s.label_property:
@@ -267,8 +294,11 @@ def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Option
             labels = tuple((r, float(v)) for r, v in labels)
     thresholds = ()
     if s.per_region is not None:
-        thresholds = region_thresholds(owned_patch_ids(cells, projected, grid), s.per_region, s.seed)
-    return Sample(seed=s.seed, thresholds=thresholds, labels=labels), dtype
+        thresholds = region_thresholds(owned_patch_ids(cells, projected, grid, split), s.per_region, s.seed)
+    elif s.per_class is not None:
+        thresholds = class_thresholds(owned_patch_ids(cells, projected, grid, split), s.per_class, s.seed, labels)
+    return Sample(seed=s.seed, thresholds=thresholds, labels=labels, split=split,
+                  by_class=s.per_class is not None), dtype
 
 
 def plan_summary(job: Job) -> dict:
@@ -290,4 +320,5 @@ def plan_summary(job: Job) -> dict:
         "cells": len(job.cells),
         "min_seconds_at_quota": math.ceil(requests / fetch.max_requests_per_second),
         **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),
+        **({"splits": dict(job.split_counts), "split_guard": job.split_guard} if job.split_counts is not None else {}),
     }

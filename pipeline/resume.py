@@ -174,7 +174,9 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
     """Delete what no completed run owns: TFRecord shards of killed runs (every shard and file
     with --overwrite), Beam's staging folders, and temporary files of atomic writes."""
     doomed = [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
-              if overwrite or shard_run_id(name) not in completed_runs]
+              if overwrite or tfrecord_shard_run_id(name) not in completed_runs]
+    doomed += [join(output_path, f"stats/{name}") for name in existing_files(output_path, "stats")  # issue 14
+               if overwrite or name.removesuffix(".json") not in completed_runs]
     doomed += beam_staging_folders(output_path) + temporary_files(output_path)
     for folder in file_folders:
         doomed += [join(output_path, f"{folder}/{name}") for name in existing_files(output_path, folder)
@@ -205,6 +207,15 @@ def beam_staging_folders(output_path: str) -> list[str]:
         for pattern in ("beam-temp-*", os.path.join("tfrecord", "beam-temp-*")):
             folders.update(p for p in glob.glob(os.path.join(output_path, pattern)) if os.path.isdir(p))
     return sorted(folders)
+
+
+def tfrecord_shard_run_id(name: str) -> Optional[str]:
+    """The run id in a TFRecord shard name `<patches or split>-<run_id>-00000-of-00004.tfrecord.gz`
+    (read from the right: the run id is `YYYYMMDDTHHMMSS-hhhh`), else None."""
+    parts = name.split(".", 1)[0].split("-")
+    if len(parts) < 6 or parts[-2] != "of":
+        return None
+    return f"{parts[-5]}-{parts[-4]}"
 
 
 def shard_run_id(name: str, prefix: str = "patches-") -> Optional[str]:

@@ -14,9 +14,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.plan import Job
 from pixelbeam.pipeline.results import Requests
+from pixelbeam.pipeline.stats import recorded_stats
 from pixelbeam.transforms.formats.encode import feature_spec
 from pixelbeam.transforms.formats.files import npy_shape
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
+from pixelbeam.transforms.sinks import TFRECORD_SUFFIX, tfrecord_prefix
 from pixelbeam.transforms.storage import join, write_atomically
 
 
@@ -183,16 +185,29 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "tfrecord": {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
                      "shards_of_run": "tfrecord/patches-<run>-*.tfrecord.gz, for each run in runs",
                      "features": feature_spec(job.info.band_names, height, width, time_steps=job.time_steps,
-                                              label_dtype=job.label_dtype)},
+                                              label_dtype=job.label_dtype),
+                     **split_shards(job)},
         "config": job.config.model_dump(mode="json"),
         **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),  # a stack's steps
         **({"images": [im.image_id for im in job.info.collection.images]} if job.info.collection else {}),
+        **({"split": job.config.split.echo(), "patches_planned_per_split": dict(job.split_counts)}
+           if job.split_counts is not None else {}),
     }
+
+
+def split_shards(job: Job) -> dict:
+    """With splits (issue 14), the TFRecord entries name the shards of each split."""
+    if not job.split_names:
+        return {}
+    return {"files": f"tfrecord/*{TFRECORD_SUFFIX}",
+            "shards_of_run": f"{tfrecord_prefix('<run>', '<split>')}-*{TFRECORD_SUFFIX}, for each run in runs",
+            "splits": {name: f"{tfrecord_prefix('', name)}-*{TFRECORD_SUFFIX}" for name in job.split_names}}
 
 
 def write_dataset_json(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> str:
     path = join(job.config.output.path, "dataset.json")
     doc = dataset_description(job, fingerprint, runs, plan_digest)
+    doc.update(recorded_stats(job.config.output.path, runs, job.split_names))  # stats, class_counts (issue 14)
     write_atomically(path, json.dumps(doc, indent=2).encode("utf-8"))
     return path
 

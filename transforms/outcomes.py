@@ -38,6 +38,8 @@ def manifest_row(spec: PatchSpec, status: str, *, reason: Optional[str] = None, 
     }
     if spec.label is not None:
         row["label"] = spec.label
+    if spec.split is not None:  # every row (written, filtered, failed) when a split is configured
+        row["split"] = spec.split
     if patch is not None:
         row.update(valid_fraction=round(patch.valid_fraction, 6), requests=patch.requests,
                    attempts=patch.requests + patch.retries, bytes=patch.bytes)

@@ -41,6 +41,7 @@ class PatchSpec:
     end: Optional[str] = None  # ISO date, exclusive (collections)
     in_tfrecord: bool = False  # a rerun refetching a patch whose example a completed run wrote
     label: Optional[Union[int, float, str]] = None  # the owner region's label (sample.label_property)
+    split: Optional[str] = None  # train / val / test ... (config split:, transforms/planning/splits.py)
 
     @property
     def fetch_width(self) -> int:

@@ -21,11 +21,19 @@ from pixelbeam.transforms.storage import join, to_json_line, write_atomically
 
 TFRECORD_PREFIX = "tfrecord/patches"
 TFRECORD_SUFFIX = ".tfrecord.gz"
+WRITTEN_PATCHES = "written_patches"  # the patches whose files were written (for statistics)
 
 
-def patch_files(templates, patch_id: str) -> list[str]:
+def tfrecord_prefix(run_id: str = "", split: Optional[str] = None) -> str:
+    """Shard prefix relative to the output path: `tfrecord/patches-<run>`, or with a split
+    `tfrecord/<split>-<run>` (shards add `-SSSSS-of-NNNNN.tfrecord.gz`)."""
+    head = f"tfrecord/{split}" if split is not None else TFRECORD_PREFIX
+    return f"{head}-{run_id}" if run_id else head
+
+
+def patch_files(templates, patch_id: str, split: Optional[str] = None) -> list[str]:
     """The files a patch was written to, relative to the output path."""
-    return [t.format(patch_id=patch_id) for t in templates]
+    return [t.format(patch_id=patch_id, split=split) for t in templates]
 
 
 class JudgePatches(beam.DoFn):
@@ -45,7 +53,8 @@ class JudgePatches(beam.DoFn):
 class WritePatchFiles(beam.DoFn):
     """Writes each per-patch file (NPY, GeoTIFF, PNG, JPEG; see transforms/formats/files.py)
     atomically; main output the patch's manifest row listing them and then `shared` (e.g. the
-    TFRecord shards), FAILED the FailedPatch of an encoding or write that raised."""
+    TFRecord shards), FAILED the FailedPatch of an encoding or write that raised, WRITTEN_PATCHES
+    the patch itself once its files are written."""
 
     def __init__(self, output_path: str, options: PatchFileOptions, shared: tuple[str, ...] = ()):
         self.output_path, self.options, self.shared = output_path, options, shared
@@ -59,18 +68,21 @@ class WritePatchFiles(beam.DoFn):
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
             yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
             return
-        yield written_row(patch, files + patch_files(self.shared, patch.spec.patch_id))
+        yield written_row(patch, files + patch_files(self.shared, patch.spec.patch_id, patch.spec.split))
+        yield beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)
 
 
 @dataclasses.dataclass
 class WritePatches(beam.PTransform):
-    """Patches -> files; returns (manifest rows of written patches, FailedPatches)."""
+    """Patches -> files; returns (manifest rows of written patches, FailedPatches, the written
+    Patches)."""
 
     output_path: str
     formats: tuple[str, ...]
     tfrecord_shards: int = 0
     run_id: str = ""  # each run writes its own shards: patches-<run_id>-SSSSS-of-NNNNN
     file_options: Optional[PatchFileOptions] = None  # per-patch files; default: NPY (C, H, W) if in formats
+    splits: tuple[str, ...] = ()  # split names: shards <split>-<run_id>-SSSSS-of-NNNNN per split
 
     def __post_init__(self):
         super().__init__()
@@ -79,21 +91,32 @@ class WritePatches(beam.PTransform):
         pipeline = patches.pipeline
         files = []  # shared by many patches
         if "tfrecord" in self.formats:
-            prefix = f"{TFRECORD_PREFIX}-{self.run_id}" if self.run_id else TFRECORD_PREFIX
-            files.append(f"{prefix}-*{TFRECORD_SUFFIX}")
-            _ = (patches
-                 | "NotYetInTFRecord" >> beam.Filter(lambda p: not p.spec.in_tfrecord)
-                 | "EncodeExamples" >> beam.Map(patch_to_example)
-                 | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-                     join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
-                     compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
+            new = patches | "NotYetInTFRecord" >> beam.Filter(lambda p: not p.spec.in_tfrecord)
+            if self.splits:  # issue 14: one set of shards per split
+                files.append(f"{tfrecord_prefix(self.run_id, '{split}')}-*{TFRECORD_SUFFIX}")
+                by_split = new | "BySplit" >> beam.Partition(
+                    lambda p, n, names=self.splits: names.index(p.spec.split), len(self.splits))
+                for name, part in zip(self.splits, by_split):
+                    self._write_tfrecord(part, tfrecord_prefix(self.run_id, name), f"[{name}]")
+            else:
+                files.append(f"{tfrecord_prefix(self.run_id)}-*{TFRECORD_SUFFIX}")
+                self._write_tfrecord(new, tfrecord_prefix(self.run_id))
         options = self.file_options or PatchFileOptions(formats=per_patch_formats(self.formats))
         if options.formats:
             written = patches | "WritePatchFiles" >> beam.ParDo(
-                WritePatchFiles(self.output_path, options, tuple(files))).with_outputs(FAILED, main="rows")
-            return written.rows, written[FAILED]
-        rows = patches | "ManifestRows" >> beam.Map(lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id)))
-        return rows, pipeline | "NoWriteFailures" >> beam.Create([])
+                WritePatchFiles(self.output_path, options, tuple(files))).with_outputs(
+                    FAILED, WRITTEN_PATCHES, main="rows")
+            return written.rows, written[FAILED], written[WRITTEN_PATCHES]
+        rows = patches | "ManifestRows" >> beam.Map(
+            lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id, p.spec.split)))
+        return rows, pipeline | "NoWriteFailures" >> beam.Create([]), patches
+
+    def _write_tfrecord(self, patches, prefix: str, label: str = ""):
+        _ = (patches
+             | f"EncodeExamples{label}" >> beam.Map(patch_to_example)
+             | f"WriteTFRecord{label}" >> beam.io.WriteToTFRecord(
+                 join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
+                 compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
 
 
 @dataclasses.dataclass

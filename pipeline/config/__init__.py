@@ -15,7 +15,7 @@ from pydantic import ValidationError, model_validator
 
 from pixelbeam.pipeline.config.base import REMOTE, ConfigError, Strict, leading_field, resolve
 from pixelbeam.pipeline.config.sections import (FORMATS, FetchConfig, GridConfig, MaskConfig, OutputConfig,
-                                                SampleConfig, VisualizationConfig)
+                                                SampleConfig, SplitConfig, VisualizationConfig)
 from pixelbeam.pipeline.config.sources import (COLLECTION_MODES, HIGH_VOLUME_URL, EarthEngineFilter,
                                                EarthEngineSourceConfig, RasterImageConfig, RasterSourceConfig,
                                                Reducer, SourceConfig, check_collection)
@@ -23,7 +23,7 @@ from pixelbeam.pipeline.config.table import TableConfig
 
 __all__ = [
     "Config", "ConfigError", "load_config", "parse_config", "describe_validation_error", "resolve", "resolve_paths",
-    "Strict", "REMOTE", "FORMATS", "FetchConfig", "GridConfig", "MaskConfig", "OutputConfig", "SampleConfig",
+    "Strict", "REMOTE", "FORMATS", "FetchConfig", "GridConfig", "MaskConfig", "OutputConfig", "SampleConfig", "SplitConfig",
     "VisualizationConfig", "COLLECTION_MODES", "HIGH_VOLUME_URL", "EarthEngineFilter", "EarthEngineSourceConfig",
     "RasterImageConfig", "RasterSourceConfig", "Reducer", "SourceConfig", "check_collection", "TableConfig",
 ]
@@ -37,6 +37,7 @@ class Config(Strict):
     fetch: FetchConfig = FetchConfig()
     mask: MaskConfig = MaskConfig()
     sample: SampleConfig = SampleConfig()
+    split: Optional[SplitConfig] = None  # train/val/test (transforms/planning/splits.py)
     table: Optional[TableConfig] = None  # point time series instead of patches (pipeline/tables/graph.py)
 
     @model_validator(mode="before")

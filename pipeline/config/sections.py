@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pixelbeam.pipeline.config.base import Strict
 
@@ -112,9 +112,63 @@ class SampleConfig(Strict):
     """Which patches of the grid are planned (transforms/planning/sampling.py)."""
 
     per_region: Optional[int] = Field(None, ge=1)  # exactly min(N, patches) patches of each region
+    per_class: Optional[int] = Field(None, ge=1)  # exactly min(N, patches) patches of each label_property value
     seed: int = 0
     centered_on_points: bool = False  # a point keeps the grid patch whose centre is nearest to it
     label_property: Optional[str] = None  # a region property carried as each patch's label
+
+    @model_validator(mode="after")
+    def _per_class_needs_labels(self):
+        if self.per_class is not None and self.label_property is None:
+            raise ValueError("per_class needs label_property (the region property that names each patch's class)")
+        if self.per_class is not None and self.per_region is not None:
+            raise ValueError("give per_region or per_class, not both (a class spans regions)")
+        return self
+
+
+SPLIT_FRACTIONS = ("train", "val", "test")
+
+
+class SplitConfig(Strict):
+    """Train/val/test splits (transforms/planning/splits.py): fractions of spatial blocks of
+    `block` x `block` patches, hashed with `seed`; or `by` a region property."""
+
+    train: Optional[float] = Field(None, ge=0.0, le=1.0)
+    val: Optional[float] = Field(None, ge=0.0, le=1.0)
+    test: Optional[float] = Field(None, ge=0.0, le=1.0)
+    block: int = Field(8, ge=1)  # patches per block side
+    seed: int = 0
+    by: Optional[str] = None  # a region property whose value names the split
+
+    @model_validator(mode="after")
+    def _fractions_or_by(self, info: ValidationInfo):
+        if (info.context or {}).get("table"):
+            raise ValueError("applies to patches; a table: job writes rows (remove split or table)")
+        given = [k for k in SPLIT_FRACTIONS if getattr(self, k) is not None]
+        if self.by is not None:
+            extra = given + [k for k in ("block", "seed") if k in self.model_fields_set]
+            if extra:
+                raise ValueError(f"by: the region property decides each patch's split; remove split.{extra[0]}")
+            return self
+        if not given:
+            raise ValueError("give fractions (e.g. train: 0.8, val: 0.1, test: 0.1) or by: <region property>")
+        total = sum(getattr(self, k) for k in given)
+        if abs(total - 1.0) > 1e-6:
+            terms = " + ".join(f"{k} {getattr(self, k):g}" for k in given)
+            raise ValueError(f"{terms} = {total:g}; the fractions must sum to 1")
+        return self
+
+    @property
+    def fractions(self) -> tuple[tuple[str, float], ...]:
+        """((name, fraction), ...) of the splits with a fraction above 0, in train, val, test order."""
+        return tuple((k, float(getattr(self, k))) for k in SPLIT_FRACTIONS if getattr(self, k))
+
+    def echo(self) -> dict:
+        """dataset.json's `split`: the config as given, block and seed filled in."""
+        if self.by is not None:
+            return {"by": self.by}
+        return {**{k: getattr(self, k) for k in SPLIT_FRACTIONS if getattr(self, k) is not None},
+                "block": self.block, "seed": self.seed}
 
 
 class FetchConfig(Strict):

@@ -54,11 +54,23 @@ def read_manifest_rows(output_path: str) -> list[dict]:
     return list(rows.values())
 
 
-def written_npy_files(output_path: str) -> list[tuple[str, str]]:
-    """[(patch_id, path)] of the NPY files the manifest lists as written, sorted by patch id."""
+def check_split(meta: dict, split: Optional[str]) -> Optional[str]:
+    """`split` if the output has it (dataset.json `tfrecord.splits`); None passes (all patches)."""
+    if split is None:
+        return None
+    names = sorted((meta.get("tfrecord") or {}).get("splits") or {})
+    if split not in names:
+        have = f"its splits are {', '.join(names)}" if names else "it has no splits (config split:)"
+        raise ValueError(f"split={split!r}: not a split of this output; {have}")
+    return split
+
+
+def written_npy_files(output_path: str, split: Optional[str] = None) -> list[tuple[str, str]]:
+    """[(patch_id, path)] of the NPY files the manifest lists as written (of `split` when
+    given: the rows' `split`), sorted by patch id."""
     out = []
     for row in read_manifest_rows(output_path):
-        if row.get("status") != "written":
+        if row.get("status") != "written" or (split is not None and row.get("split") != split):
             continue
         npy = [f for f in row.get("files") or [] if f.endswith(".npy") and not f.endswith(".mask.npy")]
         if npy:
@@ -74,12 +86,16 @@ def _glob(pattern: str) -> list[str]:
     return glob.glob(pattern)
 
 
-def tfrecord_files(output_path: str, meta: Optional[dict] = None) -> list[str]:
+def tfrecord_files(output_path: str, meta: Optional[dict] = None, split: Optional[str] = None) -> list[str]:
     """The TFRecord shards of the output, sorted: those of the completed runs dataset.json
-    lists (`runs`: each run writes `patches-<run>-*`, so shards of a killed run are left
-    out), else every shard matching its `tfrecord.files` pattern."""
+    lists (`runs`: each run writes `patches-<run>-*`, or `<split>-<run>-*` per split, so
+    shards of a killed run are left out), else every shard matching its `tfrecord.files`
+    pattern (of `split` when given: `tfrecord.splits[split]`)."""
     meta = meta or read_dataset_json(output_path)
-    pattern = join_path(output_path, meta["tfrecord"]["files"])
+    splits = meta["tfrecord"].get("splits") or {}
+    if split is None and splits:
+        return sorted(f for name in sorted(splits) for f in tfrecord_files(output_path, meta, name))
+    pattern = join_path(output_path, splits[check_split(meta, split)] if split else meta["tfrecord"]["files"])
     files = sorted({f for run in meta.get("runs") or [] for f in _glob(pattern.replace("*", f"{run}-*", 1))})
     if not files:
         files = _glob(pattern)
@@ -89,14 +105,15 @@ def tfrecord_files(output_path: str, meta: Optional[dict] = None) -> list[str]:
     return sorted(files)
 
 
-def tfrecord_patch_count(output_path: str) -> Optional[int]:
-    """How many records the TFRecords hold, from the manifest (written rows with a TFRecord
-    file), or None when the manifest cannot tell."""
+def tfrecord_patch_count(output_path: str, split: Optional[str] = None) -> Optional[int]:
+    """How many records the TFRecords (of `split`) hold, from the manifest (written rows with a
+    TFRecord file), or None when the manifest cannot tell."""
     try:
         rows = read_manifest_rows(output_path)
     except FileNotFoundError:
         return None
-    return sum(1 for r in rows if r.get("status") == "written" and any("tfrecord" in f for f in r.get("files") or []))
+    return sum(1 for r in rows if r.get("status") == "written" and any("tfrecord" in f for f in r.get("files") or [])
+               and (split is None or r.get("split") == split))
 
 
 def load_npy(path: str) -> np.ndarray:

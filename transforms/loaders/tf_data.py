@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-from pixelbeam.transforms.loaders.common import (AUTO, band_features, label_entry, read_dataset_json,
+from pixelbeam.transforms.loaders.common import (AUTO, band_features, check_split, label_entry, read_dataset_json,
                                                  tfrecord_files, tfrecord_patch_count)
 
 
@@ -12,7 +12,7 @@ def tf_dataset(output_path: str, batch_size: Optional[int] = None, with_mask: bo
                label_feature: Union[str, None] = AUTO, label_spec: Optional[dict] = None,
                crop_margin: bool = False, shuffle_buffer: int = 0, seed: Optional[int] = None,
                drop_remainder: bool = False, as_dict: bool = False,
-               files: Optional[Sequence[str]] = None):
+               files: Optional[Sequence[str]] = None, split: Optional[str] = None):
     """A `tf.data.Dataset` over the output's TFRecords, parsed with dataset.json's spec.
 
     Elements (batched along a leading axis when `batch_size` is given):
@@ -22,11 +22,13 @@ def tf_dataset(output_path: str, batch_size: Optional[int] = None, with_mask: bo
       (image, label, mask)   both: Keras reads this as (x, y, sample_weight)
     `as_dict=True` gives `{"image", "label"?, "mask"?, "patch_id"}` instead. `crop_margin`
     drops the `margin` px fetched around each patch. `shuffle_buffer` > 0 shuffles records
-    (seeded by `seed`). `files` overrides the shards (e.g. a split).
+    (seeded by `seed`). `split` reads one split's shards (e.g. "train"; config `split:`);
+    `files` overrides the shards.
     """
     import tensorflow as tf
 
     meta = read_dataset_json(output_path)
+    check_split(meta, split)
     spec = meta["tfrecord"]["features"]
     bands = band_features(meta)
     label = label_entry(meta, label_feature, label_spec)
@@ -57,8 +59,8 @@ def tf_dataset(output_path: str, batch_size: Optional[int] = None, with_mask: bo
 
     count = None
     if files is None:
-        files = tfrecord_files(output_path, meta)
-        count = tfrecord_patch_count(output_path)
+        files = tfrecord_files(output_path, meta, split)
+        count = tfrecord_patch_count(output_path, split)
     compression = meta["tfrecord"].get("compression", "GZIP")
     ds = tf.data.TFRecordDataset(list(files), compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
     if count is not None:  # a known length: len(ds) works and Keras knows where an epoch ends

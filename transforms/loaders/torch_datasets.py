@@ -4,6 +4,7 @@ Both yield float32 `(C, H, W)` tensors (PyTorch's channels-first convention) plu
 
 - `NpyPatchDataset`: map-style, over the NPY files manifest.jsonl lists as written (sorted by
   patch id), whatever `bands_axis` dataset.json says they were written with.
+- Both take `split="train"` (or any split of config `split:`) to read one split.
 - `TFRecordPatchDataset`: iterable, over the TFRecord shards, decoded without TensorFlow
   (`pixelbeam.transforms.formats.records`); with `DataLoader(num_workers=n)` each worker reads its own shards.
 """
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from pixelbeam.transforms.loaders.common import (example_arrays, load_npy, read_dataset_json, tfrecord_files,
-                                                 to_chw, written_npy_files)
+from pixelbeam.transforms.loaders.common import (check_split, example_arrays, load_npy, read_dataset_json,
+                                                 tfrecord_files, to_chw, written_npy_files)
 from pixelbeam.transforms.formats.records import iter_examples
 
 __all__ = ["NpyPatchDataset", "TFRecordPatchDataset"]
@@ -27,13 +28,14 @@ class NpyPatchDataset(Dataset):
     """`ds[i]` is `(image, patch_id)`: image a float32 tensor `(C, H, W)` (`(T, C, H, W)` for a
     time stack), `transform(image)` applied when given; the patch id a str."""
 
-    def __init__(self, output_path: str, transform: Optional[Callable] = None):
+    def __init__(self, output_path: str, transform: Optional[Callable] = None, split: Optional[str] = None):
         self.output_path = output_path
         self.transform = transform
         meta = read_dataset_json(output_path)
+        check_split(meta, split)
         self.bands = list(meta.get("bands", []))
         self.bands_axis = int(meta.get("bands_axis", 0))
-        self.items = written_npy_files(output_path)
+        self.items = written_npy_files(output_path, split)
         if not self.items:
             raise FileNotFoundError(f"{output_path}: the manifest lists no written NPY file; was the job run "
                                     "with output.formats including npy?")
@@ -55,12 +57,13 @@ class TFRecordPatchDataset(IterableDataset):
     `(C, H, W)` (bands in dataset.json order; a time stack's steps flattened into C), mask
     float32 `(H, W)`, 1.0 where every band is valid."""
 
-    def __init__(self, output_path: str, transform: Optional[Callable] = None, with_mask: bool = False):
+    def __init__(self, output_path: str, transform: Optional[Callable] = None, with_mask: bool = False,
+                 split: Optional[str] = None):
         self.output_path = output_path
         self.transform = transform
         self.with_mask = with_mask
         self.meta = read_dataset_json(output_path)
-        self.files = tfrecord_files(output_path, self.meta)
+        self.files = tfrecord_files(output_path, self.meta, split)
 
     def __iter__(self):
         worker = get_worker_info()

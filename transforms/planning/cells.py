@@ -21,6 +21,7 @@ from pixelbeam.transforms.planning.grid import (GridSpec, _point_cells, kept_pat
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.planning.regions import Region
 from pixelbeam.transforms.planning.sampling import Sample
+from pixelbeam.transforms.planning.splits import SplitRule, assign_block_splits, assign_region_splits, overlap_reach
 
 CELL_PATCHES = 32  # patches per cell side: 1,024 patches a cell at most
 
@@ -116,23 +117,46 @@ def cell_patch_indices(cell: Cell, regions: Sequence[ProjectedRegion], grid: Gri
     return kept_r + cell.row0, kept_c + cell.col0, owner[kept_r, kept_c]
 
 
+def split_cell_patches(cell: Cell, regions: Sequence[ProjectedRegion], grid: GridSpec,
+                       rule: Optional[SplitRule] = None):
+    """(rows, cols, owners, splits, left out) of the cell's patches: `cell_patch_indices` with
+    each patch's split and the split guard applied (transforms/planning/splits.py); splits is None
+    without a rule. By region, the guard looks `overlap_reach` patches past the cell's edge."""
+    rows, cols, owners = cell_patch_indices(cell, regions, grid)
+    if rule is None:
+        return rows, cols, owners, None, 0
+    if rule.by is None:
+        index, kept = assign_block_splits(rule, grid, cell.crs, rows, cols)
+    else:
+        reach = max(overlap_reach(grid))
+        around = cell_patch_indices(Cell(cell.crs, cell.row0 - reach, cell.col0 - reach, cell.size + 2 * reach),
+                                    regions, grid) if reach and rows.size else (rows, cols, owners)
+        index, kept = assign_region_splits(rule, grid, rows, cols, owners, around)
+    names = np.array(rule.names, dtype=object)[index] if index.size else np.zeros(0, object)
+    return rows[kept], cols[kept], owners[kept], names[kept], int(rows.size - kept.sum())
+
+
 def expand_cell(cell: Cell, regions: Sequence[ProjectedRegion], grid: GridSpec,
                 sample: Optional[Sample] = None) -> list[PatchSpec]:
-    """The PatchSpecs of one cell (what a worker does with a cell), kept and labelled by
-    `sample` (transforms/planning/sampling.py) when given."""
-    rows, cols, owners = cell_patch_indices(cell, regions, grid)
+    """The PatchSpecs of one cell (what a worker does with a cell), kept, labelled and split by
+    `sample` (transforms/planning/sampling.py, splits.py) when given."""
+    rule = sample.split if sample is not None else None
+    rows, cols, owners, splits, _ = split_cell_patches(cell, regions, grid, rule)
     specs = [make_spec(grid, cell.crs, r, c, o) for r, c, o in zip(rows.tolist(), cols.tolist(), owners.tolist())]
     if sample is None:
         return specs
+    if splits is not None:
+        specs = [dataclasses.replace(s, split=name) for s, name in zip(specs, splits.tolist())]
     return [dataclasses.replace(s, label=sample.label(s.region_id)) for s in specs
             if sample.keeps(s.patch_id, s.region_id)]
 
 
 def owned_patch_ids(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegion]],
-                    grid: GridSpec) -> Iterator[tuple[str, str]]:
-    """(patch id, owner region id) of every patch of the cells, one cell in memory at a time."""
+                    grid: GridSpec, rule: Optional[SplitRule] = None) -> Iterator[tuple[str, str]]:
+    """(patch id, owner region id) of every patch of the cells (the split guard applied with
+    `rule`), one cell in memory at a time."""
     for cell in cells:
-        rows, cols, owners = cell_patch_indices(cell, projected[cell.crs], grid)
+        rows, cols, owners, _, _ = split_cell_patches(cell, projected[cell.crs], grid, rule)
         for r, c, o in zip(rows.tolist(), cols.tolist(), owners.tolist()):
             yield patch_id(cell.crs, r, c), o
 
@@ -141,9 +165,30 @@ def count_patches(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegi
                   sample: Optional[Sample] = None) -> int:
     """How many patches the cells hold (kept by `sample`), without building them (launcher
     memory O(one cell))."""
-    if sample is not None and sample.thresholds:
-        return sum(1 for pid, owner in owned_patch_ids(cells, projected, grid) if sample.keeps(pid, owner))
-    return sum(len(cell_patch_indices(cell, projected[cell.crs], grid)[0]) for cell in cells)
+    return sum(count_by_split(cells, projected, grid, sample)[0].values())
+
+
+def count_by_split(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegion]], grid: GridSpec,
+                   sample: Optional[Sample] = None) -> tuple[dict, int]:
+    """({split or None: patches kept by `sample`}, patches the split guard left out), one cell
+    in memory at a time."""
+    rule = sample.split if sample is not None else None
+    counts: dict = {}
+    left_out = 0
+    for cell in cells:
+        rows, cols, owners, splits, dropped = split_cell_patches(cell, projected[cell.crs], grid, rule)
+        left_out += dropped
+        kept = np.ones(rows.size, bool)
+        if sample is not None and sample.thresholds:
+            kept = np.array([sample.keeps(patch_id(cell.crs, r, c), o)
+                             for r, c, o in zip(rows.tolist(), cols.tolist(), owners.tolist())], bool)
+        if splits is None:
+            counts[None] = counts.get(None, 0) + int(kept.sum())
+            continue
+        names, numbers = np.unique(splits[kept].astype(str), return_counts=True)
+        for name, number in zip(names.tolist(), numbers.tolist()):
+            counts[name] = counts.get(name, 0) + number
+    return counts, left_out
 
 
 def plan_by_cells(regions: Iterable[Region], grid: GridSpec, size: int = CELL_PATCHES,

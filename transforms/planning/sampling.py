@@ -10,6 +10,10 @@ on the worker count, bundle order or runner), the planned count is exact, and no
 step is needed. (An expected-N hash threshold would need no launcher pass but give N only on
 average; exact N is what users of `per_region` ask for.)
 
+`per_class: N` (with `label_property`) is Earth Engine's `stratifiedSample` for patches: the
+same ranks and launcher pass, keyed by the owner region's label instead of the region, so each
+class keeps exactly min(N, its patches) patches, whichever regions they come from.
+
 Labels: with `label_property`, every region must carry that property; each patch carries its
 owner region's value (manifest `label`, TFRecord feature `label`, dataset.json role "label").
 """
@@ -17,6 +21,7 @@ owner region's value (manifest `label`, TFRecord feature `label`, dataset.json r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import heapq
 from typing import Any, Iterable, Optional
@@ -24,6 +29,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from pixelbeam.transforms.planning.regions import Region
+from pixelbeam.transforms.planning.splits import SplitRule
 
 MAX_RANK = 2 ** 64 - 1
 
@@ -39,20 +45,32 @@ def patch_rank(seed: int, patch_id: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """Which planned patches are kept and what they carry: `thresholds` (region id, max rank)
-    for per-region sampling (empty: keep every patch), `labels` (region id, label)."""
+    """Which planned patches are kept and what they carry: `thresholds` (key, max rank) where
+    the key is the owner region's id, or its label with `by_class` (empty: keep every patch),
+    `labels` (region id, label), and the `split` rule (transforms/planning/splits.py)."""
 
     seed: int = 0
     thresholds: tuple = ()
     labels: tuple = ()
+    split: Optional[SplitRule] = None
+    by_class: bool = False  # thresholds are per label (sample.per_class), not per region
+
+    @functools.cached_property
+    def _thresholds(self) -> dict:
+        return dict(self.thresholds)
+
+    @functools.cached_property
+    def _labels(self) -> dict:
+        return dict(self.labels)
 
     def keeps(self, patch_id: str, region_id: str) -> bool:
         if not self.thresholds:
             return True
-        return patch_rank(self.seed, patch_id) <= dict(self.thresholds).get(region_id, MAX_RANK)
+        key = self.label(region_id) if self.by_class else region_id
+        return patch_rank(self.seed, patch_id) <= self._thresholds.get(key, MAX_RANK)
 
     def label(self, region_id: str) -> Any:
-        return dict(self.labels).get(region_id) if self.labels else None
+        return self._labels.get(region_id) if self.labels else None
 
 
 def region_thresholds(owned: Iterable[tuple[str, str]], per_region: int, seed: int) -> tuple:
@@ -67,6 +85,13 @@ def region_thresholds(owned: Iterable[tuple[str, str]], per_region: int, seed: i
         elif rank > heap[0]:
             heapq.heapreplace(heap, rank)
     return tuple(sorted((r, -heap[0] if len(heap) == per_region else MAX_RANK) for r, heap in heaps.items()))
+
+
+def class_thresholds(owned: Iterable[tuple[str, str]], per_class: int, seed: int, labels: tuple) -> tuple:
+    """((label, threshold rank), ...) keeping the `per_class` smallest-ranked patches of each
+    class (the owner region's label), from (patch id, owner region id) pairs."""
+    label_of = dict(labels)
+    return region_thresholds(((pid, label_of[owner]) for pid, owner in owned), per_class, seed)
 
 
 def region_labels(regions: Iterable[Region], label_property: str) -> tuple:
