@@ -67,6 +67,7 @@ class CollectionImage:
     image_id: str
     time: str  # iso_time
     properties: tuple = ()  # ((key, value), ...)
+    footprint: Optional[bytes] = None  # lon/lat WKB (a STAC item's geometry): not requested where it cannot reach
 
 
 @dataclasses.dataclass(frozen=True)
