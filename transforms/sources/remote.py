@@ -4,8 +4,9 @@ out of every message. Pure, Beam-free.
 - `gdal_http_options(overrides, timeout_s)`: the GDAL config options a reader sets (through
   `rasterio.Env`, in the thread that opens and reads, on every worker; not only on the
   launcher): no directory listing beside each COG, HTTP/2 multiplexing, GDAL's own retry of a
-  tile read on 429/502/503/504 (what still fails reaches pixelbeam's classified retries), no
-  `HEAD` (a signed GET URL often refuses it), the fetch timeout; any of them overridable.
+  tile read on 429/502/503/504 (what still fails reaches pixelbeam's classified retries), the
+  fetch timeout; any of them overridable (e.g. `CPL_VSIL_CURL_USE_HEAD: NO` where presigned
+  URLs refuse HEAD, at the cost of an unranged GET when a file is opened).
 - `Signer`: how an asset's href becomes a URL that can be read: unchanged, signed by
   Planetary Computer's SDK (`planetary_computer.sign`), a SAS token (a query string) appended,
   or a function `module:function` (href -> URL). Signing happens where the file is opened
@@ -32,7 +33,6 @@ GDAL_HTTP_DEFAULTS = {
     "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2: a patch's range requests share one connection
     "GDAL_HTTP_MAX_RETRY": "3",  # GDAL retries a tile read on 429/502/503/504 itself...
     "GDAL_HTTP_RETRY_DELAY": "1",  # ...after 1 s, doubling; then pixelbeam's retries decide
-    "CPL_VSIL_CURL_USE_HEAD": "NO",  # learn the size from the first range GET (presigned URLs refuse HEAD)
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
 }
 SIGN_KINDS = ("none", "planetary_computer", "query", "hook")
