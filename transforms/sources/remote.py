@@ -156,6 +156,43 @@ def _is_local(href: str) -> bool:
     return "://" not in href and not href.startswith("/vsi")
 
 
+_gdal = None
+
+
+def _gdal_library():
+    """The GDAL library rasterio runs on (ctypes), found among the process's mapped files; None
+    where it cannot be found (then GDAL's caches are left alone)."""
+    global _gdal
+    if _gdal is None:
+        import ctypes
+        import ctypes.util
+        path = None
+        try:
+            with open("/proc/self/maps", encoding="utf-8") as maps:
+                path = next((line.split()[-1] for line in maps if "libgdal" in line and "/" in line), None)
+        except OSError:
+            pass
+        path = path or ctypes.util.find_library("gdal")
+        try:
+            lib = ctypes.CDLL(path) if path else None
+            lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+        except (OSError, AttributeError):
+            lib = None
+        _gdal = lib or False
+    return _gdal or None
+
+
+def forget_remote_file(url: str) -> None:
+    """Drop what GDAL cached about `url` (its size, a failed request, its blocks), so the next
+    open asks the server again: GDAL remembers a failed HEAD or GET for the life of the
+    process, which would turn a transient 503 at open into a failure on every retry."""
+    lib = _gdal_library()
+    if lib is None or "://" not in url and not url.startswith("/vsi"):
+        return
+    prefix = url if url.startswith("/vsi") else f"/vsicurl/{url}"
+    lib.VSICurlPartialClearCache(prefix.encode("utf-8"))
+
+
 _log_filter_lock = threading.Lock()
 _filtered: set = set()
 GDAL_LOGGERS = ("rasterio._err", "rasterio._env", "rasterio._base", "rasterio._io", "rasterio._filepath",

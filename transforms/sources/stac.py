@@ -39,7 +39,8 @@ from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInf
 from pixelbeam.transforms.sources.handles import ThreadHandles
 from pixelbeam.transforms.sources.raster import read_onto_grid, resampling_method
 from pixelbeam.transforms.sources.reach import reaches
-from pixelbeam.transforms.sources.remote import Signer, SigningError, hide_secrets, hide_secrets_in_logs
+from pixelbeam.transforms.sources.remote import (Signer, SigningError, forget_remote_file, hide_secrets,
+                                                  hide_secrets_in_logs)
 from pixelbeam.transforms.sources.stac_items import BandRef, StacItem, stac_items
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,11 @@ class StacReader:
         self.by_id = {item.item_id: item for item in source.items}
         self.rescaled = source.rescaled
         self.handles = ThreadHandles(self._open, max_open=MAX_OPEN_PER_THREAD)
+        self._signed: dict[str, str] = {}  # href -> the URL last opened for it
 
     def _open(self, href: str):
-        return rasterio.open(self.source.signer.sign(href))
+        url = self._signed[href] = self.source.signer.sign(href)
+        return rasterio.open(url)
 
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
         return self.fetch_item(spec, part, self.by_id[self.info.collection.images[part.image].image_id])
@@ -148,7 +151,8 @@ class StacReader:
             ds = self.handles.get(href)
             return read_onto_grid(ds, indexes, spec, part, resampling, nodata=nodata)
         except (RasterioIOError, SigningError, OSError) as e:
-            self.handles.evict(href)  # the next attempt reopens (and re-signs) it
+            self.handles.evict(href)  # the next attempt reopens (and re-signs) it...
+            forget_remote_file(self._signed.get(href, href))  # ...and GDAL asks the server again
             raise remote_read_error(e, f"item {item.item_id!r} asset {key!r}", href, self.source.signer) from None
 
     def close(self) -> None:

@@ -83,10 +83,10 @@ def open_api(query: StacQuery, policy: RetryPolicy = LISTING_POLICY):
             warnings.simplefilter("ignore")  # NoConformsTo: checked just below, with a better message
             client = Client.open(query.url, stac_io=_api_io(query.timeout_s, policy))
     except FetchError as e:
-        if e.status in (404, 400, 405, 406):
-            raise SourceError(f"source.url: {where} is not a STAC API (HTTP {e.status}); give the root url of "
-                              "a STAC API, whose landing page links to /search") from None
-        raise SourceError(f"source.url: cannot reach {where} ({_short(e)}); check the url and the network") from None
+        if e.retryable:  # refused, reset, timed out, 5xx after the retries
+            raise SourceError(f"source.url: cannot reach {where} ({_short(e)}); check the url and the network") from None
+        raise SourceError(f"source.url: {where} is not a STAC API ({_short(e)}); give the root url of a STAC API, "
+                          "whose landing page links to /search") from None
     except Exception as e:  # noqa: BLE001 - not JSON, not a STAC object
         raise SourceError(f"source.url: {where} is not a STAC API ({type(e).__name__}: {_short(e)}); give the root "
                           "url of a STAC API, whose landing page links to /search") from None
@@ -98,6 +98,7 @@ def open_api(query: StacQuery, policy: RetryPolicy = LISTING_POLICY):
 
 def _search_api(query: StacQuery, bbox, cap: Optional[int], policy: RetryPolicy) -> Iterator[dict]:
     import warnings
+    normalised_parameters(query)  # datetime, query and filter checked before any request
     client = open_api(query, policy)
     check_api_collections(client, query)
     try:
@@ -191,21 +192,23 @@ def read_static(catalog: str) -> tuple[list[dict], set[str]]:
 
 def normalised_parameters(query: StacQuery) -> dict:
     """datetime, query and filter as pystac-client would send them (POST), checked."""
+    import cql2
     from pystac_client.item_search import ItemSearch
-    try:
-        params = ItemSearch(url="file:", method="POST", datetime=query.datetime, query=query.query,
-                            filter=query.filter).get_parameters()
-    except Exception as e:  # noqa: BLE001
-        field = "source.filter" if query.filter is not None and "filter" in str(e).lower() else "source.datetime"
-        raise SourceError(f"{field}: {_short(e)}; check datetime (e.g. 2023-06-01/2023-06-30), query and filter") from None
-    expr = None
-    clauses = [c for c in (query_to_cql2(params.get("query")), params.get("filter")) if c]
-    if clauses:
-        import cql2
+    params: dict = {}
+    for field, key, example in (("datetime", "datetime", "2023-06-01/2023-06-30, 2023-06 or ../2023-06-30"),
+                                ("query", "query", '{"eo:cloud_cover": {"lt": 20}} or ["eo:cloud_cover<20"]')):
         try:
-            expr = cql2.Expr(clauses[0] if len(clauses) == 1 else {"op": "and", "args": clauses})
-        except Exception as e:  # noqa: BLE001
+            params.update(ItemSearch(url="file:", method="POST", **{key: getattr(query, key)}).get_parameters())
+        except Exception as e:  # noqa: BLE001 - pystac-client raises plain Exceptions
+            raise SourceError(f"source.{field}: {_short(e)}; e.g. {example}") from None
+    clauses = [query_to_cql2(params.get("query"))]
+    if query.filter is not None:
+        try:
+            clauses.append(cql2.Expr(query.filter).to_json())
+        except Exception as e:  # noqa: BLE001 - cql2's ParseError / ValidationError
             raise SourceError(f"source.filter: not valid CQL2 ({_short(e)}); e.g. \"eo:cloud_cover < 20\"") from None
+    clauses = [c for c in clauses if c]
+    expr = cql2.Expr(clauses[0] if len(clauses) == 1 else {"op": "and", "args": clauses}) if clauses else None
     return {"datetime": params.get("datetime"), "expr": expr}
 
 
