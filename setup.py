@@ -18,7 +18,12 @@ CORE = [
 GCP = ["apache-beam[gcp]==2.77.*", "google-cloud-storage>=2.14"]
 EE = ["earthengine-api>=1.5"]
 TF = ["tensorflow-cpu>=2.16"]
-TEST = ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0"] + GCP + EE + TF
+# source.kind stac: pystac-client searches STAC APIs (paging, the query/filter extensions, CQL2
+# text -> JSON through cql2), pystac reads static catalogs and ItemCollections, and cql2 evaluates
+# query/filter on a static catalog's items the way an API would. `sign: planetary_computer`
+# needs `planetary-computer` (optional, not installed here).
+STAC = ["pystac>=1.10", "pystac-client>=0.8", "cql2>=0.3"]
+TEST = ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0"] + GCP + EE + TF + STAC
 
 # One import name, `pixelbeam`, while the design card's folders stay at the top of the
 # repository: pixelbeam/ holds the public API (and pixelbeam.testing, the development servers),
@@ -37,6 +42,6 @@ setup(
     package_dir=PACKAGE_DIRS,
     package_data={"pixelbeam": ["py.typed"], "": ["*.json"]},
     install_requires=CORE,
-    extras_require={"gcp": GCP, "ee": EE, "tf": TF, "test": TEST},
+    extras_require={"gcp": GCP, "ee": EE, "tf": TF, "stac": STAC, "test": TEST},
     entry_points={"console_scripts": ["pixelbeam=pixelbeam.pipeline.cli:main"]},
 )

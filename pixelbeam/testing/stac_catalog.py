@@ -90,7 +90,7 @@ def make_demo_catalog(folder: str, scene: Optional[str] = None, items=DEMO_ITEMS
     import rasterio
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
-    scene = scene or default_scene()
+    scene, folder = scene or default_scene(), os.path.abspath(folder)
     with rasterio.open(scene) as src:
         crs, full = src.crs, src.read()
         collection = pystac.Collection(

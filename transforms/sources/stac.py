@@ -193,6 +193,11 @@ def stac_source(cfg, timeout_s: float = 60.0, bbox: Optional[tuple] = None,
     from pixelbeam.transforms.sources.stac_items import native_grid, probe_bands, quality_of, signer_of
     from pixelbeam.transforms.sources.stac_listing import StacQuery, list_items
     from pixelbeam.transforms.sources.remote import gdal_http_options
+    try:
+        import cql2, pystac, pystac_client  # noqa: F401
+    except ImportError as e:
+        raise SourceError(f"source.kind: stac needs pystac, pystac-client and cql2 ({e.name} is missing); "
+                          "pip install 'pixelbeam[stac]'") from None
     hide_secrets_in_logs()
     signer = signer_of(cfg.sign)
     signer.check()
