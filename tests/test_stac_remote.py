@@ -243,3 +243,12 @@ def test_quality_masks_by_class_and_bit():
     np.testing.assert_array_equal(QualityMask("qa", bits=(0, 3, 4)).keep(qa), [True, False, False, True, False])
     with pytest.raises(ValueError):
         QualityMask("qa", invalid=(1,), bits=(2,))
+
+
+def test_config_errors_never_echo_a_token(tmp_path, capsys, catalog):
+    regions = write_regions(tmp_path / "r.geojson", WEST)
+    err = refused(tmp_path, capsys, {"catalog": catalog, "sign": {"query": SECRET, "hook": "m:f"}}, regions)
+    assert "source.sign: give planetary_computer" in err and SECRET not in err
+    # what retry-failed reads back from dataset.json: the token is not there, so it is asked for
+    err = refused(tmp_path, capsys, {"catalog": catalog, "sign": {"query": "**********"}}, regions)
+    assert "source.sign.query: the token is not kept in dataset.json" in err

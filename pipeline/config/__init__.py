@@ -85,7 +85,12 @@ SHAPE_HINTS = {
     "grid.origin": "give [x, y] in CRS units or native",
     "source.uri": "give a path or URL, or a list of them",
     "source.bands": "give a list of 1-based band indexes or band names (stac: asset keys)",
+    "source.sign": ("give planetary_computer, none, or one of {query: <SAS token>}, {query_env: <variable>}, "
+                    "{hook: <module:function>}"),
 }
+
+
+SECRET_FIELDS = ("source.sign",)
 
 
 def describe_validation_error(e: ValidationError) -> str:
@@ -94,8 +99,9 @@ def describe_validation_error(e: ValidationError) -> str:
     loc = [str(p) for p in err["loc"] if not str(p) in ("raster", "earthengine", "stac")]
     loc = [p for p in loc if not p.startswith(("function-", "literal[", "tuple[", "list[", "str", "int", "float"))]
     field = ".".join(loc) or "config"
+    secret = field.startswith(SECRET_FIELDS)  # never echo what may hold a token
     if field in SHAPE_HINTS and err["type"].endswith(("_type", "_parsing", "literal_error", "too_long", "too_short")):
-        return f"{field}: {SHAPE_HINTS[field]} (got {err.get('input')!r})"
+        return f"{field}: {SHAPE_HINTS[field]}" + ("" if secret else f" (got {err.get('input')!r})")
     if err["type"] == "extra_forbidden":
         return f"{field}: unknown key; remove it or check its spelling against the config reference"
     if err["type"] == "union_tag_invalid":
@@ -105,7 +111,7 @@ def describe_validation_error(e: ValidationError) -> str:
         return f"{field}: required key is missing; add it"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
     return f"{field}: {msg}{shown}"
 
 

@@ -223,6 +223,9 @@ def signer_of(sign) -> Signer:
                               "export it (the SAS token or signed query string)")
         return Signer(kind="query", query=Secret(value))
     query = sign.query.get_secret_value() if hasattr(sign.query, "get_secret_value") else sign.query
+    if set(query) == {"*"}:  # a config read back from dataset.json, where the token is not kept
+        raise SourceError("source.sign.query: the token is not kept in dataset.json; give it again in the config, "
+                          "or as sign.query_env (an environment variable)")
     return Signer(kind="query", query=Secret(query))
 
 
