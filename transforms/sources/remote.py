@@ -127,7 +127,7 @@ class Signer:
 
     def sign(self, href: str) -> str:
         """A URL for `href` that can be read now."""
-        if self.kind == "none" or _is_local(href):
+        if self.kind == "none" or not is_remote(href):
             return href
         try:
             signed = self._function()(href)
@@ -152,8 +152,9 @@ class SigningError(RuntimeError):
     """The signing step raised (e.g. Planetary Computer's token service was unreachable)."""
 
 
-def _is_local(href: str) -> bool:
-    return "://" not in href and not href.startswith("/vsi")
+def is_remote(href: str) -> bool:
+    """A URL or a GDAL /vsi path (read over a network), not a local file."""
+    return "://" in href or href.startswith("/vsi")
 
 
 _gdal = None
@@ -187,7 +188,7 @@ def forget_remote_file(url: str) -> None:
     open asks the server again: GDAL remembers a failed HEAD or GET for the life of the
     process, which would turn a transient 503 at open into a failure on every retry."""
     lib = _gdal_library()
-    if lib is None or "://" not in url and not url.startswith("/vsi"):
+    if lib is None or not is_remote(url):
         return
     prefix = url if url.startswith("/vsi") else f"/vsicurl/{url}"
     lib.VSICurlPartialClearCache(prefix.encode("utf-8"))

@@ -30,17 +30,17 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 
-from pixelbeam.transforms.fetching.retry import FetchError, PermanentError, TransientError, classify_exception
+from pixelbeam.transforms.fetching.retry import FetchError, TransientError, classify_exception
 from pixelbeam.transforms.fetching.sizing import RequestPart
 from pixelbeam.transforms.patch import PatchSpec
-from pixelbeam.transforms.pixels.collections import CollectionError, CollectionImage, iso_time, plan_collection
+from pixelbeam.transforms.pixels.collections import CollectionError, CollectionImage, plan_collection
 from pixelbeam.transforms.pixels.quality import QualityMask
 from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInfo
 from pixelbeam.transforms.sources.handles import ThreadHandles
 from pixelbeam.transforms.sources.raster import read_onto_grid, resampling_method
 from pixelbeam.transforms.sources.reach import reaches
 from pixelbeam.transforms.sources.remote import (Signer, SigningError, forget_remote_file, hide_secrets,
-                                                  hide_secrets_in_logs)
+                                                  hide_secrets_in_logs, is_remote)
 from pixelbeam.transforms.sources.stac_items import BandRef, StacItem, stac_items
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,9 @@ def remote_read_error(exc: BaseException, what: str, href: str, signer: Signer) 
     text = hide_secrets(f"{what} ({hide_secrets(href)}): {error.message}", signer.secrets)
     if isinstance(exc, SigningError):
         return TransientError(text, "sign")
-    if error.cause == type(exc).__name__ and "://" in href:
+    if error.cause == type(exc).__name__ and is_remote(href):
         return TransientError(text, "read")
-    return type(error)(text, error.cause, error.retry_after_s, error.status) if not isinstance(
-        error, PermanentError) else PermanentError(text, error.cause, error.retry_after_s, error.status)
+    return type(error)(text, error.cause, error.retry_after_s, error.status)
 
 
 def _by_asset(refs: tuple[BandRef, ...], bands: tuple[int, ...]) -> list[tuple[str, list[int]]]:
@@ -193,11 +192,11 @@ def stac_source(cfg, timeout_s: float = 60.0, bbox: Optional[tuple] = None,
     from pixelbeam.transforms.sources.stac_items import native_grid, probe_bands, quality_of, signer_of
     from pixelbeam.transforms.sources.stac_listing import StacQuery, list_items
     from pixelbeam.transforms.sources.remote import gdal_http_options
-    try:
-        import cql2, pystac, pystac_client  # noqa: F401
-    except ImportError as e:
-        raise SourceError(f"source.kind: stac needs pystac, pystac-client and cql2 ({e.name} is missing); "
-                          "pip install 'pixelbeam[stac]'") from None
+    import importlib.util
+    missing = [m for m in ("pystac", "pystac_client", "cql2") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SourceError(f"source.kind: stac needs pystac, pystac-client and cql2 ({missing[0]} is missing); "
+                          "pip install 'pixelbeam[stac]'")
     hide_secrets_in_logs()
     signer = signer_of(cfg.sign)
     signer.check()
