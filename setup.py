@@ -25,12 +25,17 @@ CORE = [
 GCP = ["apache-beam[gcp]==2.77.*", "google-cloud-storage>=2.14"]
 EE = ["earthengine-api>=1.5"]
 TF = ["tensorflow-cpu>=2.16"]
+# source.kind stac: pystac-client searches STAC APIs (paging, the query/filter extensions, CQL2
+# text -> JSON through cql2), pystac reads static catalogs and ItemCollections, and cql2 evaluates
+# query/filter on a static catalog's items the way an API would. `sign: planetary_computer`
+# needs `planetary-computer` (optional, not installed here).
+STAC = ["pystac>=1.10", "pystac-client>=0.8", "cql2>=0.3"]
 # In Jupyter: rich draws the live progress bar as an ipywidgets widget, and Beam's Pipeline,
 # run inside IPython, imports its interactive environment, which needs pandas (Beam's range).
 NOTEBOOK = ["ipywidgets>=8", "pandas>=1.4.3,<2.4"]
 # nbclient + ipykernel execute docs/notebook.ipynb in a real kernel (tests/test_notebook.py)
 TEST = (["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0",
-         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"] + GCP + EE + TF + NOTEBOOK)
+         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"] + GCP + EE + TF + NOTEBOOK + STAC)
 
 # One import name, `pixelbeam`, while the design card's folders stay at the top of the
 # repository: pixelbeam/ holds the public API (and pixelbeam.testing, the development servers),
@@ -56,6 +61,6 @@ setup(
     package_dir={**PACKAGE_DIRS, **DATA_DIRS},
     package_data=PACKAGE_DATA,
     install_requires=CORE,
-    extras_require={"gcp": GCP, "ee": EE, "tf": TF, "notebook": NOTEBOOK, "test": TEST},
+    extras_require={"gcp": GCP, "ee": EE, "tf": TF, "notebook": NOTEBOOK, "stac": STAC, "test": TEST},
     entry_points={"console_scripts": ["pixelbeam=pixelbeam.pipeline.cli:main"]},
 )

@@ -17,10 +17,11 @@ import numpy as np
 import pyproj
 import shapely
 
-from pixelbeam.pipeline.config import Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig
+from pixelbeam.pipeline.config import (Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig,
+                                       StacSourceConfig)
 from pixelbeam.pipeline.outputs import check_outputs
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
-from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent
+from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent, regions_lonlat_box
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.pixels.masking import PixelRules, check_fill_value
 from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
@@ -118,6 +119,10 @@ def make_source(config: Config, regions: Sequence[Region] = ()) -> PixelSource:
             except ConfigError:
                 pass  # the same error is raised with context once the source is described
         return earthengine_source(src, timeout_s=config.fetch.timeout_s, bounds=bounds)
+    if isinstance(src, StacSourceConfig):  # listed once here, within the regions' extent on the job's grid
+        from pixelbeam.transforms.sources.stac import stac_source
+        return stac_source(src, config.fetch.timeout_s, regions_lonlat_box(regions),
+                           lambda info: lonlat_extent(regions, resolve_grid(config.grid, info or SourceInfo((), ()))))
     raise ConfigError(f"source.kind: {src.kind!r} is not supported")  # unreachable: validated
 
 

@@ -3,6 +3,7 @@ run_dataflow.sh), the job stages the sdist and the worker requirements, the quot
 every SDK process of the pool, run_dataflow.sh fails early and clearly, and the sdist holds what
 the workers import."""
 
+import contextlib
 import glob
 import json
 import os
@@ -55,12 +56,32 @@ def is_earth_engine(config_path):
         return yaml.safe_load(f)["source"].get("kind") == "earthengine"
 
 
+@contextlib.contextmanager
+def local_stac_api(config_path, tmp):
+    """A STAC API config pointed at a local STAC API over the demo catalog, served meanwhile
+    (the launcher searches it when the job is planned)."""
+    with open(config_path) as f:
+        source = yaml.safe_load(f)["source"]
+    if source.get("kind") != "stac" or not source.get("url"):
+        yield
+        return
+    from pixelbeam.testing.stac_catalog import make_demo_catalog
+    from pixelbeam.testing.stac_server import StacApiServer
+    with StacApiServer(make_demo_catalog(str(tmp / "stac-demo"))) as api:
+        with open(config_path) as f:
+            text = f.read()
+        with open(config_path, "w") as f:
+            f.write(text.replace(source["url"], api.url))
+        yield
+
+
 @pytest.mark.parametrize("name", [os.path.basename(p) for p in CONFIGS])
 def test_every_config_translates_for_dataflow(name, sandbox):
     tmp, env = sandbox
     cfg = str(tmp / "configs" / name)
     args = [cfg, "--dry_run"]
-    with EmulatorServer(Catalog.from_file(str(tmp / "configs" / "emulator_catalog.json"))) as emulator:
+    with EmulatorServer(Catalog.from_file(str(tmp / "configs" / "emulator_catalog.json"))) as emulator, \
+            local_stac_api(cfg, tmp):
         if is_earth_engine(cfg):  # the launcher's one band-type probe goes to the emulator
             args += ["--ee_emulator", emulator.url]
         proc = run_script(args, env, tmp)

@@ -64,6 +64,17 @@ def make_sandbox(tmp_path):
     return str(box), env
 
 
+def use_free_stac_port(cwd):
+    """The local STAC API's port 8766 (configs/stac_s2_l2a.yaml and the tour) replaced by a free
+    one in the sandbox's configs; returns it, for the blocks."""
+    port = free_port()
+    for name in glob.glob(os.path.join(cwd, "configs", "*.yaml")):
+        text = open(name, encoding="utf-8").read()
+        if "127.0.0.1:8766" in text:
+            open(name, "w", encoding="utf-8").write(text.replace("127.0.0.1:8766", f"127.0.0.1:{port}"))
+    return port
+
+
 def run_block(lang, code, cwd, env, port):
     if lang == "python":
         cmd = [sys.executable, "-c", code]
@@ -84,6 +95,7 @@ def test_docs_exist_with_runnable_examples():
 def test_every_example_runs(path, tmp_path):
     cwd, env = make_sandbox(tmp_path)
     port = free_port()
+    stac_port = use_free_stac_port(cwd)
     if os.path.basename(path) not in STARTS_FROM_SCRATCH:
         done = run_block("sh", "pixelbeam run configs/demo.yaml\n", cwd, env, port)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -91,7 +103,7 @@ def test_every_example_runs(path, tmp_path):
     for line, lang, code, skipped in code_blocks(path):
         if skipped:
             continue
-        proc = run_block(lang, code, cwd, env, port)
+        proc = run_block(lang, code.replace("8766", str(stac_port)), cwd, env, port)
         assert proc.returncode == 0, (f"{os.path.basename(path)}:{line} ```{lang} block failed "
                                       f"(exit {proc.returncode}):\n{code}\n--- stdout\n{proc.stdout[-3000:]}"
                                       f"\n--- stderr\n{proc.stderr[-3000:]}")

@@ -19,6 +19,7 @@ from pixelbeam.pipeline.config.sections import (FORMATS, FetchConfig, GridConfig
 from pixelbeam.pipeline.config.sources import (COLLECTION_MODES, HIGH_VOLUME_URL, EarthEngineFilter,
                                                EarthEngineSourceConfig, RasterImageConfig, RasterSourceConfig,
                                                Reducer, SourceConfig, check_collection)
+from pixelbeam.pipeline.config.stac import StacSourceConfig
 from pixelbeam.pipeline.config.table import TableConfig
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Strict", "REMOTE", "FORMATS", "FetchConfig", "GridConfig", "MaskConfig", "OutputConfig", "SampleConfig", "SplitConfig",
     "VisualizationConfig", "COLLECTION_MODES", "HIGH_VOLUME_URL", "EarthEngineFilter", "EarthEngineSourceConfig",
     "RasterImageConfig", "RasterSourceConfig", "Reducer", "SourceConfig", "check_collection", "TableConfig",
+    "StacSourceConfig",
 ]
 
 
@@ -84,28 +86,34 @@ SHAPE_HINTS = {
     "grid.scale": "give a pixel size in CRS units (a number or [x, y]) or native",
     "grid.origin": "give [x, y] in CRS units or native",
     "source.uri": "give a path or URL, or a list of them",
-    "source.bands": "give a list of 1-based band indexes or band names",
+    "source.bands": "give a list of 1-based band indexes or band names (stac: asset keys)",
+    "source.sign": ("give planetary_computer, none, or one of {query: <SAS token>}, {query_env: <variable>}, "
+                    "{hook: <module:function>}"),
 }
+
+
+SECRET_FIELDS = ("source.sign",)
 
 
 def describe_validation_error(e: ValidationError) -> str:
     """The first pydantic error as 'field.path: what is wrong (got …)'."""
     err = e.errors()[0]
-    loc = [str(p) for p in err["loc"] if not str(p) in ("raster", "earthengine")]
+    loc = [str(p) for p in err["loc"] if not str(p) in ("raster", "earthengine", "stac")]
     loc = [p for p in loc if not p.startswith(("function-", "literal[", "tuple[", "list[", "str", "int", "float"))]
     field = ".".join(loc) or "config"
+    secret = field.startswith(SECRET_FIELDS)  # never echo what may hold a token
     if field in SHAPE_HINTS and err["type"].endswith(("_type", "_parsing", "literal_error", "too_long", "too_short")):
-        return f"{field}: {SHAPE_HINTS[field]} (got {err.get('input')!r})"
+        return f"{field}: {SHAPE_HINTS[field]}" + ("" if secret else f" (got {err.get('input')!r})")
     if err["type"] == "extra_forbidden":
         return f"{field}: unknown key; remove it or check its spelling against the config reference"
     if err["type"] == "union_tag_invalid":
         tag = (err.get("ctx") or {}).get("tag")
-        return f"{field}.kind: {tag!r} is not a source kind; use raster or earthengine"
+        return f"{field}.kind: {tag!r} is not a source kind; use raster, earthengine or stac"
     if err["type"] == "missing":
         return f"{field}: required key is missing; add it"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
     return f"{field}: {msg}{shown}"
 
 
@@ -119,4 +127,6 @@ def resolve_paths(config: Config, base_dir: str) -> Config:
     elif isinstance(config.source, RasterSourceConfig):
         uris = [resolve(u, base_dir) for u in config.source.uris]
         updates["source"] = config.source.model_copy(update={"uri": uris[0] if isinstance(config.source.uri, str) else uris})
+    elif isinstance(config.source, StacSourceConfig) and config.source.catalog:
+        updates["source"] = config.source.model_copy(update={"catalog": resolve(config.source.catalog, base_dir)})
     return config.model_copy(update=updates)

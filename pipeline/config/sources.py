@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pixelbeam.pipeline.config.base import Strict
+from pixelbeam.pipeline.config.stac import StacSourceConfig
 from pixelbeam.transforms.pixels.resampling import ee_resampling, raster_resampling
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
@@ -167,4 +168,4 @@ class EarthEngineSourceConfig(Strict):
         return self
 
 
-SourceConfig = Annotated[Union[RasterSourceConfig, EarthEngineSourceConfig], Field(discriminator="kind")]
+SourceConfig = Annotated[Union[RasterSourceConfig, EarthEngineSourceConfig, StacSourceConfig], Field(discriminator="kind")]

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 
-from pixelbeam.pipeline.config import Config, ConfigError, EarthEngineSourceConfig
+from pixelbeam.pipeline.config import Config, ConfigError, EarthEngineSourceConfig, StacSourceConfig
 from pixelbeam.transforms.tables.points import TableError, TableGrid, TableImage, group_pixels, plan_pixels, time_ms
 from pixelbeam.transforms.planning.regions import RegionError, load_regions
 from pixelbeam.transforms.sources.base import SourceError, SourceInfo, patch_parts
@@ -70,6 +70,8 @@ def prepare_table_job(config: Config) -> TableJob:
         regions = load_regions(config.regions)
         if isinstance(src, EarthEngineSourceConfig):
             source, base, grid = earthengine_table_source(config, regions)
+        elif isinstance(src, StacSourceConfig):
+            source, base, grid = stac_table_source(config, regions)
         else:
             if table.images_per_request:
                 raise ConfigError("table.images_per_request: applies to Earth Engine (a raster file is read "
@@ -140,6 +142,29 @@ def earthengine_table_source(config: Config, regions):
     images = tuple(sorted((TableImage(index, t) for index, t, _ in listed), key=lambda i: i.time_ms))
     base = ee_src.probe(f"{ee_src.collection}/{images[0].image_id}")
     return EarthEngineTableSource(ee_src, images, base, table.images_per_request), base, grid
+
+
+def stac_table_source(config: Config, regions):
+    """(source, base info, grid) for STAC items: listed once within the regions' extent on the
+    table's grid; ids are the item ids, times their datetime, in time order."""
+    from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent, regions_lonlat_box
+    from pixelbeam.transforms.sources.stac import StacTableSource, stac_source
+    table = config.table
+    if table.times is not None:
+        raise ConfigError("table.times: STAC items give each image's time; remove table.times")
+    if table.images_per_request:
+        raise ConfigError("table.images_per_request: applies to Earth Engine (STAC assets are read item by item); "
+                          "remove it")
+
+    def extent(info):
+        grid = table_grid(table, info or SourceInfo(band_names=(), dtypes=()))
+        return lonlat_extent(regions, GridSpec(crs=grid.crs, scale=grid.scale, patch_size=(1, 1)))
+
+    stac = stac_source(config.source, config.fetch.timeout_s, regions_lonlat_box(regions), extent)
+    images = tuple(TableImage(item.item_id, time_ms(item.time)) for item in stac.items)
+    source = StacTableSource(stac, images)
+    base = source.base()
+    return source, base, table_grid(table, base)
 
 
 def table_grid(table, info: SourceInfo) -> TableGrid:

@@ -7,7 +7,8 @@ worth retrying (`retryable`), a short `cause` label for metrics ("429", "503", "
 
 Only the standard library is needed to import this module; `requests`, `urllib3`,
 `httplib2`, `google.auth` and `googleapiclient` error types are recognised when those
-packages are installed (looked up lazily, or duck-typed).
+packages are installed (looked up lazily, or duck-typed), and so are GDAL's HTTP errors
+raised by rasterio (matched by class name and message).
 """
 
 from __future__ import annotations
@@ -247,6 +248,10 @@ def _from_http_error(exc: BaseException, now: Optional[float]) -> Optional[Fetch
             return classify_http_status(int(status), message, _header(resp, "retry-after"), now)
         except (TypeError, ValueError):
             return None
+    status = getattr(exc, "status_code", None)  # pystac-client's APIError
+    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+        text = str(exc).strip()
+        return classify_http_status(status, text.splitlines()[0][:500] if text else "", None, now)
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     if status is not None:
@@ -275,6 +280,38 @@ def _from_transport_error(exc: BaseException, now: Optional[float]) -> Optional[
     for types, cause in _transport_table():
         if isinstance(exc, types):
             return TransientError(message, cause)
+    return None
+
+
+# GDAL's HTTP errors as rasterio raises them (RasterioIOError, or a CPLE_* error in its chain):
+# "HTTP response code: 503" when opening, "HTTP error code: 429 - <url>" from a retry, and
+# libcurl's "CURL error: <what>" for connections that fail or time out.
+_GDAL_STATUS = re.compile(r"HTTP (?:response|error) code: ?(\d{3})")
+_GDAL_CURL = re.compile(r"CURL error: ?(.*)", re.IGNORECASE)
+_CURL_TIMEOUT = re.compile(r"timed? ?out|timeout", re.IGNORECASE)
+_CURL_RESET = re.compile(r"reset|recv failure|send failure|empty reply|connection died|SSL_read|transfer closed",
+                         re.IGNORECASE)
+
+
+def _is_gdal_error(exc: BaseException) -> bool:
+    # Matched by name so that this module never has to import rasterio.
+    return any(cls.__name__ == "RasterioIOError" or cls.__name__.startswith("CPLE_") for cls in type(exc).__mro__)
+
+
+def _from_gdal_error(exc: BaseException, now: Optional[float]) -> Optional[FetchError]:
+    """A GDAL error that names an HTTP status or a libcurl failure; None for any other GDAL
+    error (a file that is not a raster, a band that does not exist: permanent)."""
+    if not _is_gdal_error(exc):
+        return None
+    text = str(exc)
+    match = _GDAL_STATUS.search(text)
+    if match:
+        return classify_http_status(int(match.group(1)), f"GDAL: {text}", None, now)
+    match = _GDAL_CURL.search(text)
+    if match:
+        what = match.group(1)
+        cause = "timeout" if _CURL_TIMEOUT.search(what) else "reset" if _CURL_RESET.search(what) else "connection"
+        return TransientError(f"GDAL: {text}", cause)
     return None
 
 
@@ -315,8 +352,10 @@ def classify_exception(exc: BaseException, now: Optional[float] = None) -> Fetch
     Walks the exception chain outermost first (`__cause__`, `__context__`, urllib3's
     `.reason`), because the Earth Engine client raises `ee.EEException` inside an
     `except HttpError:` block, leaving the HttpError (with the real status) on
-    `__context__`. The first link that is a FetchError, carries an HTTP status, or is a
-    known transport error decides. Otherwise an EEException is classified from its
+    `__context__`. The first link that is a FetchError, carries an HTTP status (an attribute
+    such as pystac-client's `APIError.status_code`, or GDAL's "HTTP response code: 503" in a
+    RasterioIOError), or is a known transport error (libcurl's "CURL error: ..." through
+    GDAL too) decides. Otherwise an EEException is classified from its
     message (last resort, see `classify_ee_message`), and anything else is a
     PermanentError whose cause is the exception's class name. `now` is epoch seconds for
     Retry-After dates.
@@ -325,7 +364,7 @@ def classify_exception(exc: BaseException, now: Optional[float] = None) -> Fetch
     for link in chain:
         if isinstance(link, FetchError):
             return link
-        found = _from_http_error(link, now) or _from_transport_error(link, now)
+        found = _from_http_error(link, now) or _from_transport_error(link, now) or _from_gdal_error(link, now)
         if found is not None:
             return found
     for link in chain:

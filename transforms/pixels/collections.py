@@ -67,6 +67,7 @@ class CollectionImage:
     image_id: str
     time: str  # iso_time
     properties: tuple = ()  # ((key, value), ...)
+    footprint: Optional[bytes] = None  # lon/lat WKB (a STAC item's geometry): not requested where it cannot reach
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,9 @@ def composite(data: np.ndarray, mask: np.ndarray, reducer: str) -> tuple[np.ndar
         masked = np.ma.masked_array(data, ~m)
         out = (masked.min(axis=0) if reducer == "min" else masked.max(axis=0)).filled(0)
         return np.asarray(out, dtype=data.dtype), valid
-    values = np.where(m, data.astype(np.float64), np.nan)
+    # pixels valid in no image hold 0 in every image: no all-NaN slice, so no RuntimeWarning
+    # (warnings.catch_warnings is not thread-safe, and fetch threads composite concurrently)
+    values = np.where(m, data.astype(np.float64), np.where(valid[None, None], np.nan, 0.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-masked pixels
         out = np.nanmedian(values, axis=0) if reducer == "median" else np.nanmean(values, axis=0)

@@ -153,6 +153,14 @@ def lonlat_extent(regions: Iterable[Region], grid: GridSpec) -> Optional[tuple[f
     return (west, south, east, north)
 
 
+def regions_lonlat_box(regions: Iterable[Region]) -> Optional[tuple[float, float, float, float]]:
+    """The regions' own lon/lat bounding box (degrees), or None when there is no region."""
+    bounds = [region.geometry.bounds for region in regions]
+    if not bounds:
+        return None
+    return (min(b[0] for b in bounds), min(b[1] for b in bounds), max(b[2] for b in bounds), max(b[3] for b in bounds))
+
+
 def patch_transform(grid: GridSpec, row: int, col: int) -> tuple[float, ...]:
     """The affine transform (a, b, c, d, e, f) of patch (row, col)'s top-left pixel."""
     sx, sy = grid.scale

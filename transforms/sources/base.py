@@ -18,6 +18,7 @@ import numpy as np
 from pixelbeam.transforms.pixels.collections import CollectionPlan, combine
 from pixelbeam.transforms.patch import Patch, PatchSpec
 from pixelbeam.transforms.fetching.sizing import RequestLimits, RequestPart, plan_parts
+from pixelbeam.transforms.sources.reach import reaches
 
 
 class SourceError(ValueError):
@@ -77,11 +78,13 @@ class PixelSource(Protocol):
 
 
 def patch_parts(spec: PatchSpec, info: SourceInfo) -> list[RequestPart]:
-    """The requests needed for one patch's fetch window; for a collection, those of each image."""
+    """The requests needed for one patch's fetch window; for a collection, those of each image
+    whose footprint (if it has one) reaches the window (transforms/sources/reach.py)."""
     parts = plan_parts(spec.fetch_width, spec.fetch_height, info.band_bytes, info.limits)
     if info.collection is None:
         return parts
-    return [dataclasses.replace(p, image=i) for i in range(len(info.collection.images)) for p in parts]
+    return [dataclasses.replace(p, image=i) for i, image in enumerate(info.collection.images)
+            if reaches(image.footprint, spec) for p in parts]
 
 
 def assemble_patch(spec: PatchSpec, info: SourceInfo, parts: Sequence[RequestPart],
@@ -108,6 +111,9 @@ def assemble_patch(spec: PatchSpec, info: SourceInfo, parts: Sequence[RequestPar
 
 def _assemble(spec: PatchSpec, info: SourceInfo, parts: Sequence[RequestPart],
               results: Sequence[PartResult]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:  # a collection image that does not reach the patch: not requested, masked
+        return (np.zeros((len(info.band_names), spec.fetch_height, spec.fetch_width), dtype=info.dtype),
+                np.zeros((spec.fetch_height, spec.fetch_width), dtype=bool))
     if len(parts) == 1 and len(parts[0].bands) == len(info.band_names):
         data, mask = results[0].data, results[0].mask
     else:

@@ -12,7 +12,6 @@ thread opens its own dataset handles once (GDAL handles are not thread-safe).
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ from pixelbeam.transforms.planning.grid import bounds_to_lonlat
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.fetching.sizing import RequestPart
 from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInfo
+from pixelbeam.transforms.sources.handles import ThreadHandles
 
 # Names users know from GDAL/rasterio and Earth Engine, mapped to rasterio's Resampling.
 RESAMPLING_ALIASES = {"near": "nearest", "cubicspline": "cubic_spline", "med": "med"}
@@ -127,21 +127,15 @@ class RasterReader:
     def __init__(self, source: RasterSource, info: SourceInfo):
         self.source, self.info = source, info
         self.resampling = resampling_method(source.resampling)
-        self._local = threading.local()
-        self._all_handles: list = []
-        self._lock = threading.Lock()
+        self._handles = ThreadHandles(self._open)
+
+    def _open(self, uri: str):
+        ds = rasterio.open(uri)
+        return ds, band_indexes(ds, self.source.bands, uri)
 
     def _dataset(self, uri: str):
         """This thread's handle on `uri` and the file's band indexes, opened on first use."""
-        handles = getattr(self._local, "handles", None)
-        if handles is None:
-            handles = self._local.handles = {}
-        if uri not in handles:
-            ds = rasterio.open(uri)
-            handles[uri] = (ds, band_indexes(ds, self.source.bands, uri))
-            with self._lock:
-                self._all_handles.append(ds)
-        return handles[uri]
+        return self._handles.get(uri)
 
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
         data = mask = None
@@ -161,10 +155,7 @@ class RasterReader:
         return PartResult(data=data.astype(self.info.dtype, copy=False), mask=mask, nbytes=nbytes)
 
     def close(self) -> None:
-        with self._lock:
-            for ds in self._all_handles:
-                ds.close()
-            self._all_handles.clear()
+        self._handles.close()
 
 
 def ignored_masks(mask_nodata: bool, mask_alpha: bool) -> frozenset:
@@ -173,17 +164,26 @@ def ignored_masks(mask_nodata: bool, mask_alpha: bool) -> frozenset:
 
 
 def read_onto_grid(ds, indexes: Sequence[int], spec: PatchSpec, part: RequestPart,
-                   resampling: Resampling, ignore: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+                   resampling: Resampling, ignore: frozenset = frozenset(),
+                   nodata: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
     """(data (C, h, w), mask (h, w)) of one part of a patch's fetch window, read from `ds`;
     `ignore` names GDAL mask kinds that do not mask (on the file's own grid only, checked
-    when the job is planned)."""
+    when the job is planned); `nodata` a nodata value the file does not declare (e.g. a STAC
+    asset's `raster:bands` nodata), masked as if it did."""
+    if nodata is not None and ds.nodata is not None and float(ds.nodata) == float(nodata):
+        nodata = None  # the file says so already
     a, b, c, d, e, f = spec.fetch_transform
     part_transform = Affine(a, b, c, d, e, f) * Affine.translation(part.col_off, part.row_off)
     offset = aligned_offset(ds, spec.crs, part_transform)
     if offset is not None:
-        return _window_read(ds, indexes, Window(offset[1], offset[0], part.width, part.height), ignore)
+        data, mask = _window_read(ds, indexes, Window(offset[1], offset[0], part.width, part.height), ignore)
+        if nodata is not None:
+            mask &= np.all(~np.isnan(data) if np.isnan(nodata) else data != nodata, axis=0)
+        return data, mask
+    extra = {"src_nodata": nodata, "nodata": nodata} if nodata is not None else {}
     with WarpedVRT(ds, crs=spec.crs, transform=part_transform, width=part.width, height=part.height,
-                   resampling=resampling, add_alpha=ds.nodata is None and not _has_mask(ds)) as vrt:
+                   resampling=resampling, add_alpha=ds.nodata is None and nodata is None and not _has_mask(ds),
+                   **extra) as vrt:
         if resampling == Resampling.nearest:
             data, masks = vrt.read(indexes), vrt.read_masks(indexes)
         else:  # one band at a time: a multi-band warp would treat nodata as unified across bands

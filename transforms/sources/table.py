@@ -58,6 +58,23 @@ def data_bands(info: SourceInfo, images) -> tuple[str, ...]:
     return tuple(n[len(prefix):] for n in info.band_names[:per_image - 1])
 
 
+def fetch_stacked(part: RequestPart, n_bands: int, dtype: str, fetch_image) -> PartResult:
+    """A stacked request part read image by image: `fetch_image(t, data_part)` gives image t's
+    bands (a PartResult); its mask becomes the image's validity band."""
+    out = np.zeros((len(part.bands), part.height, part.width), dtype=dtype)
+    nbytes = 0
+    index = {b: i for i, b in enumerate(part.bands)}
+    data_part = dataclasses.replace(part, bands=tuple(range(n_bands - 1)))
+    for t in sorted({b // n_bands for b in part.bands}):
+        result = fetch_image(t, data_part)
+        nbytes += result.nbytes
+        for c in range(n_bands):
+            band = t * n_bands + c
+            if band in index:
+                out[index[band]] = result.mask if c == n_bands - 1 else result.data[c]
+    return PartResult(data=out, mask=np.ones((part.height, part.width), dtype=bool), nbytes=nbytes)
+
+
 class RasterTableReader:
     limits = None
 
@@ -70,19 +87,7 @@ class RasterTableReader:
                         for img in source.images]
 
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
-        images = sorted({b // self.n_bands for b in part.bands})
-        out = np.zeros((len(part.bands), part.height, part.width), dtype=self.info.dtype)
-        nbytes = 0
-        index = {b: i for i, b in enumerate(part.bands)}
-        data_part = dataclasses.replace(part, bands=tuple(range(self.n_bands - 1)))
-        for t in images:
-            result = self.readers[t].fetch(spec, data_part)
-            nbytes += result.nbytes
-            for c in range(self.n_bands):
-                band = t * self.n_bands + c
-                if band in index:
-                    out[index[band]] = result.mask if c == self.n_bands - 1 else result.data[c]
-        return PartResult(data=out, mask=np.ones((part.height, part.width), dtype=bool), nbytes=nbytes)
+        return fetch_stacked(part, self.n_bands, self.info.dtype, lambda t, p: self.readers[t].fetch(spec, p))
 
     def close(self) -> None:
         for r in self.readers:
