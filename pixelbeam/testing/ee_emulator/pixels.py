@@ -51,6 +51,8 @@ class Grid:
     transform: Affine
     width: int
     height: int
+    # warped file bands of this request, by (path, band, mode): images of one file share a read
+    reads: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, grid: dict[str, Any]) -> "Grid":
@@ -147,6 +149,15 @@ RESAMPLE_MODES = {"bilinear": Resampling.bilinear, "bicubic": Resampling.cubic}
 
 
 def _warp_band(asset: CatalogImage, band_index: int, grid: Grid, mode: str | None = None) -> BandPixels:
+    """``_warp_file_band`` of the asset's band, once per request grid and file band."""
+    path, index = asset.band_files[band_index - 1] if asset.band_files else (asset.path, band_index)
+    key = (path, index, mode)
+    if key not in grid.reads:
+        grid.reads[key] = _warp_file_band(path, index, asset.band_dtypes[band_index - 1], grid, mode)
+    return grid.reads[key]
+
+
+def _warp_file_band(path: str, band_index: int, dtype: Any, grid: Grid, mode: str | None = None) -> BandPixels:
     """Nearest-neighbour warp of one band (1-based) and its GDAL mask onto ``grid``.
 
     Reads only the source window covering the grid (plus a margin). The mask is
@@ -156,10 +167,9 @@ def _warp_band(asset: CatalogImage, band_index: int, grid: Grid, mode: str | Non
     by GDAL from valid source pixels only (masked ones are its nodata) and the mask
     stays nearest-neighbour.
     """
-    dtype = asset.band_dtypes[band_index - 1]
     data = np.zeros((grid.height, grid.width), dtype)
     codes = np.zeros((grid.height, grid.width), np.uint8)
-    ds = _open(asset.path)
+    ds = _open(path)
     try:
         left, bottom, right, top = transform_bounds(grid.crs, ds.crs, *grid.bounds, densify_pts=21)
     except Exception:  # grid not representable in the source CRS
