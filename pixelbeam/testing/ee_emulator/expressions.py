@@ -387,12 +387,18 @@ def date_range(ev, start, end=None, timeZone=None):
 
 
 def _geometry(kind: str) -> Callable[..., Any]:
-    def make(ev, coordinates, crs=None, geodesic=None, maxError=None, evenOdd=None):
+    """A GeometryConstructors function with exactly the catalog's arguments for its kind."""
+    def build(coordinates, crs):
         geometry = {"type": kind, "coordinates": coordinates}
         if crs and crs != "EPSG:4326":
             geometry = transform_geom(crs, "EPSG:4326", geometry)
         return shape(geometry)
-    return make
+
+    if kind.endswith("Point"):
+        return lambda ev, coordinates, crs=None: build(coordinates, crs)
+    if kind.endswith("LineString"):
+        return lambda ev, coordinates, crs=None, geodesic=None, maxError=None: build(coordinates, crs)
+    return lambda ev, coordinates, crs=None, geodesic=None, maxError=None, evenOdd=None: build(coordinates, crs)
 
 
 def _geometry_value(value: Any) -> Any:
@@ -462,7 +468,10 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     **{f"GeometryConstructors.{k}": _geometry(k) for k in (
         "Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon")},
     **{f"reduce.{r}": _reduce(r) for r in ("median", "mean", "min", "max")},
-    **{f"Reducer.{r}": (lambda ev, r=r, **_: Reducer(r)) for r in ("median", "mean", "min", "max")},
+    "Reducer.median": lambda ev, maxBuckets=None, minBucketWidth=None, maxRaw=None: Reducer("median"),
+    "Reducer.mean": lambda ev: Reducer("mean"),
+    "Reducer.min": lambda ev, numInputs=1: Reducer("min"),
+    "Reducer.max": lambda ev, numInputs=1: Reducer("max"),
     **{f"Image.{op}": _binary(op) for op in image_ops.BINARY_OPS},
     **{f"Image.to{name}": _caster(dtype) for name, dtype in {
         "Float": np.float32, "Double": np.float64, "Byte": np.uint8, "Uint8": np.uint8,
