@@ -12,6 +12,7 @@ names are those the installed client (earthengine-api 1.7) sends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import keyword
 from typing import Any, Callable
@@ -133,11 +134,20 @@ class _Evaluator:
         fn = FUNCTIONS.get(name)
         if fn is None:
             raise invalid(f"Function {name!r} is not supported by the EE emulator.")
-        try:
-            inspect.signature(fn).bind(self, **args)
-        except TypeError as exc:
-            raise invalid(f"{name}: bad arguments {sorted(args)}: {exc}") from None
+        names, required = _parameters(fn)
+        unknown, missing = set(args) - names, required - set(args)
+        if unknown or missing:
+            what = f"unexpected argument {sorted(unknown)[0]!r}" if unknown else f"missing argument {sorted(missing)[0]!r}"
+            raise invalid(f"{name}: bad arguments {sorted(args)}: {what}")
         return fn(self, **args)
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(fn: Callable[..., Any]) -> tuple[frozenset, frozenset]:
+    """(accepted, required) argument names of an algorithm (its first parameter is the evaluator)."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    names = frozenset(p.name for p in params)
+    return names, frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
 
 
 # -- argument coercion ---------------------------------------------------
