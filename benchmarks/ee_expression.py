@@ -25,7 +25,7 @@ pixelbeam's 1x1 px probe excluded). `CPU s / 1,000 patches` is the user + system
 the whole client process (interpreter, imports, Beam and planning included), from
 `resource.getrusage(RUSAGE_CHILDREN)` around it, per 1,000 delivered patches.
 
-    .venv/bin/python benchmarks/ee_expression.py            # L 1 s, C 16, 480 patches
+    .venv/bin/python benchmarks/ee_expression.py            # L 2 s, C 16, 320 patches (~3 min)
     .venv/bin/python benchmarks/ee_expression.py --quick    # smoke run, ~1 min
 """
 
@@ -236,10 +236,10 @@ def _shape_checked(counted, out: str, planned: list[str]):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--latency", type=float, default=1.0, help="emulator latency per request, s (L)")
+    p.add_argument("--latency", type=float, default=2.0, help="emulator latency per request, s (L)")
     p.add_argument("--concurrency", type=int, default=16, help="emulator in-flight quota (C)")
-    p.add_argument("--patches", type=int, default=480, help="patches per client")
-    p.add_argument("--quick", action="store_true", help="smoke run: L 0.5 s, C 8, 120 patches")
+    p.add_argument("--patches", type=int, default=320, help="patches per client")
+    p.add_argument("--quick", action="store_true", help="smoke run: L 1 s, C 8, 96 patches")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
         print(json.dumps(client(args.url, job, args.threads)))
         return 0
     if args.quick:
-        args.latency, args.concurrency, args.patches = 0.5, 8, 120
+        args.latency, args.concurrency, args.patches = 1.0, 8, 96
     rows = run(args)
     ideal = rows[0]
     print(f"L {args.latency:g} s | C {args.concurrency} | N {args.patches} patches of 16x16 px x {len(BANDS)} bands "
