@@ -11,7 +11,7 @@ request, concurrency quota C; its images are data/RGB.byte.tif's B4, B3, B2 with
 B8, QA60, SCL stand-ins). Every client fetches the same N one-request 16x16 px patches, each
 in its own process:
 
-  ideal       exactly C threads posting `image:computePixels` with a `requests` session: the
+  ideal       (run first and last; the faster run is the reference) exactly C threads posting `image:computePixels` with a `requests` session: the
               body is pixelbeam's own request expression, JSON-encoded once, with each patch's
               grid spliced in; the NPY answer is decoded and checked.
   pixelbeam   `python -m pixelbeam run CONFIG` (the real job, local runner, NPY only) with
@@ -209,7 +209,7 @@ def run(args) -> list[Row]:
                   "--threads", str(args.concurrency)]
             out = os.path.join(tmp, "pixelbeam")
             rows = []
-            for kind in ("ideal", "pixelbeam", "ee-client"):
+            for kind in ("ideal", "pixelbeam", "ee-client", "ideal"):  # the ideal client first and last
                 print(f"  running {kind} ...", file=sys.stderr, flush=True)
                 if kind == "pixelbeam":
                     shutil.rmtree(out, ignore_errors=True)
@@ -219,6 +219,9 @@ def run(args) -> list[Row]:
                 else:
                     rows.append(measure(f"{kind} ({args.concurrency} threads)", url, me + ["--client", kind],
                                         ee_throughput.client_result))
+            first, last = rows[0], rows.pop()
+            rows[0] = first if first.rate >= last.rate else last  # the faster ideal run is the reference
+            rows[0].note = f"ideal runs {first.rate:.2f} and {last.rate:.2f} patches/s (first and last); the faster is shown"
             return rows
         finally:
             proc.terminate()
