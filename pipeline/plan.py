@@ -19,6 +19,7 @@ import shapely
 
 from pixelbeam.pipeline.config import (Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig,
                                        StacSourceConfig)
+from pixelbeam.pipeline.config.expression import record_expression
 from pixelbeam.pipeline.outputs import check_outputs
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent, regions_lonlat_box
@@ -113,7 +114,7 @@ def make_source(config: Config, regions: Sequence[Region] = ()) -> PixelSource:
     if isinstance(src, EarthEngineSourceConfig):
         from pixelbeam.transforms.sources.earthengine import earthengine_source
         bounds = None
-        if src.collection_mode and regions:
+        if (src.collection_mode or src.expression or src.expression_json is not None) and regions:
             try:  # an Earth Engine image has no native grid here, so the grid is explicit
                 bounds = lonlat_extent(regions, resolve_grid(config.grid, SourceInfo(band_names=(), dtypes=())))
             except ConfigError:
@@ -197,6 +198,7 @@ def prepare_job(config: Config) -> Job:
         info = source.describe()
     except (SourceError, RegionError) as e:
         raise ConfigError(str(e)) from None
+    config = record_expression(config, source)  # an Earth Engine expression: the one it ran, fingerprinted
     grid = resolve_grid(config.grid, info)
     grid = dataclasses.replace(grid, center_points=config.sample.centered_on_points)
     check_mask_options(config, info, grid)

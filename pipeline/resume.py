@@ -35,7 +35,10 @@ RUNNING_FILE = "_running.json"
 DONE_STATUSES = (WRITTEN, FILTERED)
 PER_PATCH_FOLDERS = ("npy", "geotiff", "png", "jpeg")  # one file per written patch in each
 # Config keys that do not change any patch's pixels or status (where to write, how fast, who).
-NEUTRAL_KEYS = {"source": ("credentials", "url", "project"), "output": ("path", "tfrecord_shards")}
+# An Earth Engine expression counts by the serialized graph it ran (`source.expression_json`, recorded
+# by the planner), not by the file and arguments that built it.
+NEUTRAL_KEYS = {"source": ("credentials", "url", "project", "expression", "expression_args"),
+                "output": ("path", "tfrecord_shards")}
 
 
 def new_run_id(now: Optional[float] = None) -> str:
@@ -106,12 +109,28 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
         state = read_json(join(output_path, name)) or {}
         old = state.get("fingerprint")
         if old and old != fingerprint:
+            field = changed_expression(state.get("config"), config)
+            if field:
+                raise ConfigError(f"output.path: {output_path!r} holds {holds} made with another image ({field} now "
+                                  "builds another expression than the one recorded there); use a new output.path, "
+                                  "or --overwrite to replace them")
             changed, them = (("source, grid or output settings", "them") if holds == "patches"
                              else ("source, table or output settings", "it"))
             raise ConfigError(
                 f"output.path: {output_path!r} holds {holds} made with a different config ({changed} changed); "
                 f"use a new output.path, or --overwrite to replace {them}")
     return fingerprint
+
+
+def changed_expression(recorded: Optional[dict], config: Config) -> Optional[str]:
+    """`source.expression` (or `source.expression_json`) when the recorded config's Earth
+    Engine expression differs from `config`'s, else None."""
+    source = getattr(config, "source", None)
+    new = getattr(source, "expression_json", None)
+    old = ((recorded or {}).get("source") or {}).get("expression_json")
+    if new is None or old is None or old == new:
+        return None
+    return "source.expression" if getattr(source, "expression", None) else "source.expression_json"
 
 
 def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:

@@ -90,7 +90,7 @@ def test_table_throughput_summary_reports_time_and_requests():
 def test_scripts_are_discovered_with_their_options():
     names = {os.path.basename(p): run_all.options_of(p) for p in run_all.scripts()}
     assert "run_all.py" not in names
-    assert names["extract_overhead.py"] == names["ee_throughput.py"] == {"--quick", "--json"}
+    assert names["extract_overhead.py"] == names["ee_throughput.py"] == names["ee_expression.py"] == {"--quick", "--json"}
     assert names["summary_scale.py"] == names["table_throughput.py"] == {"--quick", "--json"}
     assert names["graph_size.py"] == {"--quick"}  # prints its own table of sizes
 
@@ -103,3 +103,22 @@ def test_graph_size_quick_prints_both_graphs():
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = [line for line in proc.stdout.splitlines() if line.strip().startswith("2,000")]
     assert row.count(" MB") == 4
+
+
+def test_ee_expression_summary_reports_throughput_and_cpu_against_the_ideal_client():
+    def row(client, rate, cpu):
+        return {"client": client, "rate": rate, "cpu_per_1000": cpu, "lost": 0}
+    doc = {"latency_s": 1.0, "concurrency": 16, "patches": 480, "images": 50,
+           "rows": [row("ideal (16 threads)", 15.0, 4.0), row("pixelbeam", 14.4, 30.0), row("ee-client (16 threads)", 12.0, 40.0)]}
+    table = run_all.ee_expression_rows(doc)
+    assert [round(ratio, 6) for *_, ratio, _ in table] == [0.96, 7.5, 1.2]
+    assert table[0][2] == "ideal client, same pre-serialized expression"
+
+
+def test_run_all_quick_ee_expression_prints_its_rows():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"), "--quick",
+                           "--only", "ee_expression"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [[x.strip() for x in line.split("|")] for line in proc.stdout.splitlines() if line.startswith("ee_expression")]
+    assert [r[1].split(": ")[-1] for r in rows] == ["throughput", "CPU s / 1,000 patches", "throughput"]
+    assert all(float(r[5]) > 0 for r in rows)

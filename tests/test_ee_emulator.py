@@ -18,6 +18,7 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.windows import Window
 
 ee = pytest.importorskip("ee")
 
@@ -482,3 +483,55 @@ def test_module_runs_as_process(tmp_path, catalog):
         process.terminate()
         process.wait(timeout=30)
     assert process.returncode == 0  # SIGTERM exits cleanly
+
+
+# -- the algorithms of cloud masks, indices and label bands ---------------------------------
+def test_where_bitwise_logical_cat_and_clip_equal_numpy(emulator):
+    with rasterio.open(RGB) as ds:
+        data = ds.read(window=WINDOW).astype(np.int64)
+        transform = ds.window_transform(Window(WINDOW[1].start, WINDOW[0].start, 120, 100))
+    b4, b3 = ee.Image(LANDSAT).select("B4"), ee.Image(LANDSAT).select("B3")
+    ok = data != 0
+    out = compute(b4.where(b3.gt(100), 7), window_grid())
+    np.testing.assert_array_equal(out["B4"], np.where(ok[0], np.where(ok[1] & (data[1] > 100), 7, data[0]), 0))
+    out = compute(b4.rightShift(2).addBands(b3.bitwiseAnd(12)), window_grid())
+    np.testing.assert_array_equal(out["B4"], np.where(ok[0], data[0] >> 2, 0))
+    np.testing.assert_array_equal(out["B3"], np.where(ok[1], data[1] & 12, 0))
+    out = compute(b4.gt(50).Or(b3.gt(80)).Not(), window_grid())
+    np.testing.assert_array_equal(out["B4"], np.where(ok[0] & ok[1], ~((data[0] > 50) | (data[1] > 80)), 0))
+    out = compute(ee.ApiFunction.call_("Image.cat", [b4.rename("a"), b3.rename("b")]), window_grid())
+    assert out.dtype.names == ("a", "b")
+    # clip: pixels whose centre lies in the box stay; the others are masked (0)
+    cols, rows = np.meshgrid(np.arange(120) + 0.5, np.arange(100) + 0.5)
+    xs, ys = transform * (cols, rows)
+    x0, x1, y0, y1 = np.percentile(xs, 30), np.percentile(xs, 70), np.percentile(ys, 30), np.percentile(ys, 70)
+    lons, lats = rasterio.warp.transform("EPSG:32618", "EPSG:4326", [x0, x1], [y0, y1])
+    out = compute(b4.clip(ee.Geometry.BBox(lons[0], lats[0], lons[1], lats[1])), window_grid())
+    plon, plat = rasterio.warp.transform("EPSG:32618", "EPSG:4326", xs.ravel(), ys.ravel())
+    inside = ((np.array(plon) > lons[0]) & (np.array(plon) < lons[1]) & (np.array(plat) > lats[0])
+              & (np.array(plat) < lats[1])).reshape(100, 120)
+    assert 0.05 < inside.mean() < 0.5
+    np.testing.assert_array_equal(out["B4"], np.where(inside & ok[0], data[0], 0))
+
+
+def test_collection_to_list_properties_and_band_math(emulator, stack_arrays):
+    collection = ee.ImageCollection(STACK)
+    out = compute(ee.Image(collection.toList(1, 2).get(0)), window_grid(), ["B3"])
+    np.testing.assert_array_equal(out["B3"], stack_arrays[(2, 1) + WINDOW])
+    doubled = collection.map(lambda i: i.multiply(2))  # band math drops the properties, as in EE ...
+    assert doubled.aggregate_array("system:time_start").getInfo() == []
+    assert doubled.aggregate_array("system:index").getInfo() == ["c0", "c1", "c2"]  # ... map keeps the index
+    kept = collection.map(lambda i: i.multiply(2).copyProperties(i, ["system:time_start"]).set("k", 1))
+    assert len(kept.aggregate_array("system:time_start").getInfo()) == 3
+    assert kept.aggregate_array("k").getInfo() == [1, 1, 1] and kept.size().getInfo() == 3
+    image = ee.Image(LANDSAT)
+    out = compute(image.normalizedDifference(["B4", "B3"]).addBands(image.select("B4").remap([0, 96], [5, 6])),
+                  window_grid())
+    with rasterio.open(RGB) as ds:
+        data = ds.read(window=WINDOW).astype(np.float64)
+    total = data[0] + data[1]
+    valid = (data[0] != 0) & (data[1] != 0) & (total != 0)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(out["nd"], np.where(valid, (data[0] - data[1]) / total, 0).astype(np.float32))
+    remapped = np.where(data[0] == 96, 6, 0)  # 0 is masked in the source: unmatched values are masked
+    np.testing.assert_array_equal(out["remapped"], remapped)

@@ -229,3 +229,22 @@ def test_a_patch_that_can_never_fit_is_a_plan_error(tmp_path, emulator, capsys):
     err = capsys.readouterr().err
     assert "grid.patch_size:" in err and "use a smaller patch_size or fewer bands" in err and err.count("\n") == 1
     assert emulator.stats()["requests_received"] - before == 1  # the band-type probe only
+
+
+def test_get_pixels_sends_the_configured_bands(tmp_path, collection_files):
+    """mask none on an asset is getPixels: the probe and every request carry bandIds, so only
+    source.bands are fetched, written and listed in dataset.json."""
+    with EmulatorServer(catalog(collection_files), record=True) as server:
+        cfg = ee_config(tmp_path, server.url, source={"mask": "none", "bands": ["B3", "B1"]},
+                        output={"formats": ["npy"]})
+        assert main(["run", cfg]) == 0
+        bodies = [body for method, body in server.recorded if method == "getPixels"]
+    assert bodies and all(body["bandIds"] == ["B3", "B1"] for body in bodies)
+    out = str(tmp_path / "out")
+    with open(os.path.join(out, "dataset.json")) as f:
+        assert json.load(f)["bands"] == ["B3", "B1"]
+    with rasterio.open(LANDSAT) as ds:
+        for row in rows_of(out):
+            arr = np.load(os.path.join(out, "npy", f"{row['patch_id']}.npy"))
+            expected = ds.read([3, 1], window=window_of(ds, row), boundless=True, fill_value=0)
+            np.testing.assert_array_equal(arr, expected)

@@ -129,4 +129,17 @@ def resolve_paths(config: Config, base_dir: str) -> Config:
         updates["source"] = config.source.model_copy(update={"uri": uris[0] if isinstance(config.source.uri, str) else uris})
     elif isinstance(config.source, StacSourceConfig) and config.source.catalog:
         updates["source"] = config.source.model_copy(update={"catalog": resolve(config.source.catalog, base_dir)})
+    elif isinstance(config.source, EarthEngineSourceConfig):
+        updates["source"] = resolve_expression_paths(config.source, base_dir)
     return config.model_copy(update=updates)
+
+
+def resolve_expression_paths(source: EarthEngineSourceConfig, base_dir: str) -> EarthEngineSourceConfig:
+    """`expression: file.py:function` and an `expression_json` file, against the config's folder."""
+    update: dict[str, Any] = {}
+    if source.expression and ":" in source.expression:
+        path, _, name = source.expression.rpartition(":")
+        update["expression"] = f"{resolve(path, base_dir)}:{name}"
+    if isinstance(source.expression_json, str) and not source.expression_json.lstrip().startswith("{"):
+        update["expression_json"] = resolve(source.expression_json, base_dir)
+    return source.model_copy(update=update) if update else source

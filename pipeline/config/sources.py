@@ -123,7 +123,8 @@ class EarthEngineFilter(Strict):
 
 
 class EarthEngineSourceConfig(Strict):
-    """An Earth Engine image asset (getPixels) or a computed image (computePixels)."""
+    """An Earth Engine image asset (getPixels), a collection filtered and reduced, or any
+    computed image as an expression (computePixels)."""
 
     kind: Literal["earthengine"]
     asset: Optional[str] = None
@@ -141,6 +142,12 @@ class EarthEngineSourceConfig(Strict):
     url: str = HIGH_VOLUME_URL
     credentials: str = "default"
     resampling: str = "nearest"  # nearest (EE's default) | bilinear | cubic (EE's bicubic)
+    # Any computed image (transforms/sources/ee_expression.py): a Python function run on the launcher
+    expression: Optional[str] = None  # path/to/file.py:function returning an ee.Image or ee.ImageCollection
+    expression_args: dict[str, Any] = {}  # keyword arguments of that function
+    # ... or a serialized expression: a JSON file (what image.serialize() writes), or the expression
+    # inline (a mapping; pixelbeam records the one it ran here, beside `expression`, in dataset.json)
+    expression_json: Optional[Union[str, dict[str, Any]]] = None
 
     @field_validator("resampling")
     @classmethod
@@ -150,8 +157,17 @@ class EarthEngineSourceConfig(Strict):
 
     @model_validator(mode="after")
     def _one_image(self, info: ValidationInfo):
-        if bool(self.asset) == bool(self.collection):
-            raise ValueError("give exactly one of asset (getPixels) or collection (computePixels)")
+        if self.expression is not None and isinstance(self.expression_json, str):
+            raise ValueError("give one of expression (a Python function) or expression_json (a JSON file), not both")
+        if self.expression_args and self.expression is None:
+            raise ValueError("expression_args are the keyword arguments of source.expression; give expression too")
+        computed = self.expression is not None or self.expression_json is not None
+        if sum(map(bool, (self.asset, self.collection, computed))) != 1:
+            raise ValueError("give exactly one of asset (getPixels), collection (computePixels), expression "
+                             "(path/to/file.py:function) or expression_json (a serialized ee.Image)")
+        if computed and self.resampling != "nearest":
+            raise ValueError("resampling applies to asset and collection images; with an expression, resample "
+                             "inside it (image.resample('bilinear') before compositing)")
         for_table = bool((info.context or {}).get("table"))  # a table reads every image: no composite needed
         if for_table and self.asset:
             raise ValueError("table: needs a collection (one row per image); give source.collection")
@@ -162,7 +178,7 @@ class EarthEngineSourceConfig(Strict):
         if self.collection_mode and self.composite == "mosaic":
             raise ValueError("with collection_mode, use collection_mode mosaic rather than composite: mosaic")
         problem = check_collection(self.collection_mode, self.composite if self.collection_mode else None,
-                                   self.filter_coverage, bool(self.collection), True)
+                                   self.filter_coverage, bool(self.collection) or computed, True)
         if problem:
             raise ValueError(problem)
         return self

@@ -82,6 +82,9 @@ def prepare_table_job(config: Config) -> TableJob:
         info = source.describe()
     except (SourceError, RegionError) as e:
         raise ConfigError(str(e)) from None
+    if isinstance(src, EarthEngineSourceConfig):
+        from pixelbeam.pipeline.config.expression import record_expression
+        config = record_expression(config, source.ee)  # the expression it ran, fingerprinted
     try:
         pixels = plan_pixels(regions, grid, table.point_id_property, table.max_pixels_per_region)
     except TableError as e:
@@ -138,9 +141,12 @@ def earthengine_table_source(config: Config, regions):
     bounds = lonlat_extent(regions, GridSpec(crs=grid.crs, scale=grid.scale, patch_size=(1, 1)))
     ee_src = earthengine_source(config.source, timeout_s=config.fetch.timeout_s, bounds=bounds)
     ee_src.initialize()
+    if not ee_src.is_collection:
+        raise SourceError(f"{ee_src.expression_field}: gives an ee.Image; table: needs an ee.ImageCollection "
+                          "(one row per image)")
     listed = ee_src.list_collection()
     images = tuple(sorted((TableImage(index, t) for index, t, _ in listed), key=lambda i: i.time_ms))
-    base = ee_src.probe(f"{ee_src.collection}/{images[0].image_id}")
+    base = ee_src.probe(ee_src.member_id(images[0].image_id))
     return EarthEngineTableSource(ee_src, images, base, table.images_per_request), base, grid
 
 

@@ -3,29 +3,37 @@
 Requests carry the patch's PixelGrid and ask for NPY (a structured array, one field per band).
 Earth Engine returns masked pixels as 0, so unless `mask: none` the request adds one uint8 band,
 `pixelbeam_valid`, that is 1 where every requested band is valid; with `mask: none` an asset is
-read with `getPixels` (no computation) and every pixel counts as valid.
+read with `getPixels` (no computation; `bandIds` are the configured bands) and every pixel
+counts as valid.
 
-A collection with `collection_mode` (stack, mosaic, composite, flatten) is listed once when the
-job is planned: one `value:compute` (what `getInfo()` sends) of the filtered collection's
-`aggregate_array` of `system:index`, `system:time_start` and, for `flatten_by` a property, that
-property. With `bounds` (the job's lon/lat extent) the collection is first `filterBounds`-ed, so
-only images that can touch a patch are listed. Each patch then requests every listed image on
-its own (`<collection>/<system:index>`, one request of C x H x W per image, which fits the
-request limits as a single image does, where a `toBands()` stack of T images would hit the
-1024-band and 48 MiB caps), and the images are combined by transforms/pixels/collections.py exactly
-as for raster files. Without `collection_mode`, `composite` is reduced by Earth Engine (one
-request per patch). The `ee` client is initialized once per worker process, with its own
-retries off (pixelbeam's request runner is the only one deciding) and its HTTP deadline set to
-`timeout_s`; the launcher's listing and band probe are retried by `call_with_retries`.
+The image is an asset, a collection filtered and reduced, or any computed image given as an
+expression (transforms/sources/ee_expression.py: a Python function, a serialized JSON, or an
+`ee.Image` passed to the API); bands and dtypes come from a 1x1 px probe of it. A collection
+(an asset id, or an expression returning an `ee.ImageCollection`) with `collection_mode`
+(stack, mosaic, composite, flatten) is listed once when the job is planned: one `value:compute`
+(what `getInfo()` sends) of the filtered collection's size and `aggregate_array` of
+`system:index`, `system:time_start` and, for `flatten_by` a property, that property. With
+`bounds` (the job's lon/lat extent) the collection is first `filterBounds`-ed, so only images
+that can touch a patch are listed. Each patch then requests every listed image on its own
+(`<collection>/<system:index>` for an asset collection; for a computed collection the image
+whose `system:index` it is, `filter(eq('system:index', i)).first()`; one request of C x H x W
+per image, which fits the request limits as a single image does, where a `toBands()` stack of
+T images would hit the 1024-band and 48 MiB caps), and the images are combined by
+transforms/pixels/collections.py exactly as for raster files. Without `collection_mode`,
+`composite` is reduced by Earth Engine (one request per patch).
+
+Each request expression is serialized once per worker process (the reader's) and posted as
+is (`ee_client.post_compute_pixels`), never re-serialized per request. The `ee` client is
+initialized once per worker process, with its own retries off (pixelbeam's request runner is
+the only one deciding) and its HTTP deadline set to `timeout_s`; the launcher's listing and
+band probe are retried by `call_with_retries`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import ipaddress
-import threading
-import urllib.parse
+import json
 from typing import Optional
 
 import numpy as np
@@ -35,96 +43,21 @@ from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.pixels.resampling import ee_resampling
 from pixelbeam.transforms.fetching.retry import PermanentError, RetryPolicy, call_with_retries, classify_exception
 from pixelbeam.transforms.fetching.sizing import EE_MAX_BANDS, EE_MAX_BYTES, RequestLimits, RequestPart
+from pixelbeam.transforms.sources import ee_expression
 from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInfo
+from pixelbeam.transforms.sources.ee_client import (EE_SCOPES, initialize_earth_engine, is_loopback,  # noqa: F401
+                                                    load_credentials, post_compute_pixels)
 
 VALID_BAND = "pixelbeam_valid"
 NPY_MAX_HEADER = 1 << 20  # bytes of an NPY header (a dtype of up to 1,024 fields; no pickle either way)
 LAUNCH_POLICY = RetryPolicy(max_attempts=6, base_delay_s=0.5, max_delay_s=10.0)  # listing and probe
-EE_SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform")
 FILTER_OPS = {"eq": "eq", "neq": "neq", "lt": "lt", "lte": "lte", "gt": "gt", "gte": "gte"}
-
-_init_lock = threading.Lock()
-_initialized_for: Optional[tuple] = None
-
-
-def is_loopback(url: str) -> bool:
-    host = urllib.parse.urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def load_credentials(credentials: str, url: str):
-    """`default` (application default credentials), `anonymous` (a loopback url only, e.g. the
-    emulator), or the path of a service-account key file."""
-    if credentials == "anonymous":
-        if not is_loopback(url):
-            raise SourceError(f"source.credentials: anonymous is only allowed for a loopback url (got {url!r}); "
-                              "use default credentials or a service-account key file")
-        import google.auth.credentials
-        return google.auth.credentials.AnonymousCredentials()
-    if credentials == "default":
-        import google.auth
-        try:
-            creds, _ = google.auth.default(scopes=list(EE_SCOPES))
-        except google.auth.exceptions.DefaultCredentialsError:
-            raise SourceError("source.credentials: no Google application default credentials; run "
-                              "'gcloud auth application-default login' or give a service-account key file") from None
-        return creds
-    from google.oauth2 import service_account
-    try:
-        return service_account.Credentials.from_service_account_file(credentials, scopes=list(EE_SCOPES))
-    except (OSError, ValueError) as e:
-        raise SourceError(f"source.credentials: cannot read the service-account key file ({type(e).__name__}); "
-                          "give a readable JSON key, default, or anonymous for a local emulator") from None
-
-
-def initialize_earth_engine(url: str, project: Optional[str], credentials: str, timeout_s: float) -> None:
-    """Initialize the `ee` client once per process for (url, project, credentials)."""
-    global _initialized_for
-    key = (url, project, credentials, timeout_s)
-    with _init_lock:
-        if _initialized_for == key:
-            return
-        import ee
-        creds = load_credentials(credentials, url)
-        if is_loopback(url):
-            _initialize_offline(ee, creds, url, project)
-        else:
-            ee.Initialize(credentials=creds, url=url, project=project)
-        ee.data.setMaxRetries(0)
-        ee.data.setDeadline(int(timeout_s * 1000))
-        _widen_connection_pool(ee)
-        _initialized_for = key
-
-
-def _widen_connection_pool(ee, connections: int = 128) -> None:
-    """Keep a connection per fetch thread: `requests` keeps 10 per host by default, so with
-    40 requests in flight 30 would open a new TLS connection each time."""
-    from requests.adapters import HTTPAdapter
-    session = ee.data._get_state().requests_session  # the session every ee call goes through
-    for prefix in ("https://", "http://"):
-        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=connections))
-
-
-def _initialize_offline(ee, creds, url: str, project: Optional[str]) -> None:
-    """ee.Initialize against a local server: skip the client's download of the public data
-    catalog (used only to warn about deprecated assets), which needs the internet."""
-    import ee.deprecation
-    fetch = ee.deprecation._FetchDataCatalogStac
-    ee.deprecation._FetchDataCatalogStac = lambda: {}
-    try:
-        ee.Initialize(credentials=creds, url=url, project=project or "pixelbeam-local")
-    finally:
-        ee.deprecation._FetchDataCatalogStac = fetch
 
 
 @dataclasses.dataclass(frozen=True)
 class EarthEngineSource:
-    """An Earth Engine image: `asset`, or `collection` filtered and composited."""
+    """An Earth Engine image: `asset`, `collection` filtered and composited, or a computed
+    `expression` (serialized JSON text; `expression_kind` image or collection)."""
 
     asset: Optional[str] = None
     collection: Optional[str] = None
@@ -143,14 +76,31 @@ class EarthEngineSource:
     flatten_by: str = "day"
     min_coverage: float = 0.0  # filter_coverage
     bounds: Optional[tuple[float, float, float, float]] = None  # lon/lat: list only images touching it
+    expression: Optional[str] = None  # the serialized graph (ee_expression), decoded once per process
+    expression_kind: Optional[str] = None  # ee_expression.IMAGE or COLLECTION
+    expression_field: str = "source.expression"  # the config field it came from, for messages
 
     @property
     def uses_get_pixels(self) -> bool:
         return bool(self.asset) and self.mask == "none" and not self.resampling
 
+    @property
+    def is_collection(self) -> bool:
+        return bool(self.collection) or self.expression_kind == ee_expression.COLLECTION
+
+    @property
+    def what(self) -> str:
+        """The image named for messages."""
+        if self.expression:
+            return f"the image of {self.expression_field}"
+        return f"asset {self.asset!r}" if self.asset else f"collection {self.collection!r}"
+
     def filtered_collection(self):
         import ee
-        coll = ee.ImageCollection(self.collection)
+        if self.expression:
+            coll = ee.ImageCollection(ee_expression.decoded(self.expression))
+        else:
+            coll = ee.ImageCollection(self.collection)
         if self.start or self.end:
             coll = coll.filterDate(self.start or "1970-01-01", self.end or "2100-01-01")
         for prop, op, value in self.filters:
@@ -159,11 +109,21 @@ class EarthEngineSource:
             coll = coll.filterBounds(ee.Geometry.BBox(*self.bounds))
         return coll
 
-    def image(self, image_id: Optional[str] = None):
-        """The ee.Image to request (data bands only): the asset, one image of a collection
-        (`image_id`), or the composite. Needs an initialized client."""
+    def member_id(self, index: str) -> str:
+        """The image id of a listed `system:index`: `<collection>/<index>` for an asset
+        collection; the index itself for a computed collection (picked from it by index)."""
+        return index if self.expression else f"{self.collection}/{index}"
+
+    def image(self, image_id: Optional[str] = None, select: bool = True):
+        """The ee.Image to request (data bands only): the asset, the expression's image, one
+        image of a collection (`image_id`, see member_id), or the composite. Needs an
+        initialized client."""
         import ee
-        if self.asset or image_id:
+        if self.expression and image_id:
+            img = ee.Image(self.filtered_collection().filter(ee.Filter.eq("system:index", image_id)).first())
+        elif self.expression and self.expression_kind == ee_expression.IMAGE:
+            img = ee.Image(ee_expression.decoded(self.expression))
+        elif self.asset or image_id:
             img = ee.Image(image_id or self.asset)
             img = img.resample(self.resampling) if self.resampling else img
         else:
@@ -171,7 +131,7 @@ class EarthEngineSource:
             if self.resampling:  # resample each image: a composite has no native projection to interpolate in
                 coll = coll.map(lambda i, mode=self.resampling: ee.Image(i).resample(mode))
             img = getattr(coll, self.composite)()
-        return img.select(list(self.bands)) if self.bands else img
+        return img.select(list(self.bands)) if self.bands and select else img
 
     def initialize(self) -> None:
         try:
@@ -187,50 +147,77 @@ class EarthEngineSource:
         filtered collection, in listing order: one value:compute request (module doc)."""
         import ee
         coll = self.filtered_collection()
-        columns = {"index": coll.aggregate_array("system:index"), "time": coll.aggregate_array("system:time_start")}
+        columns = {"size": coll.size(), "index": coll.aggregate_array("system:index"),
+                   "time": coll.aggregate_array("system:time_start")}
         if prop:
             columns["property"] = coll.aggregate_array(prop)
+        field = self.expression_field if self.expression else "source"
         try:
             listing = call_with_retries(lambda: ee.data.computeValue(ee.Dictionary(columns)), LAUNCH_POLICY)
         except Exception as e:
-            raise SourceError(f"source: Earth Engine could not list collection {self.collection!r} "
+            raise SourceError(f"{field}: Earth Engine could not list {self.what.replace('the image', 'the collection')} "
                               f"({classify_exception(e)}); check the id, dates and filters") from None
-        index, times = listing["index"], listing["time"]
-        if not index:
-            raise SourceError(f"source: collection {self.collection!r} has no image in the dates, filters and "
-                              "regions; widen them")
-        if len(times) != len(index):
-            raise SourceError(f"source: {len(index) - len(times)} of {len(index)} images of {self.collection!r} "
-                              "have no system:time_start; add a filter that leaves them out")
+        size, index, times = int(listing["size"]), listing["index"], listing["time"]
+        what = "the collection of " + self.expression_field if self.expression else repr(self.collection)
+        if not size:
+            raise SourceError(f"{field}: {what} has no image in the dates, filters and regions; widen them")
+        if len(index) != size or len(set(index)) != size:
+            raise SourceError(f"{field}: {size - len(set(index))} of {size} images of {what} have no distinct "
+                              "system:index; set one on each image (image.set('system:index', …))")
+        if len(times) != size:
+            raise SourceError(f"{field}: {size - len(times)} of {size} images of {what} have no "
+                              "system:time_start (band math drops properties: copy it with "
+                              "image.copyProperties(source, ['system:time_start'])), or filter them out")
         values = listing.get("property", [])
-        if prop and len(values) != len(index):
-            raise SourceError(f"source.flatten_by: {len(index) - len(values)} of {len(index)} images have no "
+        if prop and len(values) != size:
+            raise SourceError(f"source.flatten_by: {size - len(values)} of {size} images have no "
                               f"property {prop!r}; filter them out or flatten by day")
         return [(i, int(t), ((prop, values[k]),) if prop else ()) for k, (i, t) in enumerate(zip(index, times))]
 
     def list_images(self) -> list[CollectionImage]:
-        """The filtered collection's images (full id, ISO time, the flatten_by property)."""
+        """The filtered collection's images (member id, ISO time, the flatten_by property)."""
         prop = self.flatten_by if self.mode == "flatten" and self.flatten_by != "day" else None
-        return [CollectionImage(f"{self.collection}/{index}", iso_time(t), props)
+        return [CollectionImage(self.member_id(index), iso_time(t), props)
                 for index, t, props in self.list_collection(prop)]
 
     def probe(self, image_id: Optional[str] = None) -> SourceInfo:
         """Band names and dtypes of the image (or of the collection's `image_id`), learnt from a
-        1x1 px request (Earth Engine's NPY header); no limits, no collection plan."""
-        reader = EarthEngineReader(self, None, image_id)
+        1x1 px request (Earth Engine's NPY header); no limits, no collection plan. An
+        expression is probed whole, then its bands checked against `bands`."""
+        reader = EarthEngineReader(self, None, image_id, select=not self.expression)
         probe = PatchSpec("probe", "probe", "EPSG:4326", (1e-4, 0.0, 0.0, 0.0, -1e-4, 0.0), 1, 1)
         try:
             fields = call_with_retries(lambda: reader.request_structured(probe, None), LAUNCH_POLICY)
         except Exception as e:
-            what = f"asset {self.asset!r}" if self.asset else f"collection {self.collection!r}"
-            raise SourceError(f"source: Earth Engine refused {what} ({classify_exception(e)}); "
+            field = self.expression_field if self.expression else "source"
+            raise SourceError(f"{field}: Earth Engine refused {self.what} ({classify_exception(e)}); "
                               "check the id, bands and credentials") from None
         names = tuple(n for n in fields.dtype.names if n != VALID_BAND)
+        if self.expression and self.bands:
+            missing = [b for b in self.bands if b not in names]
+            if missing:
+                raise SourceError(f"source.bands: {self.what} has no band {missing[0]!r} (it has "
+                                  f"{', '.join(names)}); choose among them or change {self.expression_field}")
+            names = tuple(self.bands)
         return SourceInfo(band_names=names, dtypes=tuple(fields.dtype[n].name for n in names))
+
+    def check_kind(self) -> None:
+        """An expression's kind fits the collection options (a one-line SourceError if not)."""
+        if not self.expression:
+            return
+        field = self.expression_field
+        if self.expression_kind == ee_expression.IMAGE and (self.mode or self.composite or self.start or self.end
+                                                           or self.filters):
+            raise SourceError(f"{field}: gives an ee.Image; collection_mode, composite, start, end and filters "
+                              "need an ee.ImageCollection (return the collection, or remove them)")
+        if self.expression_kind == ee_expression.COLLECTION and not (self.mode or self.composite):
+            raise SourceError(f"{field}: gives an ee.ImageCollection; add composite (median, mean, min, max, "
+                              "first or mosaic) or collection_mode, or return one ee.Image")
 
     def describe(self) -> SourceInfo:
         """Band names, dtypes and request limits (and, with collection_mode, the listed images)."""
         self.initialize()
+        self.check_kind()
         plan = None
         if self.mode:
             try:
@@ -282,16 +269,25 @@ def part_pixel_grid(spec: PatchSpec, part: Optional[RequestPart]) -> dict:
 
 
 class EarthEngineReader:
-    """Fetches patch requests from Earth Engine; one per worker process, shared by threads."""
+    """Fetches patch requests from Earth Engine; one per worker process, shared by threads.
+    Each request expression (the image, or each listed image of a collection) is serialized
+    here, once, and sent as is."""
 
-    def __init__(self, source: EarthEngineSource, info: Optional[SourceInfo], image_id: Optional[str] = None):
+    def __init__(self, source: EarthEngineSource, info: Optional[SourceInfo], image_id: Optional[str] = None,
+                 select: bool = True):
         import ee
         self.ee, self.source, self.info = ee, source, info
         self.limits = info.limits if info else None
         plan = info.collection if info else None
-        image_id = image_id or (plan.images[0].image_id if plan else None)
-        self.image = self._with_valid_band(source.image(image_id))
-        self.images = [self._with_valid_band(source.image(im.image_id)) for im in plan.images] if plan else []
+        self.expression = self.expressions = None
+        if source.uses_get_pixels:
+            return
+        if plan and image_id is None:
+            self.expressions = ee_expression.serialize_each(
+                lambda i: self._with_valid_band(source.image(i)), [im.image_id for im in plan.images])
+            self.expression = self.expressions[0]
+        else:
+            self.expression = json.loads(ee_expression.serialize(self._with_valid_band(source.image(image_id, select))))
 
     def _with_valid_band(self, img):
         if self.source.mask != "none" and self.info is not None:  # (the describe probe needs data bands only)
@@ -300,7 +296,7 @@ class EarthEngineReader:
 
     def request_structured(self, spec: PatchSpec, part: Optional[RequestPart]) -> np.ndarray:
         """The raw NPY structured array (H, W) of one request."""
-        band_ids = None
+        band_ids = list(self.source.bands) if self.source.uses_get_pixels and self.source.bands else None
         if part is not None:
             band_ids = [self.info.band_names[b] for b in part.bands]
             if self.source.mask != "none":
@@ -311,8 +307,8 @@ class EarthEngineReader:
         if self.source.uses_get_pixels:
             payload = self.ee.data.getPixels({"assetId": self.source.asset, **params})
         else:
-            image = self.image if part is None or part.image is None else self.images[part.image]
-            payload = self.ee.data.computePixels({"expression": image, **params})
+            expression = self.expression if part is None or part.image is None else self.expressions[part.image]
+            payload = post_compute_pixels({"expression": expression, **params})
         return decode_npy(payload)
 
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
@@ -331,17 +327,21 @@ class EarthEngineReader:
         pass
 
 
-def _first_line(e: Exception, limit: int = 200) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else "")[:limit]
+_first_line = ee_expression._first_line
 
 
 def earthengine_source(cfg, timeout_s: float, bounds=None) -> EarthEngineSource:
     """An EarthEngineSource from the validated `source:` config section; `bounds` (lon/lat) as
-    in EarthEngineSource."""
-    return EarthEngineSource(
+    in EarthEngineSource. An expression is resolved here (the client initialized, the
+    function run; see ee_expression.resolve)."""
+    source = EarthEngineSource(
         asset=cfg.asset, collection=cfg.collection, start=cfg.start, end=cfg.end,
         filters=tuple((f.property, f.op, f.value) for f in cfg.filters), composite=cfg.composite,
         bands=tuple(cfg.bands), mask=cfg.mask or "source", project=cfg.project, url=cfg.url,
         credentials=cfg.credentials, timeout_s=timeout_s, resampling=ee_resampling(cfg.resampling),
         mode=cfg.collection_mode, flatten_by=cfg.flatten_by, min_coverage=cfg.filter_coverage, bounds=bounds)
+    if cfg.expression is None and cfg.expression_json is None:
+        return source
+    source.initialize()
+    text, kind, field = ee_expression.resolve(cfg.expression, cfg.expression_args, cfg.expression_json, bounds)
+    return dataclasses.replace(source, expression=text, expression_kind=kind, expression_field=field)

@@ -15,11 +15,15 @@ FetchPatches (throttle, retries, dead letters) unchanged. Bands are laid out per
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
 from typing import Optional
 
 import numpy as np
 
-from pixelbeam.transforms.sources.earthengine import decode_npy, initialize_earth_engine, part_pixel_grid, valid_band
+from pixelbeam.transforms.sources.earthengine import decode_npy, part_pixel_grid, valid_band
+from pixelbeam.transforms.sources.ee_client import initialize_earth_engine, post_compute_pixels
+from pixelbeam.transforms.sources.ee_expression import serialize
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.tables.points import TableImage, stacked_band_names
 from pixelbeam.transforms.sources.raster import RasterReader, RasterSource
@@ -131,25 +135,34 @@ class EarthEngineTableReader:
         self.limits = info.limits
         self.n_bands = len(source.base.band_names) + 1
         self._images: dict[int, object] = {}
+        self._stacks: dict[tuple, dict] = {}  # serialized stacked expression by images touched
+        self._lock = threading.Lock()
 
     def image(self, t: int):
         """Image t of the listing: its bands and validity band, renamed `<system:index>_...`."""
         if t not in self._images:
             src, bands = self.source.ee, self.source.base.band_names
-            img = src.image(f"{src.collection}/{self.source.images[t].image_id}").select(list(bands))
+            img = src.image(src.member_id(self.source.images[t].image_id)).select(list(bands))
             valid = (self.ee.Image.constant(1).toByte() if src.mask == "none" else valid_band(self.ee, img, bands))
             names = self.info.band_names[t * self.n_bands:(t + 1) * self.n_bands]
             self._images[t] = img.addBands(valid).rename(list(names))
         return self._images[t]
 
+    def stacked_expression(self, touched: tuple) -> dict:
+        """The serialized stack of images `touched`, serialized once per process."""
+        with self._lock:
+            if touched not in self._stacks:
+                stacked = self.image(touched[0])
+                for t in touched[1:]:
+                    stacked = stacked.addBands(self.image(t))
+                self._stacks[touched] = json.loads(serialize(stacked))
+            return self._stacks[touched]
+
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:
-        touched = sorted({b // self.n_bands for b in part.bands})
-        stacked = self.image(touched[0])
-        for t in touched[1:]:
-            stacked = stacked.addBands(self.image(t))
+        touched = tuple(sorted({b // self.n_bands for b in part.bands}))
         names = [self.info.band_names[b] for b in part.bands]
-        payload = self.ee.data.computePixels({"expression": stacked, "fileFormat": "NPY", "bandIds": names,
-                                              "grid": part_pixel_grid(spec, part)})
+        payload = post_compute_pixels({"expression": self.stacked_expression(touched), "fileFormat": "NPY",
+                                       "bandIds": names, "grid": part_pixel_grid(spec, part)})
         fields = decode_npy(payload)
         data = np.empty((len(names),) + fields.shape, dtype=self.info.dtype)
         for i, name in enumerate(names):

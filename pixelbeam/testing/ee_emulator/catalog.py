@@ -12,7 +12,11 @@ resolved against the file's directory::
                      "properties": {"CLOUDY_PIXEL_PERCENTAGE": 12}}]}}
 
 ``bands`` names the raster's bands in order (default ``b1..bN``) and must
-name every band. Images inside collections are also addressable by their id.
+name every band. An image may also gather bands from several rasters (as Earth
+Engine images hold bands of several resolutions): ``"files": [{"path": ...,
+"bands": [...]}, ...]`` instead of ``path`` and ``bands``; the first file gives the
+native grid and the footprint, each band is warped from its own file.
+Images inside collections are also addressable by their id.
 Ids are compared without the ``projects/earthengine-public/assets/`` and
 ``projects/earthengine-legacy/assets/`` prefixes the client adds to public ids.
 """
@@ -74,20 +78,34 @@ class CatalogImage:
     height: int
     footprint_wgs84: BaseGeometry  # raster bounds in EPSG:4326 (lon, lat)
     properties: dict[str, Any]  # includes system:index, system:time_start
+    band_files: tuple[tuple[str, int], ...] = ()  # (path, 1-based band in it) of each band; default path's
 
     @property
     def system_index(self) -> str:
         return self.properties["system:index"]
 
 
+def _file_bands(asset_id: str, spec: dict[str, Any], base_dir: str | None) -> list[tuple[str, str, int, Any]]:
+    """(band name, path, 1-based index, dtype) of every band of an image spec."""
+    files = spec.get("files") or [{"path": spec["path"], "bands": spec.get("bands")}]
+    bands = []
+    for entry in files:
+        path = entry["path"]
+        if base_dir and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        with rasterio.open(path) as ds:
+            names = entry.get("bands") or [f"b{i}" for i in range(len(bands) + 1, len(bands) + ds.count + 1)]
+            if len(names) != ds.count:
+                raise ValueError(f"{asset_id}: {len(names)} band names for {ds.count} bands in {path}")
+            bands += [(n, path, i, np.dtype(d)) for i, (n, d) in enumerate(zip(names, ds.dtypes), start=1)]
+    return bands
+
+
 def _load_image(asset_id: str, spec: dict[str, Any], base_dir: str | None) -> CatalogImage:
-    path = spec["path"]
-    if base_dir and not os.path.isabs(path):
-        path = os.path.join(base_dir, path)
+    bands = _file_bands(asset_id, spec, base_dir)
+    path = bands[0][1]
     with rasterio.open(path) as ds:
-        names = tuple(spec.get("bands") or [f"b{i}" for i in range(1, ds.count + 1)])
-        if len(names) != ds.count:
-            raise ValueError(f"{asset_id}: {len(names)} band names for {ds.count} bands in {path}")
+        names = tuple(b[0] for b in bands)
         if len(set(names)) != len(names):
             raise ValueError(f"{asset_id}: duplicate band names {names}")
         footprint = shape(transform_geom(ds.crs, "EPSG:4326", box(*ds.bounds).__geo_interface__))
@@ -100,9 +118,10 @@ def _load_image(asset_id: str, spec: dict[str, Any], base_dir: str | None) -> Ca
                 properties[prop] = parse_time_ms(spec[key])
         return CatalogImage(
             asset_id=canonical, path=path, band_names=names,
-            band_dtypes=tuple(np.dtype(d) for d in ds.dtypes), crs=ds.crs,
+            band_dtypes=tuple(b[3] for b in bands), crs=ds.crs,
             transform=ds.transform, width=ds.width, height=ds.height,
-            footprint_wgs84=footprint, properties=properties)
+            footprint_wgs84=footprint, properties=properties,
+            band_files=tuple((b[1], b[2]) for b in bands))
 
 
 class Catalog:

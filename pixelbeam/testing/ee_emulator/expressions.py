@@ -12,7 +12,9 @@ names are those the installed client (earthengine-api 1.7) sends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import keyword
 from typing import Any, Callable
 
 import numpy as np
@@ -122,7 +124,9 @@ class _Evaluator:
         raise invalid(f"Malformed expression: unsupported value kind {kind!r}.")
 
     def invoke(self, call: dict[str, Any], scope: dict[str, Any]) -> Any:
-        args = {k: self.value(v, scope) for k, v in (call.get("arguments") or {}).items()}
+        # an argument named after a Python keyword ("from") is the parameter with a trailing "_"
+        args = {(f"{k}_" if keyword.iskeyword(k) else k): self.value(v, scope)
+                for k, v in (call.get("arguments") or {}).items()}
         if "functionReference" in call:
             function = self.reference(call["functionReference"], scope)
             return function(*args.values())
@@ -130,11 +134,20 @@ class _Evaluator:
         fn = FUNCTIONS.get(name)
         if fn is None:
             raise invalid(f"Function {name!r} is not supported by the EE emulator.")
-        try:
-            inspect.signature(fn).bind(self, **args)
-        except TypeError as exc:
-            raise invalid(f"{name}: bad arguments {sorted(args)}: {exc}") from None
+        names, required = _parameters(fn)
+        unknown, missing = set(args) - names, required - set(args)
+        if unknown or missing:
+            what = f"unexpected argument {sorted(unknown)[0]!r}" if unknown else f"missing argument {sorted(missing)[0]!r}"
+            raise invalid(f"{name}: bad arguments {sorted(args)}: {what}")
         return fn(self, **args)
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(fn: Callable[..., Any]) -> tuple[frozenset, frozenset]:
+    """(accepted, required) argument names of an algorithm (its first parameter is the evaluator)."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    names = frozenset(p.name for p in params)
+    return names, frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
 
 
 # -- argument coercion ---------------------------------------------------
@@ -259,8 +272,61 @@ def collection_first(ev, collection):
 
 
 def collection_map(ev, collection, baseAlgorithm, dropNulls=False):
-    results = [baseAlgorithm(i) for i in _images(collection, "Collection.map")]
+    """Each image through the function; an image result keeps its input's ``system:index``."""
+    results = []
+    for image in _images(collection, "Collection.map"):
+        result = baseAlgorithm(image)
+        if isinstance(result, Image) and "system:index" in image.properties:
+            result = Image(result.bands, {**result.properties, "system:index": image.properties["system:index"]},
+                           result.footprint_wgs84)
+        results.append(result)
     return Collection([r for r in results if not (dropNulls and r is None)])
+
+
+def collection_to_list(ev, collection, count, offset=0):
+    images = _images(collection, "Collection.toList")
+    return list(images[int(offset): int(offset) + int(count)])
+
+
+def list_get(ev, list, index):
+    if not isinstance(list, (tuple, type([]))):
+        raise invalid("List.get: list must be a List.")
+    index = int(index)
+    if not -len(list) <= index < len(list):
+        raise invalid(f"List.get: List index must be between {-len(list)} and {len(list) - 1}: {index}.")
+    return list[index]
+
+
+def element_set(ev, object, key, value=None):
+    image = _image(object, "Element.set")
+    return Image(image.bands, {**image.properties, key: value}, image.footprint_wgs84)
+
+
+def element_set_multi(ev, object, properties):
+    image = _image(object, "Element.setMulti")
+    return Image(image.bands, {**image.properties, **dict(properties)}, image.footprint_wgs84)
+
+
+def copy_properties(ev, destination=None, source=None, properties=None, exclude=None):
+    """``copyProperties``: the named properties of ``source`` (all but system ones without a
+    list, less ``exclude``) set on ``destination``."""
+    destination, source = _image(destination, "copyProperties"), _image(source, "copyProperties")
+    if properties is None:
+        keys = [k for k in source.properties if not k.startswith("system:") and k not in (exclude or [])]
+    else:
+        keys = [k for k in properties if k in source.properties]
+    copied = {k: source.properties[k] for k in keys}
+    return Image(destination.bands, {**destination.properties, **copied}, destination.footprint_wgs84)
+
+
+def image_cat(ev, images):
+    images = [_image(i, "Image.cat") for i in images]
+    if not images:
+        raise invalid("Image.cat: give at least one image.")
+    result = images[0]
+    for image in images[1:]:
+        result = image_ops.add_bands(result, image)
+    return result
 
 
 def _reduce(reducer: str, suffix: bool = False) -> Callable[..., Image]:
@@ -331,12 +397,25 @@ def date_range(ev, start, end=None, timeZone=None):
 
 
 def _geometry(kind: str) -> Callable[..., Any]:
-    def make(ev, coordinates, crs=None, geodesic=None, maxError=None, evenOdd=None):
+    """A GeometryConstructors function with exactly the catalog's arguments for its kind."""
+    def build(coordinates, crs):
         geometry = {"type": kind, "coordinates": coordinates}
         if crs and crs != "EPSG:4326":
             geometry = transform_geom(crs, "EPSG:4326", geometry)
         return shape(geometry)
-    return make
+
+    if kind.endswith("Point"):
+        return lambda ev, coordinates, crs=None: build(coordinates, crs)
+    if kind.endswith("LineString"):
+        return lambda ev, coordinates, crs=None, geodesic=None, maxError=None: build(coordinates, crs)
+    return lambda ev, coordinates, crs=None, geodesic=None, maxError=None, evenOdd=None: build(coordinates, crs)
+
+
+def _geometry_value(value: Any) -> Any:
+    """A geometry argument (a Geometry, or a Feature's geometry) as shapely, lon/lat."""
+    if hasattr(value, "geom_type"):
+        return value
+    raise invalid(f"Image.clip: geometry must be a Geometry, got {type(value).__name__}.")
 
 
 def bbox(ev, west, south, east, north):
@@ -354,6 +433,22 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "Image.unmask": image_unmask,
     "Image.addBands": image_add_bands,
     "Image.constant": image_constant,
+    "Image.cat": image_cat,
+    "Image.not": lambda ev, value: image_ops.logical_not(_image(value, "Image.not")),
+    "Image.normalizedDifference": lambda ev, input, bandNames=None: image_ops.normalized_difference(
+        _image(input, "Image.normalizedDifference"), bandNames),
+    "Image.where": lambda ev, input, test, value: image_ops.where(
+        _image(input, "Image.where"), _image(test, "Image.where"), _image(value, "Image.where")),
+    "Image.remap": lambda ev, image, from_, to, defaultValue=None, bandName=None: image_ops.remap(
+        _image(image, "Image.remap"), from_, to, defaultValue, bandName),
+    "Image.clip": lambda ev, input, geometry: image_ops.clip(_image(input, "Image.clip"), _geometry_value(geometry)),
+    "Image.copyProperties": copy_properties,
+    "Element.copyProperties": copy_properties,
+    "Element.set": element_set,
+    "Element.setMulti": element_set_multi,
+    "Collection.size": lambda ev, collection: len(_images(collection, "Collection.size")),
+    "Collection.toList": collection_to_list,
+    "List.get": list_get,
     "ImageCollection.load": collection_load,
     "ImageCollection.fromImages": from_images,
     "ImageCollection.mosaic": _reduce("mosaic"),
@@ -383,14 +478,20 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     **{f"GeometryConstructors.{k}": _geometry(k) for k in (
         "Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon")},
     **{f"reduce.{r}": _reduce(r) for r in ("median", "mean", "min", "max")},
-    **{f"Reducer.{r}": (lambda ev, r=r, **_: Reducer(r)) for r in ("median", "mean", "min", "max")},
-    **{f"Image.{op}": _binary(op) for op in (
-        "gt", "lt", "gte", "lte", "eq", "neq", "add", "subtract", "multiply", "divide")},
+    "Reducer.median": lambda ev, maxBuckets=None, minBucketWidth=None, maxRaw=None: Reducer("median"),
+    "Reducer.mean": lambda ev: Reducer("mean"),
+    "Reducer.min": lambda ev, numInputs=1: Reducer("min"),
+    "Reducer.max": lambda ev, numInputs=1: Reducer("max"),
+    **{f"Image.{op}": _binary(op) for op in image_ops.BINARY_OPS},
     **{f"Image.to{name}": _caster(dtype) for name, dtype in {
         "Float": np.float32, "Double": np.float64, "Byte": np.uint8, "Uint8": np.uint8,
         "Int8": np.int8, "Uint16": np.uint16, "Int16": np.int16, "Short": np.int16,
         "Uint32": np.uint32, "Int32": np.int32, "Int": np.int32, "Int64": np.int64,
         "Long": np.int64}.items()},
+    **{f"Image.{name}": _caster(dtype) for name, dtype in {
+        "float": np.float32, "double": np.float64, "byte": np.uint8, "uint8": np.uint8, "int8": np.int8,
+        "uint16": np.uint16, "int16": np.int16, "uint32": np.uint32, "int32": np.int32, "int": np.int32,
+        "int64": np.int64, "long": np.int64}.items()},
 }
 
 __all__ = ["Collection", "EmulatorError", "FUNCTIONS", "evaluate", "evaluate_image"]

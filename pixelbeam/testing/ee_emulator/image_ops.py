@@ -8,6 +8,15 @@ Dtype choices (EE's exact type inference is range-based; this follows it loosely
 - median/mean reducers give float64 (median of an even count averages the
   middle two); min/max/mosaic/first keep the (promoted) input dtype.
 - ``toFloat`` is float32, ``toDouble`` float64; integer casts clamp to the range.
+- bitwise ops and shifts need integers and keep the promoted integer type; ``and``/``or``/
+  ``not`` give uint8 0/1; ``normalizedDifference`` is float32 ``nd``, masked where a band is
+  negative or the sum is 0 (as EE's docs say); ``remap`` gives one band ``remapped`` of the
+  smallest type holding ``to`` (and ``defaultValue``), masked where unmatched without one.
+
+Properties: per-pixel math (arithmetic, comparisons, bitwise, logical, normalizedDifference)
+returns an image without the inputs' properties, as Earth Engine does (copy them back with
+``copyProperties`` / ``set``); select, rename, masks, casts, addBands (dst's), clip, where,
+remap and resample keep them; ``Collection.map`` keeps each image's ``system:index``.
 """
 
 from __future__ import annotations
@@ -193,23 +202,39 @@ _COMPARISONS = {"gt": np.greater, "lt": np.less, "gte": np.greater_equal,
                 "lte": np.less_equal, "eq": np.equal, "neq": np.not_equal}
 _ARITHMETIC = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
                "divide": np.divide}
+_LOGICAL = {"and": np.logical_and, "or": np.logical_or}
+_BITWISE = {"bitwiseAnd": np.bitwise_and, "bitwiseOr": np.bitwise_or, "bitwiseXor": np.bitwise_xor,
+            "leftShift": np.left_shift, "rightShift": np.right_shift}
+BINARY_OPS = (*_COMPARISONS, *_ARITHMETIC, *_LOGICAL, *_BITWISE)
+
+
+def _binary_dtype(op: str, a: Band, b: Band) -> np.dtype:
+    if op in _COMPARISONS or op in _LOGICAL:
+        return np.dtype(np.uint8)
+    if op in _BITWISE:
+        if a.dtype.kind not in "iu" or b.dtype.kind not in "iu":
+            raise invalid(f"Image.{op}: bitwise operands must be integer images, got {a.dtype} and {b.dtype}.")
+        return np.dtype(a.dtype if op.endswith("Shift") else np.result_type(a.dtype, b.dtype))
+    if op == "divide" or a.dtype.kind == "f" or b.dtype.kind == "f":
+        return np.dtype(np.float64)
+    return np.dtype(np.int64)
 
 
 def binary(op: str, image1: Image, image2: Image) -> Image:
-    """Pixel-wise comparison or arithmetic; valid where both inputs are valid."""
+    """Pixel-wise comparison, arithmetic, logical or bitwise op; valid where both inputs are
+    valid (and, for divide, where the divisor is not 0). No properties (module doc)."""
     def band(a: Band, b: Band, name: str) -> Band:
-        if op in _COMPARISONS:
-            dtype = np.dtype(np.uint8)
-        elif op == "divide" or a.dtype.kind == "f" or b.dtype.kind == "f":
-            dtype = np.dtype(np.float64)
-        else:
-            dtype = np.dtype(np.int64)
+        dtype = _binary_dtype(op, a, b)
 
         def compute(grid: Grid) -> BandPixels:
             p, q = a.pixels(grid), b.pixels(grid)
             valid = p.valid & q.valid
             if op in _COMPARISONS:
                 data = _COMPARISONS[op](p.data, q.data).astype(np.uint8)
+            elif op in _LOGICAL:
+                data = _LOGICAL[op](p.data != 0, q.data != 0).astype(np.uint8)
+            elif op in _BITWISE:
+                data = _BITWISE[op](p.data.astype(np.int64), q.data.astype(np.int64)).astype(dtype)
             else:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     data = _ARITHMETIC[op](p.data.astype(dtype), q.data.astype(dtype))
@@ -218,8 +243,111 @@ def binary(op: str, image1: Image, image2: Image) -> Image:
                     data[~valid] = 0
             return BandPixels(data, valid, p.footprint & q.footprint)
         return Band(name, dtype, compute)
-    return Image([band(a, b, n) for a, b, n in _pair(image1, image2, f"Image.{op}")],
-                 dict(image1.properties), image1.footprint_wgs84)
+    return Image([band(a, b, n) for a, b, n in _pair(image1, image2, f"Image.{op}")], {}, image1.footprint_wgs84)
+
+
+def logical_not(image: Image) -> Image:
+    """``Image.not``: uint8 1 where a band is 0, else 0; no properties."""
+    def to_not(p: BandPixels) -> BandPixels:
+        return BandPixels((p.data == 0).astype(np.uint8), p.valid, p.footprint)
+    return Image([_derive(b, b.name, np.uint8, to_not) for b in image.bands], {}, image.footprint_wgs84)
+
+
+def normalized_difference(image: Image, band_names: list[str] | None = None) -> Image:
+    """``(first - second) / (first + second)`` as float32 ``nd``; masked where either band is
+    negative or the sum is 0; no properties."""
+    pair = select(image, list(band_names)) if band_names else _with_bands(image, image.bands[:2])
+    if len(pair.bands) != 2:
+        raise invalid(f"Image.normalizedDifference: needs 2 bands, got {pair.band_names}.")
+    first, second = pair.bands
+
+    def compute(grid: Grid) -> BandPixels:
+        p, q = first.pixels(grid), second.pixels(grid)
+        a, b = p.data.astype(np.float64), q.data.astype(np.float64)
+        total = a + b
+        valid = p.valid & q.valid & (a >= 0) & (b >= 0) & (total != 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            data = np.where(valid, (a - b) / np.where(total == 0, 1, total), 0).astype(np.float32)
+        return BandPixels(data, valid, p.footprint & q.footprint)
+    return Image([Band("nd", np.float32, compute)], {}, image.footprint_wgs84)
+
+
+def where(image: Image, test: Image, value: Image) -> Image:
+    """``Image.where``: each band takes ``value`` where ``test`` is nonzero, unless test or
+    value is masked there (then the input stays); the input's mask is kept."""
+    tests = test.bands * len(image.bands) if len(test.bands) == 1 else test.bands
+    values = value.bands * len(image.bands) if len(value.bands) == 1 else value.bands
+    if len(tests) != len(image.bands) or len(values) != len(image.bands):
+        raise invalid("Image.where: test and value must have 1 band or as many bands as the input.")
+
+    def band(b: Band, t: Band, v: Band) -> Band:
+        dtype = np.result_type(b.dtype, v.dtype)
+
+        def compute(grid: Grid) -> BandPixels:
+            p, q, r = b.pixels(grid), t.pixels(grid), v.pixels(grid)
+            replace = q.valid & (q.data != 0) & r.valid
+            return BandPixels(np.where(replace, r.data, p.data).astype(dtype, copy=False), p.valid, p.footprint)
+        return Band(b.name, dtype, compute)
+    return _with_bands(image, [band(b, t, v) for b, t, v in zip(image.bands, tests, values)])
+
+
+def remap(image: Image, from_values: list, to_values: list, default: Any = None,
+          band_name: str | None = None) -> Image:
+    """``Image.remap``: one band ``remapped``, ``from[i] -> to[i]``; other values take
+    ``default``, or are masked without one."""
+    if not isinstance(from_values, list) or not isinstance(to_values, list) or len(from_values) != len(to_values):
+        raise invalid("Image.remap: from and to must be lists of the same length.")
+    numbers = to_values + ([default] if default is not None else [])
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers + from_values):
+        raise invalid("Image.remap: from, to and defaultValue must be numbers.")
+    source = image.band(band_name) if band_name else image.bands[0]
+    if all(isinstance(v, int) for v in numbers):
+        dtype = np.result_type(*[np.min_scalar_type(v) for v in numbers])
+    else:
+        dtype = np.dtype(np.float64)
+
+    def compute(grid: Grid) -> BandPixels:
+        p = source.pixels(grid)
+        data = np.zeros(p.data.shape, dtype)
+        matched = np.zeros(p.data.shape, bool)
+        for f, t in zip(from_values, to_values):
+            hit = (p.data == f) & ~matched
+            data[hit], matched = t, matched | hit
+        if default is not None:
+            data[~matched] = default
+            matched[:] = True
+        valid = p.valid & matched
+        data[~valid] = 0
+        return BandPixels(data, valid, p.footprint)
+    return _with_bands(image, [Band("remapped", dtype, compute)])
+
+
+def clip(image: Image, geometry: Any) -> Image:
+    """``Image.clip``: pixels whose centre lies outside ``geometry`` (lon/lat) are masked and
+    outside the footprint."""
+    import shapely
+    from rasterio.warp import transform as warp_points
+
+    def inside(grid: Grid) -> np.ndarray:
+        cols, rows = np.meshgrid(np.arange(grid.width) + 0.5, np.arange(grid.height) + 0.5)
+        xs, ys = grid.transform * (cols.ravel(), rows.ravel())
+        lons, lats = warp_points(grid.crs, "EPSG:4326", list(xs), list(ys))
+        return shapely.contains_xy(geometry, np.array(lons), np.array(lats)).reshape(grid.height, grid.width)
+
+    masks: dict[int, tuple[Grid, np.ndarray]] = {}  # one mask per request grid, shared by the bands
+
+    def mask_on(grid: Grid) -> np.ndarray:
+        if id(grid) not in masks:
+            masks[id(grid)] = (grid, inside(grid))
+        return masks[id(grid)][1]
+
+    def band(b: Band) -> Band:
+        def compute(grid: Grid) -> BandPixels:
+            p, keep = b.pixels(grid), mask_on(grid)
+            return BandPixels(p.data, p.valid & keep, p.footprint & keep)
+        return Band(b.name, b.dtype, compute)
+    footprint = geometry if image.footprint_wgs84 is None else image.footprint_wgs84.intersection(geometry)
+    return Image([band(b) for b in image.bands], dict(image.properties), footprint)
 
 
 # -- collections ---------------------------------------------------------

@@ -51,6 +51,8 @@ class Grid:
     transform: Affine
     width: int
     height: int
+    # warped file bands of this request, by (path, band, mode): images of one file share a read
+    reads: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, grid: dict[str, Any]) -> "Grid":
@@ -147,6 +149,15 @@ RESAMPLE_MODES = {"bilinear": Resampling.bilinear, "bicubic": Resampling.cubic}
 
 
 def _warp_band(asset: CatalogImage, band_index: int, grid: Grid, mode: str | None = None) -> BandPixels:
+    """``_warp_file_band`` of the asset's band, once per request grid and file band."""
+    path, index = asset.band_files[band_index - 1] if asset.band_files else (asset.path, band_index)
+    key = (path, index, mode)
+    if key not in grid.reads:
+        grid.reads[key] = _warp_file_band(path, index, asset.band_dtypes[band_index - 1], grid, mode)
+    return grid.reads[key]
+
+
+def _warp_file_band(path: str, band_index: int, dtype: Any, grid: Grid, mode: str | None = None) -> BandPixels:
     """Nearest-neighbour warp of one band (1-based) and its GDAL mask onto ``grid``.
 
     Reads only the source window covering the grid (plus a margin). The mask is
@@ -156,10 +167,12 @@ def _warp_band(asset: CatalogImage, band_index: int, grid: Grid, mode: str | Non
     by GDAL from valid source pixels only (masked ones are its nodata) and the mask
     stays nearest-neighbour.
     """
-    dtype = asset.band_dtypes[band_index - 1]
     data = np.zeros((grid.height, grid.width), dtype)
     codes = np.zeros((grid.height, grid.width), np.uint8)
-    ds = _open(asset.path)
+    ds = _open(path)
+    offset = _native_offset(ds, grid) if mode is None else None
+    if offset is not None:
+        return _read_aligned(ds, band_index, grid, offset, data, codes)
     try:
         left, bottom, right, top = transform_bounds(grid.crs, ds.crs, *grid.bounds, densify_pts=21)
     except Exception:  # grid not representable in the source CRS
@@ -176,6 +189,33 @@ def _warp_band(asset: CatalogImage, band_index: int, grid: Grid, mode: str | Non
                   src_nodata=ds.nodata if interpolate else None, dst_transform=grid.transform,
                   dst_crs=grid.crs, dst_nodata=ds.nodata if interpolate else None,
                   resampling=RESAMPLE_MODES[mode] if interpolate else Resampling.nearest)
+    valid = codes == 2
+    data[~valid] = 0
+    return BandPixels(data, valid, codes > 0)
+
+
+def _native_offset(ds: rasterio.DatasetReader, grid: Grid) -> tuple[int, int] | None:
+    """(col, row) of the grid's origin in the file when the grid is the file's own pixel grid
+    (same CRS and pixel size, whole-pixel offset), else None."""
+    t, g = ds.transform, grid.transform
+    if g.b or g.d or t.b or t.d or g.a != t.a or g.e != t.e or grid.crs != ds.crs:
+        return None
+    col, row = (g.c - t.c) / t.a, (g.f - t.f) / t.e
+    if abs(col - round(col)) > 1e-9 or abs(row - round(row)) > 1e-9:
+        return None
+    return round(col), round(row)
+
+
+def _read_aligned(ds, band_index: int, grid: Grid, offset: tuple[int, int], data, codes) -> BandPixels:
+    """A nearest-neighbour warp onto the file's own grid is a window read: the same pixels."""
+    col0, row0 = offset
+    c0, r0 = max(col0, 0), max(row0, 0)
+    c1, r1 = min(col0 + grid.width, ds.width), min(row0 + grid.height, ds.height)
+    if c1 > c0 and r1 > r0:
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        inside = (slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
+        data[inside] = ds.read(band_index, window=window)
+        codes[inside] = np.where(ds.read_masks(band_index, window=window) > 0, 2, 1)
     valid = codes == 2
     data[~valid] = 0
     return BandPixels(data, valid, codes > 0)

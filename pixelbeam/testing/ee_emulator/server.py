@@ -122,8 +122,10 @@ class EmulatorServer:
     """The emulator on 127.0.0.1; ``start()`` serves from a daemon thread."""
 
     def __init__(self, catalog: Catalog | dict | None = None, config: EmulatorConfig | None = None,
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, record: bool = False):
         self.catalog = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+        # with record: (method, request body) of every pixel and value request, in arrival order
+        self.recorded: list[tuple[str, dict[str, Any]]] | None = [] if record else None
         host = _loopback_host(host)
         server_class = _HTTPServer
         if ":" in host:
@@ -233,6 +235,9 @@ class EmulatorServer:
     def render(self, project: str, project_path: str, body: dict[str, Any]) -> bytes:
         """NPY bytes for ``projects/{project}/`` + ``assets/{id}:getPixels`` or
         ``image:computePixels``; JSON ``{"result": ...}`` for ``value:compute``."""
+        if self.recorded is not None:
+            with self._lock:
+                self.recorded.append((project_path.rsplit(":", 1)[-1], body))
         if project_path == "value:compute":  # what getInfo() sends: a JSON {"result": value}
             if "expression" not in body:
                 raise invalid("value:compute: expression is required.")
