@@ -37,16 +37,20 @@ BUNDLE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(BUNDLE, "configs", "demo.yaml")
 
 
-def load(config: ConfigLike) -> Config:
+def load(config: ConfigLike, rewrite=None) -> Config:
     """A validated `Config` with absolute paths: from a YAML file (its relative paths against the
     file's folder), a mapping with the YAML's shape or a `Config` (relative paths against the
-    current folder). Raises ConfigError."""
+    current folder). `rewrite` (mapping -> mapping) changes the document before validation.
+    Raises ConfigError."""
     if isinstance(config, Config):
+        if rewrite:
+            config = parse_config(rewrite(config.model_dump(mode="json", exclude_defaults=True)), name="config")
         return resolve_paths(config, os.getcwd())
     if isinstance(config, Mapping):
-        return parse_config(dict(config), base_dir=os.getcwd(), name="config")
+        doc = rewrite(dict(config)) if rewrite else dict(config)
+        return parse_config(doc, base_dir=os.getcwd(), name="config")
     if isinstance(config, (str, os.PathLike)):
-        return load_config(os.fspath(config))
+        return load_config(os.fspath(config), rewrite)
     raise TypeError(f"config: expected a YAML path, a dict or a pixelbeam.Config, got {type(config).__name__}")
 
 
@@ -130,20 +134,30 @@ class Plan:
         printer.text(str(self))
 
 
-def planned_job(config: ConfigLike):
-    """The prepared job of `run` and `plan`: keyword arguments that rewrite the config before it
-    is planned (e.g. an Earth Engine image given as an object) belong here, once for both."""
-    return prepare(load(config))
+def planned_job(config: ConfigLike, image: Any = None, collection: Any = None):
+    """The prepared job of `run` and `plan`. `image` (an `ee.Image`) or `collection` (an
+    `ee.ImageCollection`), or their serialized JSON, replace the config's Earth Engine image:
+    the expression is put inline into `source.expression_json` (pipeline/config/expression.py),
+    so it is fingerprinted, recorded in dataset.json and resumed like one read from a file."""
+    if image is not None and collection is not None:
+        raise ConfigError("image: give image (an ee.Image) or collection (an ee.ImageCollection), not both")
+    rewrite = None
+    if image is not None or collection is not None:
+        from pixelbeam.pipeline.config.expression import check_kind, with_expression
+        given = image if image is not None else collection
+        check_kind(given, "image" if image is not None else "collection")
+        rewrite = lambda doc: with_expression(doc, given)  # noqa: E731
+    return prepare(load(config, rewrite))
 
 
-def plan(config: ConfigLike) -> Plan:
+def plan(config: ConfigLike, *, image: Any = None, collection: Any = None) -> Plan:
     """Check and plan the job (`pixelbeam plan`): patches, requests, bytes; sends no pixel
-    request and writes nothing. Raises ConfigError."""
-    return Plan.of(planned_job(config))
+    request and writes nothing. `image` / `collection`: as for `run`. Raises ConfigError."""
+    return Plan.of(planned_job(config, image, collection))
 
 
 def run(config: ConfigLike, *, beam_args: Union[Sequence[str], str] = (), overwrite: bool = False,
-        max_failed_fraction: float = 0.0) -> RunResult:
+        max_failed_fraction: float = 0.0, image: Any = None, collection: Any = None) -> RunResult:
     """Run the job (`pixelbeam run`), resuming what an earlier run of the same config left
     undone, and return its `RunResult` (printed, it is the summary table).
 
@@ -151,8 +165,12 @@ def run(config: ConfigLike, *, beam_args: Union[Sequence[str], str] = (), overwr
     string); none means the local runner. `overwrite` redoes every patch, replacing what the
     output folder holds. The result is not `ok` when more than `max_failed_fraction` of the
     planned patches failed; patches that failed are in the manifest and failed.jsonl, and a rerun
-    retries them. Raises ConfigError, before anything is written, for bad input."""
-    return run_planned(planned_job(config), beam_args, overwrite=overwrite, max_failed_fraction=max_failed_fraction)
+    retries them. `image` (an `ee.Image`) or `collection` (an `ee.ImageCollection`) is the Earth
+    Engine image to fetch, in place of the config's asset, collection or expression (the config's
+    `source` keeps its other keys: bands, mask, collection_mode, project, url, ...). Raises
+    ConfigError, before anything is written, for bad input."""
+    return run_planned(planned_job(config, image, collection), beam_args, overwrite=overwrite,
+                       max_failed_fraction=max_failed_fraction)
 
 
 def run_planned(job, beam_args: Union[Sequence[str], str] = (), overwrite: bool = False,

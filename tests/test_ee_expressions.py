@@ -16,11 +16,11 @@ from rasterio.windows import Window
 
 ee = pytest.importorskip("ee")
 
+import pixelbeam  # noqa: E402
 from pixelbeam.pipeline.cli import main  # noqa: E402
 from pixelbeam.pipeline.config import ConfigError, load_config, parse_config  # noqa: E402
 from pixelbeam.pipeline.config.expression import with_expression  # noqa: E402
 from pixelbeam.pipeline.plan import prepare_job  # noqa: E402
-from pixelbeam.pipeline.run import run_job  # noqa: E402
 from pixelbeam.testing.ee_emulator import Catalog, EmulatorConfig, EmulatorServer  # noqa: E402
 from pixelbeam.testing.ee_emulator.expressions import FUNCTIONS  # noqa: E402
 
@@ -239,9 +239,14 @@ def test_expression_json_file_and_with_expression_from_python(tmp_path, emulator
     doc["output"]["path"] = str(tmp_path / "from_python")
     job = prepare_job(parse_config(with_expression(doc, image)))
     assert job.info.band_names == ("B4", "B3", "B2", "B8", "NDVI", "landcover")
-    assert run_job(job, [], 0.0) == 0
+    assert pixelbeam.plan(doc, image=image).bands == list(job.info.band_names)  # the public API
+    assert pixelbeam.run(doc, image=image).ok
     with pytest.raises(ConfigError, match="pass an ee.Image"):
         with_expression(doc, {"not": "an image"}.keys())
+    with pytest.raises(ConfigError, match="image: got ImageCollection.*use collection="):
+        pixelbeam.plan(doc, image=ee.ImageCollection([image]))
+    with pytest.raises(ConfigError, match="not both"):
+        pixelbeam.plan(doc, image=image, collection=ee.ImageCollection([image]))
     for name in ("from_json", "from_python"):
         for f in glob.glob(str(tmp_path / "from_yaml" / "npy" / "*.npy")):
             np.testing.assert_array_equal(np.load(f), np.load(str(tmp_path / name / "npy" / os.path.basename(f))))
@@ -280,7 +285,7 @@ def test_request_splitting_and_the_validity_band_work_on_an_expression(tmp_path,
     doc["source"] = {k: v for k, v in doc["source"].items() if not k.startswith("expression") and k != "bands"}
     job = prepare_job(parse_config(with_expression(doc, image)))
     assert job.planned == 1 and job.requests_per_patch > 1
-    assert run_job(job, [], 0.0) == 0
+    assert pixelbeam.run(doc, image=image).ok
     (row,) = rows_of(str(tmp_path / "out"))
     arr = np.load(os.path.join(str(tmp_path / "out"), "npy", f"{row['patch_id']}.npy"))
     values, ok = read(RGB, row)

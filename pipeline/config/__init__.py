@@ -50,8 +50,9 @@ class Config(Strict):
         return data
 
 
-def load_config(path: str) -> Config:
-    """Read, validate and resolve a YAML config; raises ConfigError (one line)."""
+def load_config(path: str, rewrite=None) -> Config:
+    """Read, validate and resolve a YAML config; raises ConfigError (one line). `rewrite`
+    (mapping -> mapping) changes the document before it is validated (e.g. an image from Python)."""
     name = os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -65,6 +66,7 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax", field=None) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch", field=None)
+    doc = rewrite(doc) if rewrite else doc
     return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
 
 

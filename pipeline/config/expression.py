@@ -38,6 +38,21 @@ def serialized(image_or_collection) -> dict:
     return json.loads(image_or_collection.serialize())
 
 
+def check_kind(image_or_collection, keyword: str) -> None:
+    """`image=` takes an ee.Image and `collection=` an ee.ImageCollection (serialized ones are
+    taken as they are: their kind is checked when the job is planned)."""
+    if isinstance(image_or_collection, (dict, str, bytes)):
+        return
+    try:
+        import ee
+    except ImportError:
+        raise ConfigError(f"{keyword}: needs the Earth Engine client; pip install 'pixelbeam[ee]'") from None
+    wanted, other = (ee.Image, "collection") if keyword == "image" else (ee.ImageCollection, "image")
+    if not isinstance(image_or_collection, wanted):
+        raise ConfigError(f"{keyword}: got {type(image_or_collection).__name__}; pass an ee.{wanted.__name__}, "
+                          f"or use {other}=")
+
+
 def with_expression(config: Union[Any, dict], image_or_collection):
     """`config` (a Config, or a config mapping before validation) whose source is
     `image_or_collection`, serialized inline as `source.expression_json`; the source's other
