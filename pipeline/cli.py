@@ -95,14 +95,21 @@ def load_output_config(output_path: str):
 
 
 def use_emulator(config, url: str):
-    """The config with its Earth Engine source pointed at a local emulator."""
+    """The config with its Earth Engine source (or layers) pointed at a local emulator."""
     from pixelbeam.pipeline.config import ConfigError, EarthEngineSourceConfig
     from pixelbeam.transforms.sources.earthengine import is_loopback
+    local = {"url": url, "credentials": "anonymous"}
+    if config.layers is not None and any(isinstance(layer, EarthEngineSourceConfig) for layer in config.layers):
+        if not is_loopback(url):
+            raise ConfigError(f"--ee_emulator: {url!r} is not a loopback URL; the emulator runs on this machine")
+        return config.model_copy(update={"layers": [layer.model_copy(update=local)
+                                                    if isinstance(layer, EarthEngineSourceConfig) else layer
+                                                    for layer in config.layers]})
     if not isinstance(config.source, EarthEngineSourceConfig):
         raise ConfigError("--ee_emulator: the config's source is not earthengine; drop the flag")
     if not is_loopback(url):
         raise ConfigError(f"--ee_emulator: {url!r} is not a loopback URL; the emulator runs on this machine")
-    return config.model_copy(update={"source": config.source.model_copy(update={"url": url, "credentials": "anonymous"})})
+    return config.model_copy(update={"source": config.source.model_copy(update=local)})
 
 
 def print_plan(job, as_json: bool) -> int:
@@ -112,7 +119,12 @@ def print_plan(job, as_json: bool) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
-            print(f"{key:>22}: {value}")
+            if isinstance(value, dict):  # limits: one line per layer
+                print(f"{key:>22}:")
+                for name, text in value.items():
+                    print(f"{'':>24}{name}: {text}")
+            else:
+                print(f"{key:>22}: {value}")
     return 0
 
 

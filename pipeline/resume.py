@@ -53,6 +53,9 @@ def config_fingerprint(config: Config) -> str:
     for section, keys in NEUTRAL_KEYS.items():
         for key in keys:
             doc.get(section, {}).pop(key, None)
+    for layer in doc.get("layers", []):  # a layer's fetch limits and Earth Engine access decide no pixel
+        for key in ("fetch",) + NEUTRAL_KEYS["source"]:
+            layer.pop(key, None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -129,23 +132,42 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
         return ResumeState(run_id, completed)
     done, written = count_done_rows(manifest, completed)
     nothing = state.get("plan_digest") == plan_digest(job) and done == job.planned and all(
-        file_count(out, folder) >= written for folder in PER_PATCH_FOLDERS if folder in job.config.output.formats)
+        file_count(out, folder) >= written for folder in per_patch_folders(job))
     return ResumeState(run_id, completed, manifest, nothing, done)
+
+
+def per_patch_folders(job) -> list[str]:
+    """The folders that hold one file per written patch: `npy`, ... or, with layers, `npy/<layer>`, ..."""
+    formats = [f for f in PER_PATCH_FOLDERS if f in job.config.output.formats]
+    if not getattr(job, "layered", False):
+        return formats
+    from pixelbeam.pipeline.outputs import job_file_options
+    return sorted({path.rsplit("/", 1)[0] for fmt, _, path in job_file_options(job).files("x") if fmt != "mask"})
 
 
 def check_collection_images(job, state: dict) -> None:
     """A collection must list the images it listed for the completed runs (dataset.json
     `images`): a stack's steps, a mosaic's and a composite's inputs depend on them, and an Earth
     Engine collection gains images as they are ingested."""
-    plan, recorded = job.info.collection, state.get("images")
-    if plan is None or recorded is None or not state.get("runs"):
+    if not state.get("runs"):
+        return
+    if getattr(job, "layered", False):
+        recorded = {entry.get("name"): entry.get("images") for entry in state.get("layers", [])}
+        for layer in job.layers:
+            check_images(job, layer.info.collection, recorded.get(layer.name), f"{layer.where}: the collection")
+        return
+    check_images(job, job.info.collection, state.get("images"), "source: the collection")
+
+
+def check_images(job, plan, recorded, where: str) -> None:
+    if plan is None or recorded is None:
         return
     current = [im.image_id for im in plan.images]
     if current != recorded:
         new = sorted(set(current) - set(recorded))
         gone = sorted(set(recorded) - set(current))
         what = f"new {new[0]!r}" if new else (f"no longer {gone[0]!r}" if gone else "another order")
-        raise ConfigError(f"source: the collection now lists {len(current)} images ({what}), {len(recorded)} when "
+        raise ConfigError(f"{where} now lists {len(current)} images ({what}), {len(recorded)} when "
                           f"{job.config.output.path!r} was written; use a new output.path, or --overwrite to redo "
                           "every patch with the images listed now")
 
@@ -179,6 +201,8 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
     for folder in file_folders:
         doomed += [join(output_path, f"{folder}/{name}") for name in existing_files(output_path, folder)
                    if overwrite or name.startswith(".tmp-")]
+        if not overwrite:  # layers: each layer's folder (npy/<layer>/...)
+            doomed += [m.path for m in _match(join(output_path, f"{folder}/*/.tmp-*"))]
     if overwrite:
         doomed += [join(output_path, n) for n in ("manifest.jsonl", "failed.jsonl", STATE_FILE)
                    if FileSystems.exists(join(output_path, n))]

@@ -16,7 +16,7 @@ from pixelbeam.pipeline.dataflow import (check_runner, graph_size_problem, is_dr
 from pixelbeam.pipeline.graph import build_pipeline
 from pixelbeam.pipeline.preview import try_write_previews
 from pixelbeam.pipeline.progress import is_local, progress_bar
-from pixelbeam.pipeline.runner import fetch_settings, pipeline_options
+from pixelbeam.pipeline.runner import describe_process_limits, pipeline_options
 from pixelbeam.pipeline.summary import summarize, write_dataset_json
 
 
@@ -61,12 +61,10 @@ def dry_run(job, options) -> int:
     """Translate the whole graph for DataflowRunner (it pickles every transform and builds the
     worker package) without submitting it, reading or writing the output (the plan is named
     where a real run would stage it, not written)."""
-    settings = fetch_settings(job, options)
     pipeline = build_pipeline(job, beam.Pipeline(options=options), stage_to=plan_staging(options, write=False))
     pipeline.run().wait_until_finish()
     print(f"dry run: DataflowRunner translated the job ({job.planned} planned patches; {sdk_processes(options)} SDK "
-          f"processes x {settings.max_concurrent} concurrent requests, {settings.max_requests_per_second:g} requests/s "
-          "each); nothing was submitted or written")
+          f"processes x {describe_process_limits(job, options)} each); nothing was submitted or written")
     for problem in submission_problems(job) + [p for p in [graph_size_problem(pipeline)] if p]:
         print(f"note: a real run would stop here: {problem}")
     return 0

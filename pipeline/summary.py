@@ -13,7 +13,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.plan import Job
-from pixelbeam.transforms.formats.encode import feature_spec
+from pixelbeam.pipeline.outputs import job_file_options
+from pixelbeam.transforms.formats.encode import LAYER_SEPARATOR, feature_spec, layers_feature_spec
 from pixelbeam.transforms.formats.files import npy_shape
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
 from pixelbeam.transforms.storage import join, write_atomically
@@ -166,6 +167,8 @@ def beam_metrics(result) -> dict:
 def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> dict:
     """dataset.json: bands, dtype, shapes, the TFRecord feature spec, the config used, its
     fingerprint and the completed runs whose TFRecord shards hold the written patches."""
+    if job.layered:
+        return layered_description(job, fingerprint, runs, plan_digest)
     height, width = job.fetch_shape
     return {
         "fingerprint": fingerprint,
@@ -188,6 +191,55 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),  # a stack's steps
         **({"images": [im.image_id for im in job.info.collection.images]} if job.info.collection else {}),
     }
+
+
+TFRECORD_FILES = {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
+                  "shards_of_run": "tfrecord/patches-<run>-*.tfrecord.gz, for each run in runs"}
+
+
+def layered_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> dict:
+    """dataset.json of a `layers:` job: each layer (name, role, kind, bands, dtype, NPY shape
+    and files) instead of one `bands`/`dtype`/`npy_shape`, and the `<layer>/` TFRecord features."""
+    height, width = job.fetch_shape
+    files = job_file_options(job).files("{patch_id}")
+    spec = layers_feature_spec([(layer.name, layer.info.band_names, layer.info.time_steps,
+                                 layer.info.time_steps or 0) for layer in job.layers], height, width,
+                               label_dtype=job.label_dtype)
+    return {
+        "fingerprint": fingerprint,
+        "plan_digest": plan_digest,
+        "runs": list(runs),
+        "layers": [layer_description(job, layer, [(f, p) for f, name, p in files if name == layer.name])
+                   for layer in job.layers],
+        "bands_axis": job.config.output.bands_axis,
+        "patch_size": list(job.grid.patch_size),
+        "margin": job.grid.margin,
+        "patches_planned": job.planned,
+        "crs": job.crs_list,
+        "tfrecord": {**TFRECORD_FILES, "features": spec},
+        "config": job.config.model_dump(mode="json"),
+    }
+
+
+def layer_description(job: Job, layer, files: Sequence[tuple[str, str]]) -> dict:
+    """One layer's entry in dataset.json `layers` (docs/outputs.md)."""
+    height, width = job.fetch_shape
+    info, out = layer.info, layer.output_info
+    entry = {"name": layer.name, "role": layer.role, "kind": layer.source_kind_name,
+             "bands": list(info.band_names), "dtype": out.dtype, "dtypes": list(out.dtypes),
+             "npy_shape": npy_shape(len(info.band_names), height, width, job.config.output.bands_axis,
+                                    time_steps=info.time_steps),
+             "files": {fmt: path for fmt, path in files},
+             "tfrecord_prefix": f"{layer.name}{LAYER_SEPARATOR}"}
+    if info.time_steps:
+        entry["times"] = list(info.collection.step_times)
+    if info.collection:
+        entry["images"] = [im.image_id for im in info.collection.images]
+    cfg = layer.config
+    if layer.kind == "vector":
+        entry.update(property=cfg.property, classes=dict(cfg.classes) if cfg.classes is not None else None,
+                     background=cfg.background, ignore_value=cfg.ignore_value)
+    return entry
 
 
 def write_dataset_json(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> str:

@@ -13,7 +13,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
-from pixelbeam.transforms.formats.encode import patch_to_example
+from pixelbeam.transforms.formats.encode import layers_to_example, patch_to_example
 from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, per_patch_formats
 from pixelbeam.transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
 from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch
@@ -71,6 +71,7 @@ class WritePatches(beam.PTransform):
     tfrecord_shards: int = 0
     run_id: str = ""  # each run writes its own shards: patches-<run_id>-SSSSS-of-NNNNN
     file_options: Optional[PatchFileOptions] = None  # per-patch files; default: NPY (C, H, W) if in formats
+    layers: tuple[str, ...] = ()  # with layers: their order in each TFRecord example (`<layer>/<band>` features)
 
     def __post_init__(self):
         super().__init__()
@@ -83,7 +84,7 @@ class WritePatches(beam.PTransform):
             files.append(f"{prefix}-*{TFRECORD_SUFFIX}")
             _ = (patches
                  | "NotYetInTFRecord" >> beam.Filter(lambda p: not p.spec.in_tfrecord)
-                 | "EncodeExamples" >> beam.Map(patch_to_example)
+                 | "EncodeExamples" >> beam.Map(encode_record, self.layers)
                  | "WriteTFRecord" >> beam.io.WriteToTFRecord(
                      join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
                      compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
@@ -94,6 +95,11 @@ class WritePatches(beam.PTransform):
             return written.rows, written[FAILED]
         rows = patches | "ManifestRows" >> beam.Map(lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id)))
         return rows, pipeline | "NoWriteFailures" >> beam.Create([])
+
+
+def encode_record(patch: Patch, layers: tuple[str, ...] = ()) -> bytes:
+    """A patch's TFRecord example: Earth Engine's layout for one source, `<layer>/` features with layers."""
+    return layers_to_example(patch, layers) if layers else patch_to_example(patch)
 
 
 @dataclasses.dataclass
