@@ -44,9 +44,7 @@ class JobLayer:
     @property
     def output_info(self) -> SourceInfo:
         """What the written layer holds: its bands in the output dtype (scaling)."""
-        if self.rules.scaling is None:
-            return self.info
-        return dataclasses.replace(self.info, dtypes=(self.rules.scaling.dtype,) * len(self.info.band_names))
+        return scaled_info(self.info, self.rules)
 
     @property
     def images_per_patch(self) -> int:
@@ -69,6 +67,13 @@ class JobLayer:
     def source_kind_name(self) -> str:
         """raster, earthengine or vector (dataset.json `kind`)."""
         return {"local": "raster", "remote": "raster"}.get(self.kind, self.kind)
+
+
+def scaled_info(info: SourceInfo, rules: PixelRules) -> SourceInfo:
+    """`info` with the output dtype of `rules.scaling` for every band (unchanged without scaling)."""
+    if rules.scaling is None:
+        return info
+    return dataclasses.replace(info, dtypes=(rules.scaling.dtype,) * len(info.band_names))
 
 
 def relabel(message: str, where: str) -> str:

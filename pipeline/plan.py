@@ -17,7 +17,8 @@ import pyproj
 import shapely
 
 from pixelbeam.pipeline.config import SOURCE_LAYER, Config, ConfigError, GridConfig, MaskConfig
-from pixelbeam.pipeline.layers import JobLayer, check_mask_options, describe_layer, primary_layer, with_pixel_rules
+from pixelbeam.pipeline.layers import (JobLayer, check_mask_options, describe_layer, primary_layer, scaled_info,
+                                      with_pixel_rules)
 from pixelbeam.pipeline.layers import make_source as layer_source
 from pixelbeam.pipeline.limits import job_limits
 from pixelbeam.pipeline.outputs import check_outputs
@@ -27,7 +28,7 @@ from pixelbeam.transforms.patch import INPUT, PatchSpec
 from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
 from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
 from pixelbeam.transforms.planning.sampling import Sample, SampleError, label_dtype, region_labels, region_thresholds
-from pixelbeam.transforms.fetching.sizing import RequestTooLarge, plan_parts, request_bytes
+from pixelbeam.transforms.fetching.sizing import RequestTooLarge
 from pixelbeam.transforms.sources.base import PixelSource, SourceInfo
 
 
@@ -63,9 +64,7 @@ class Job:
     @property
     def output_info(self) -> SourceInfo:
         """What the written patches hold: the source's bands in the output dtype (scaling)."""
-        if self.rules.scaling is None:
-            return self.info
-        return dataclasses.replace(self.info, dtypes=(self.rules.scaling.dtype,) * len(self.info.band_names))
+        return scaled_info(self.info, self.rules)
 
     @property
     def patch_rules(self):
@@ -95,22 +94,17 @@ class Job:
 
     @property
     def requests_per_patch(self) -> int:
-        if not self.layers:
-            h, w = self.fetch_shape
-            return len(plan_parts(w, h, self.info.band_bytes, self.info.limits)) * self.images_per_patch
+        """Requests of every layer of one patch (a vector layer sends none)."""
         return sum(layer.requests_per_patch(self.fetch_shape) for layer in self.layers)
 
     @property
     def bytes_per_patch(self) -> int:
-        if not self.layers:
-            h, w = self.fetch_shape
-            return request_bytes(w, h, self.info.band_bytes) * self.images_per_patch
         return sum(layer.bytes_per_patch(self.fetch_shape) for layer in self.layers)
 
     @property
     def images_per_patch(self) -> int:
         """A collection's images are fetched one by one (transforms/pixels/collections.py)."""
-        return len(self.info.collection.images) if self.info.collection else 1
+        return primary_layer(self.layers).images_per_patch
 
     @property
     def time_steps(self) -> Optional[int]:

@@ -132,17 +132,21 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
         return ResumeState(run_id, completed)
     done, written = count_done_rows(manifest, completed)
     nothing = state.get("plan_digest") == plan_digest(job) and done == job.planned and all(
-        file_count(out, folder) >= written for folder in per_patch_folders(job))
+        file_count(out, folder, suffix, others) >= written for folder, suffix, others in per_patch_files(job))
     return ResumeState(run_id, completed, manifest, nothing, done)
 
 
-def per_patch_folders(job) -> list[str]:
-    """The folders that hold one file per written patch: `npy`, ... or, with layers, `npy/<layer>`, ..."""
-    formats = [f for f in PER_PATCH_FOLDERS if f in job.config.output.formats]
-    if not getattr(job, "layered", False):
-        return formats
+PATCH_ID = "\x00"  # stands for the patch id in the file templates
+
+
+def per_patch_files(job) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(folder, file name suffix, longer suffixes of the same folder) of each file a written patch
+    has: `npy/<id>.npy` and `npy/<id>.mask.npy` are told apart; with layers, `npy/<layer>/...`."""
     from pixelbeam.pipeline.outputs import job_file_options
-    return sorted({path.rsplit("/", 1)[0] for fmt, _, path in job_file_options(job).files("x") if fmt != "mask"})
+    paths = [path for _, _, path in job_file_options(job).files(PATCH_ID)]
+    pairs = [(path.rsplit("/", 1)[0], path.rsplit(PATCH_ID, 1)[1]) for path in paths]
+    return [(folder, suffix, tuple(s for f, s in pairs if f == folder and s != suffix and s.endswith(suffix)))
+            for folder, suffix in pairs]
 
 
 def check_collection_images(job, state: dict) -> None:
@@ -186,9 +190,11 @@ def count_done_rows(manifest: str, completed_runs: list[str]) -> tuple[int, int]
     return done, written
 
 
-def file_count(output_path: str, folder: str) -> int:
-    """Finished files in a per-patch folder (temporary `.tmp-*` files excluded)."""
-    return sum(1 for name in existing_files(output_path, folder) if not name.startswith(".tmp-"))
+def file_count(output_path: str, folder: str, suffix: str = "", longer: tuple[str, ...] = ()) -> int:
+    """Finished files in a per-patch folder (temporary `.tmp-*` files excluded) whose names end
+    with `suffix` but with none of the `longer` suffixes (`.npy`, not `.mask.npy`)."""
+    return sum(1 for name in existing_files(output_path, folder) if not name.startswith(".tmp-")
+               and name.endswith(suffix) and not name.endswith(longer))
 
 
 def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool,

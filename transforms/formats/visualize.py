@@ -236,8 +236,8 @@ def class_color(value: int) -> tuple[int, int, int]:
 def overlay_classes(rgb: np.ndarray, classes: np.ndarray, painted: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """`rgb` (H, W, 3) uint8 with each `painted` pixel blended with its class colour (`classes`
     (H, W) integers) at opacity `alpha`: a segmentation target drawn over its image."""
-    out = rgb.astype(np.float32)
+    out = rgb.astype(np.float64)
     for value in np.unique(classes[painted]):
         here = painted & (classes == value)
-        out[here] = (1 - alpha) * out[here] + alpha * np.asarray(class_color(value), np.float32)
+        out[here] = (1 - alpha) * out[here] + alpha * np.asarray(class_color(value), np.float64)
     return np.round(out).astype(np.uint8)

@@ -10,8 +10,9 @@ patch's fetch transform (margin included), in burn order (later features drawn o
 - `file`: the file's order; `area`: largest first, so small features stay on top (area in the
   file's CRS units); a property: ascending by its value (`descending` for the reverse).
 - Pixels no feature covers take `background`. With `ignore_value`, pixels within
-  `ignore_buffer` px of a feature's edge take it (burnt last), and pixels holding
-  `ignore_value` are masked (so a `background` equal to it masks unlabelled pixels too).
+  `ignore_buffer` px of a polygon's edge (its boundary buffered by that distance; lines and
+  points have no edge) take it, burnt last; pixels holding `ignore_value` are masked (so a
+  `background` equal to it masks unlabelled pixels too).
 - `all_touched` burns every pixel a feature touches rather than those whose centre it covers.
 
 No request is sent; the reader's `limits` are None, and the fetch layer calls it directly.
@@ -218,10 +219,11 @@ def rasterize_window(index: _Index, transform: Affine, width: int, height: int, 
     if hits.size:
         shapes = [(g, v) for g, v in zip(index.geometries[hits], index.values[hits])]
         rasterize(shapes, out=out, transform=transform, all_touched=source.all_touched)
-    if hits.size and edge > 0:
+    if hits.size and edge > 0:  # polygons' edges only: lines and points have no edge to be unsure of
         geometries = index.geometries[hits]
-        areal = np.isin(shapely.get_type_id(geometries), AREAL_TYPE_IDS)  # a polygon's edge is its boundary
-        edges = shapely.buffer(np.where(areal, shapely.boundary(geometries), geometries), edge)
-        rasterize([(g, source.ignore_value) for g in edges if not g.is_empty], out=out, transform=transform,
-                  all_touched=source.all_touched)
+        geometries = geometries[np.isin(shapely.get_type_id(geometries), AREAL_TYPE_IDS)]
+        edges = shapely.buffer(shapely.boundary(geometries), edge)
+        shapes = [(g, source.ignore_value) for g in edges if not g.is_empty]
+        if shapes:
+            rasterize(shapes, out=out, transform=transform, all_touched=source.all_touched)
     return out
