@@ -22,7 +22,7 @@ from pixelbeam.pipeline.config import ConfigError, parse_config
 from pixelbeam.pipeline.limits import REMOTE_CONCURRENT, job_limits, local_concurrency, quota_fetch, source_kind
 from pixelbeam.pipeline.runner import layer_fetch_settings
 from pixelbeam.testing.ee_emulator import EmulatorConfig, EmulatorServer
-from pixelbeam.transforms.fetch import FAILED, FetchLayer, FetchLayers, FetchSettings
+from pixelbeam.transforms.fetch import FAILED, FetchLayer, FetchLayers, FetchSettings, _WorkerFetcher
 from pixelbeam.transforms.planning.grid import GridSpec, make_spec
 from pixelbeam.transforms.sources.base import PartResult, SourceInfo
 
@@ -37,7 +37,7 @@ with rasterio.open(LANDSAT) as _ds:
 
 @pytest.fixture(scope="module")
 def emulator():
-    config = EmulatorConfig(max_concurrent=2, latency_s=0.05)  # a 3rd request in flight would get a 429
+    config = EmulatorConfig(max_concurrent=2, latency_s=0.2)  # a 3rd request in flight would get a 429
     with EmulatorServer({"images": {ASSET: {"path": LANDSAT, "bands": ["B1", "B2", "B3"]}}}, config) as server:
         yield server
 
@@ -192,4 +192,12 @@ def test_each_layer_keeps_its_own_limit_and_a_failing_layer_names_itself():
         failed = out[FAILED] | beam.Map(lambda f: (f.spec.col, f.message.split(":")[0]))
         assert_that(failed, equal_to([(3, "layer wide")]), label="failed")
     assert IN_FLIGHT["slow"][1] <= 2 and IN_FLIGHT["wide"][1] <= 6
-    assert IN_FLIGHT["wide"][1] > 2  # the wide layer is not held to the slow layer's limit
+    # each layer has its own throttler with its own limit; layers of one quota pool share one
+    worker = _WorkerFetcher(layers + (FetchLayer("same", "target", CountingSource("same"), info, FetchSettings(
+        max_concurrent=2, max_requests_per_second=None, threads=4, quota_pool="p")),
+        FetchLayer("pooled", "target", CountingSource("pooled"), info, FetchSettings(
+            max_concurrent=2, max_requests_per_second=None, threads=4, quota_pool="p"))), threads=4)
+    throttlers = {layer.name: runner.throttler for layer, _, runner in worker.layers}
+    assert (throttlers["slow"].max_concurrent, throttlers["wide"].max_concurrent) == (2, 6)
+    assert throttlers["slow"] is not throttlers["wide"] and throttlers["same"] is throttlers["pooled"]
+    worker.pool.shutdown()
