@@ -123,6 +123,10 @@ def print_plan(job, as_json: bool) -> int:
                 print(f"{key:>22}:")
                 for name, text in value.items():
                     print(f"{'':>24}{name}: {text}")
+            elif value and isinstance(value, list) and isinstance(value[0], dict):  # layers: one line each
+                print(f"{key:>22}:")
+                for item in value:
+                    print(f"{'':>24}" + ", ".join(f"{k} {v}" for k, v in item.items()))
             else:
                 print(f"{key:>22}: {value}")
     return 0
