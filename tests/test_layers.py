@@ -263,3 +263,21 @@ def test_a_rerun_refetches_only_a_deleted_layer_file(files, tmp_path, capsys):
     for line in open(os.path.join(out, "manifest.jsonl")):
         rows[json.loads(line)["patch_id"]] = json.loads(line)
     assert len(rows) == len(written(out)) and all(r["status"] == "written" for r in rows.values())
+
+
+def test_pictures_show_one_layer_in_its_folder(files, tmp_path):
+    from PIL import Image
+    doc = layers_config(files, tmp_path / "out")
+    doc["output"] = {"path": str(tmp_path / "out"), "formats": ["npy", "png"],
+                     "visualization": {"layer": "labels", "min": 0, "max": 5, "palette": ["black", "white"]}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert main(["run", str(tmp_path / "job.yaml")]) == 0
+    for row in written(str(tmp_path / "out")):
+        pictures = [f for f in row["files"] if f.startswith("png/")]
+        assert pictures == [f"png/labels/{row['patch_id']}.png"]
+        labels = np.load(tmp_path / "out" / "npy" / "labels" / f"{row['patch_id']}.npy")[0]
+        picture = np.asarray(Image.open(tmp_path / "out" / pictures[0]).convert("RGBA"))
+        assert picture.shape == labels.shape + (4,)
+        np.testing.assert_array_equal(picture[..., 3] > 0, labels != 255)  # ignored pixels are transparent
+        valid = labels != 255
+        np.testing.assert_array_equal(picture[..., 0][valid], np.round(np.minimum(labels[valid], 5) / 5 * 255))
