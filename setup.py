@@ -14,6 +14,10 @@ CORE = [
     "numpy>=1.26",
     "rasterio>=1.4",
     "shapely>=2.0",
+    # vector files (regions, vector label layers) in any OGR format and CRS: GDAL's OGR through a
+    # vectorized reader (one call returns every feature as WKB + numpy columns); better kept and
+    # faster than fiona's feature-by-feature reads, and its wheels bundle GDAL
+    "pyogrio>=0.10",
     "pyproj>=3.6",
     "pyyaml>=6.0",
     "rich>=13",  # the progress bar

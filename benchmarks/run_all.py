@@ -160,8 +160,20 @@ def ee_expression_rows(doc: dict) -> list[Row]:
     return rows
 
 
+def local_limits_rows(doc: dict) -> list[Row]:
+    m = doc["median"]
+    what = f"{m['fitted']['patches']} local patches of {doc['patch_px']} px"
+    fitted, former, layers = m["fitted"], m["former"], m["layers"]
+    return [(f"{what}: limits fitting a local file", f"{fitted['patches_per_s']:.1f} patches/s",
+             "former default: EE's quota (40, 100/s)", f"{former['patches_per_s']:.1f} patches/s",
+             fitted["patches_per_s"] / former["patches_per_s"], "throughput, higher"),
+            (f"{what}: + a vector target layer", f"{layers['run_seconds']:.2f} s", "the image layer alone",
+             f"{fitted['run_seconds']:.2f} s", layers["run_seconds"] / fitted["run_seconds"], "time, lower")]
+
+
 SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
     "ee_expression": ee_expression_rows,
+    "local_limits": local_limits_rows,
     "extract_overhead": extract_overhead_rows,
     "ee_throughput": ee_throughput_rows,
     "plan_scale": plan_scale_rows,

@@ -125,7 +125,19 @@ class Plan:
         return path
 
     def lines(self) -> list[str]:
-        return [f"{key:>22}: {value}" for key, value in self.summary.items()]
+        """`pixelbeam plan`'s lines: one per key; limits (a dict) and layers (a list of dicts)
+        one line per layer."""
+        out = []
+        for key, value in self.summary.items():
+            if isinstance(value, dict):
+                out.append(f"{key:>22}:")
+                out += [f"{'':>24}{name}: {text}" for name, text in value.items()]
+            elif value and isinstance(value, list) and isinstance(value[0], dict):
+                out.append(f"{key:>22}:")
+                out += [f"{'':>24}" + ", ".join(f"{k} {v}" for k, v in item.items()) for item in value]
+            else:
+                out.append(f"{key:>22}: {value}")
+        return out
 
     def __str__(self) -> str:
         return "\n".join(self.lines())

@@ -110,14 +110,21 @@ def load_output_config(output_path: str):
 
 
 def use_emulator(config, url: str):
-    """The config with its Earth Engine source pointed at a local emulator."""
+    """The config with its Earth Engine source (or layers) pointed at a local emulator."""
     from pixelbeam.pipeline.config import ConfigError, EarthEngineSourceConfig
     from pixelbeam.transforms.sources.earthengine import is_loopback
+    local = {"url": url, "credentials": "anonymous"}
+    if config.layers is not None and any(isinstance(layer, EarthEngineSourceConfig) for layer in config.layers):
+        if not is_loopback(url):
+            raise ConfigError(f"--ee_emulator: {url!r} is not a loopback URL; the emulator runs on this machine")
+        return config.model_copy(update={"layers": [layer.model_copy(update=local)
+                                                    if isinstance(layer, EarthEngineSourceConfig) else layer
+                                                    for layer in config.layers]})
     if not isinstance(config.source, EarthEngineSourceConfig):
         raise ConfigError("--ee_emulator: the config's source is not earthengine; drop the flag")
     if not is_loopback(url):
         raise ConfigError(f"--ee_emulator: {url!r} is not a loopback URL; the emulator runs on this machine")
-    return config.model_copy(update={"source": config.source.model_copy(update={"url": url, "credentials": "anonymous"})})
+    return config.model_copy(update={"source": config.source.model_copy(update=local)})
 
 
 def print_plan(plan, as_json: bool, footprints: Optional[str] = None) -> int:

@@ -19,7 +19,7 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from pixelbeam.pipeline.config import ConfigError, EarthEngineSourceConfig, RasterSourceConfig
+from pixelbeam.pipeline.config import ConfigError, EarthEngineSourceConfig, RasterSourceConfig, VectorLayerConfig
 
 ONE_PROCESS_PER_WORKER = "no_use_multiple_sdk_containers"
 SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
@@ -118,9 +118,12 @@ def plan_workers(fetch, machine_type: str, one_process_per_worker: bool = False,
                  max_workers: Optional[int] = None) -> WorkerPlan:
     """The pool for a config's `fetch` limits: every SDK process gets at least one request slot,
     and by default about SLOTS_PER_PROCESS (the quota, not the worker count, bounds throughput)."""
+    from pixelbeam.pipeline.limits import EE_CONCURRENT, EE_RATE
     from pixelbeam.transforms.fetching.throttle import per_worker_limits
     per_worker = 1 if one_process_per_worker else machine_vcpus(machine_type)
-    slots = fetch.max_concurrent_requests
+    slots = fetch.max_concurrent_requests or EE_CONCURRENT  # unset: the Earth Engine quota the pool is sized for
+    rate = fetch.max_requests_per_second
+    rate = EE_RATE if rate in (None, "unlimited") else rate
     most = slots // per_worker
     if most < 1:
         raise ConfigError(f"fetch.max_concurrent_requests: {slots} is fewer than the {per_worker} SDK processes of one "
@@ -133,15 +136,24 @@ def plan_workers(fetch, machine_type: str, one_process_per_worker: bool = False,
         workers = max_workers
     else:
         workers = max(1, min(most, slots // (per_worker * SLOTS_PER_PROCESS)))
-    concurrent, rate = per_worker_limits(slots, fetch.max_requests_per_second, workers * per_worker)
+    concurrent, rate = per_worker_limits(slots, rate, workers * per_worker)
     return WorkerPlan(workers, per_worker, machine_type, concurrent, rate)
+
+
+def config_sources(config) -> list:
+    """The config's `source:`, or each of its layers."""
+    return list(config.layers) if config.layers is not None else [config.source]
+
+
+def uses_earth_engine(config) -> bool:
+    return any(isinstance(src, EarthEngineSourceConfig) for src in config_sources(config))
 
 
 def worker_requirements(config, setup_py: str = SETUP_PY) -> list[str]:
     """What workers need beyond setup.py's install_requires (pip-installed with the sdist) and
     the Beam SDK container (which has apache-beam[gcp]): the `ee` extra for Earth Engine
     sources, read from setup.py itself so that it stays the one list."""
-    if not isinstance(config.source, EarthEngineSourceConfig):
+    if not uses_earth_engine(config):
         return []
     import setuptools  # noqa: F401  (provides distutils on every Python version)
     from distutils.core import run_setup
@@ -156,19 +168,23 @@ def submission_problems(job) -> list[str]:
     if "://" not in config.output.path:
         problems.append(f"output.path: {config.output.path!r} is on this machine; Dataflow workers write to "
                         "gs://BUCKET/PREFIX")
-    src = config.source
-    if isinstance(src, RasterSourceConfig):
-        local = [u for u in src.uris if not re.match(r"^(/vsi|[a-z][a-z0-9+.-]*://)", u, re.IGNORECASE)]
+    for src in config_sources(config):
+        where = f"layers.{src.name}" if config.layers is not None else "source"
+        paths = list(src.uris) if isinstance(src, RasterSourceConfig) else [getattr(src, "path", "")] if (
+            isinstance(src, VectorLayerConfig)) else []
+        local = [u for u in paths if not re.match(r"^(/vsi|[a-z][a-z0-9+.-]*://)", u, re.IGNORECASE)]
         if local:
-            problems.append(f"source.uri: {local[0]!r} is on this machine; copy it to gs://BUCKET/... "
+            key = "path" if isinstance(src, VectorLayerConfig) else "uri"
+            problems.append(f"{where}.{key}: {local[0]!r} is on this machine; copy it to gs://BUCKET/... "
                             "(GDAL reads gs:// with the worker's credentials)")
-    if isinstance(src, EarthEngineSourceConfig):
-        from pixelbeam.transforms.sources.earthengine import is_loopback
-        if is_loopback(src.url):
-            problems.append(f"source.url: {src.url!r} is a loopback address (an emulator); workers cannot reach it")
-        elif src.credentials not in ("default", "anonymous"):
-            problems.append("source.credentials: a key file on this machine does not exist on the workers; use "
-                            "default (the worker service account, see docs/dataflow.md)")
+        if isinstance(src, EarthEngineSourceConfig):
+            from pixelbeam.transforms.sources.earthengine import is_loopback
+            if is_loopback(src.url):
+                problems.append(f"{where}.url: {src.url!r} is a loopback address (an emulator); workers cannot "
+                                "reach it")
+            elif src.credentials not in ("default", "anonymous"):
+                problems.append(f"{where}.credentials: a key file on this machine does not exist on the workers; "
+                                "use default (the worker service account, see docs/dataflow.md)")
     return problems
 
 
@@ -191,10 +207,11 @@ def check_runner(job, options, build=None) -> None:
         if is_dry_run(options):
             raise ConfigError("--dry_run: only DataflowRunner has a dry run; `pixelbeam plan` plans without running")
         return
-    processes, slots = sdk_processes(options), job.config.fetch.max_concurrent_requests
-    if processes > slots:
+    from pixelbeam.pipeline.limits import quota_limits
+    processes, (slots, _, field) = sdk_processes(options), quota_limits(job.config)
+    if slots is not None and processes > slots:
         raise ConfigError(f"--max_num_workers: {worker_vms(options)} workers x {processes_per_worker(options)} SDK "
-                          f"processes each exceed fetch.max_concurrent_requests {slots} (every process needs a "
+                          f"processes each exceed {field} {slots} (every process needs a "
                           "request slot); use fewer or smaller workers, or raise the limit")
     if is_dry_run(options):
         return  # dry_run() reports what a real run would stop at
@@ -260,7 +277,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pixelbeam: error: {message}", file=sys.stderr)
         return 2
     try:
-        plan = plan_workers(config.fetch, args.machine_type, args.one_process_per_worker, args.max_workers)
+        from pixelbeam.pipeline.limits import quota_fetch
+        fetch = quota_fetch(config)
+        plan = plan_workers(fetch, args.machine_type, args.one_process_per_worker, args.max_workers)
         requirements = worker_requirements(config)
     except ConfigError as e:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
@@ -271,9 +290,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f.write("\n".join(requirements) + "\n")
         # workers pip-install them at start-up, as they do setup.py's requirements
         lines += [f"--requirements_file={args.requirements_file}", "--requirements_cache=skip"]
-    print(f"pixelbeam: {plan.describe()} (fetch limits: {config.fetch.max_concurrent_requests} concurrent, "
-          f"{config.fetch.max_requests_per_second:g}/s for the whole job)", file=sys.stderr)
-    if isinstance(config.source, EarthEngineSourceConfig) and not args.service_account:
+    print(f"pixelbeam: {plan.describe()} (fetch limits: {fetch.max_concurrent_requests} concurrent, "
+          f"{fetch.max_requests_per_second:g}/s for the whole job)", file=sys.stderr)
+    if uses_earth_engine(config) and not args.service_account:
         print("pixelbeam: note: no SERVICE_ACCOUNT: workers run as the Compute Engine default service account, "
               "which then needs Earth Engine access (docs/dataflow.md)", file=sys.stderr)
     print("\n".join(lines))

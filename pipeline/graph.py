@@ -6,18 +6,19 @@ from typing import Optional
 
 import apache_beam as beam
 
-from pixelbeam.pipeline.outputs import patch_file_options
+from pixelbeam.pipeline.outputs import job_file_options
 from pixelbeam.pipeline.plan import Job
 from pixelbeam.pipeline.resume import ResumeState
-from pixelbeam.pipeline.runner import fetch_settings
+from pixelbeam.pipeline.runner import fetch_layers, fetch_settings
 from pixelbeam.pipeline.stats import layer_roles
-from pixelbeam.transforms.fetch import FAILED, FetchPatches
+from pixelbeam.transforms.fetch import FAILED, FetchLayers, FetchPatches
 from pixelbeam.transforms.planning import staged
 from pixelbeam.transforms.planning.staged import StageTo
 from pixelbeam.transforms.sinks import FILTERED, JudgePatches, WritePatches, WriteReports
 from pixelbeam.transforms.skip_done import SkipDonePatches
 from pixelbeam.transforms.statistics import PatchStatistics
 from pixelbeam.transforms.tiling import TilePatches
+
 
 def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None,
                    progress_dir: Optional[str] = None, stage_to: Optional[StageTo] = None) -> beam.Pipeline:
@@ -37,16 +38,22 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
             resume.previous_manifest, tuple(resume.completed_runs), out.path)
     else:
         carried = pipeline | "NothingCarried" >> beam.Create([])
-    fetched = specs | "FetchPatches" >> FetchPatches(job.source, job.info, fetch_settings(job, pipeline.options, progress_dir))
+    if job.layered:  # every layer of a patch in one DoFn, each under its own limits
+        fetched = specs | "FetchLayers" >> FetchLayers(fetch_layers(job, pipeline.options, progress_dir),
+                                                       progress_dir=progress_dir)
+    else:
+        fetched = specs | "FetchPatches" >> FetchPatches(job.source, job.info,
+                                                         fetch_settings(job, pipeline.options, progress_dir))
     patches = fetched.patches
-    if not job.rules.is_identity:  # unmask, scaling, fill_value: one place for every source
-        patches = patches | "MaskAndScale" >> beam.Map(job.rules)
+    rules = job.patch_rules
+    if not rules.is_identity:  # unmask, scaling, fill_value: one place for every source
+        patches = patches | "MaskAndScale" >> beam.Map(rules)
     judged = patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio)).with_outputs(
         FILTERED, main="keep")
     written_rows, write_failures, written = judged.keep | "WritePatches" >> WritePatches(
-        out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id,
-        file_options=patch_file_options(out, job.output_info, mask_npy=job.config.mask.npy),
-        splits=job.split_names)
+        out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, file_options=job_file_options(job),
+        splits=job.split_names, layers=tuple(layer.name for layer in job.layers) if job.layered else (),
+        with_written=True)
     _ = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()

@@ -31,8 +31,22 @@ def check_outputs(output: OutputConfig, info: SourceInfo) -> None:
     resolve_visualization(output, info)
 
 
-def patch_file_options(output: OutputConfig, info: SourceInfo, mask_npy: bool = False) -> PatchFileOptions:
+def patch_file_options(output: OutputConfig, info: SourceInfo, mask_npy: bool = False,
+                       layers: tuple[str, ...] = (), picture_layer: str = "") -> PatchFileOptions:
     """What `WritePatches` writes per patch, from the validated output section (`info`: the
-    output's bands and dtype); `mask_npy` adds npy/<patch_id>.mask.npy beside each NPY."""
+    output's bands and dtype, of `picture_layer` with layers); `mask_npy` adds
+    npy/<patch_id>.mask.npy beside each NPY; `layers` names the layers of a `layers:` job (each
+    written to its own folder)."""
     return PatchFileOptions(formats=per_patch_formats(output.formats), bands_axis=output.bands_axis,
-                            vis=resolve_visualization(output, info), mask_npy=mask_npy and "npy" in output.formats)
+                            vis=resolve_visualization(output, info), mask_npy=mask_npy and "npy" in output.formats,
+                            layers=tuple(layers), picture_layer=picture_layer)
+
+
+def job_file_options(job) -> PatchFileOptions:
+    """`patch_file_options` of a planned job (one source, or its layers)."""
+    out = job.config.output
+    if not job.layered:
+        return patch_file_options(out, job.output_info, mask_npy=job.config.mask.npy)
+    shown = job.picture_layer
+    return patch_file_options(out, shown.output_info, mask_npy=job.config.mask.npy,
+                              layers=tuple(layer.name for layer in job.layers), picture_layer=shown.name)

@@ -13,31 +13,35 @@ import os
 
 from typing import Optional, Sequence
 
-import numpy as np
 import pyproj
 import shapely
 
-from pixelbeam.pipeline.config import (Config, ConfigError, EarthEngineSourceConfig, GridConfig, RasterSourceConfig,
-                                       StacSourceConfig)
-from pixelbeam.pipeline.config.expression import record_expression
+from pixelbeam.pipeline.config import SOURCE_LAYER, Config, ConfigError, GridConfig, MaskConfig
+from pixelbeam.pipeline.config.expression import record_expressions
+from pixelbeam.pipeline.layers import (JobLayer, Reach, check_mask_options, describe_layer, primary_layer,
+                                      scaled_info, with_pixel_rules)
+from pixelbeam.pipeline.layers import make_source as layer_source
+from pixelbeam.pipeline.limits import job_limits
 from pixelbeam.pipeline.outputs import check_outputs
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent, regions_lonlat_box
-from pixelbeam.transforms.patch import PatchSpec
-from pixelbeam.transforms.pixels.masking import PixelRules, check_fill_value
+from pixelbeam.transforms.patch import INPUT, PatchSpec
+from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
 from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
 from pixelbeam.transforms.planning.sampling import (Sample, SampleError, class_thresholds, label_dtype, region_labels,
                                                     region_thresholds)
 from pixelbeam.transforms.planning.splits import SplitError, SplitRule, region_split_values
-from pixelbeam.transforms.pixels.scaling import ScalingError, resolve_scaling
-from pixelbeam.transforms.fetching.sizing import RequestTooLarge, plan_parts, request_bytes
-from pixelbeam.transforms.sources.base import PixelSource, SourceError, SourceInfo
+from pixelbeam.transforms.fetching.sizing import RequestTooLarge
+from pixelbeam.transforms.sources.base import PixelSource, SourceInfo
 
 
 @dataclasses.dataclass
 class Job:
     """A checked, planned job. The launcher holds the coarse `cells` and the patch count, never
-    the list of patches (`specs` computes it, for small jobs, tests and footprints)."""
+    the list of patches (`specs` computes it, for small jobs, tests and footprints).
+
+    `layers` are every layer of the job in config order (a `source:` job has one, `image`);
+    `source`, `info` and `rules` are those of the first input layer."""
 
     config: Config
     source: PixelSource
@@ -51,6 +55,7 @@ class Job:
     label_dtype: Optional[str] = None  # TFRecord dtype of the labels, if any
     split_counts: Optional[dict] = None  # planned patches per split (config split:), else None
     split_guard: int = 0  # patches the split guard left out of the plan (transforms/planning/splits.py)
+    layers: tuple[JobLayer, ...] = ()
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
@@ -62,11 +67,30 @@ class Job:
         return self.sample.split.names if self.sample is not None and self.sample.split is not None else ()
 
     @property
+    def layered(self) -> bool:
+        """The config has `layers:` (outputs kept apart per layer), not a single `source:`."""
+        return self.config.layers is not None
+
+    @property
     def output_info(self) -> SourceInfo:
         """What the written patches hold: the source's bands in the output dtype (scaling)."""
-        if self.rules.scaling is None:
-            return self.info
-        return dataclasses.replace(self.info, dtypes=(self.rules.scaling.dtype,) * len(self.info.band_names))
+        return scaled_info(self.info, self.rules)
+
+    @property
+    def patch_rules(self):
+        """What MaskAndScale applies to a fetched patch: the source's rules, or each layer's."""
+        if not self.layered:
+            return self.rules
+        return LayerRules(tuple((layer.name, layer.rules) for layer in self.layers))
+
+    @property
+    def picture_layer(self) -> Optional[JobLayer]:
+        """The layer png/jpeg show: output.visualization.layer, else the first input layer."""
+        vis = self.config.output.visualization
+        name = vis.layer if vis is not None else None
+        if name is None:
+            return primary_layer(self.layers) if self.layers else None
+        return next(layer for layer in self.layers if layer.name == name)
 
     @property
     def fetch_shape(self) -> tuple[int, int]:
@@ -80,18 +104,17 @@ class Job:
 
     @property
     def requests_per_patch(self) -> int:
-        h, w = self.fetch_shape
-        return len(plan_parts(w, h, self.info.band_bytes, self.info.limits)) * self.images_per_patch
+        """Requests of every layer of one patch (a vector layer sends none)."""
+        return sum(layer.requests_per_patch(self.fetch_shape) for layer in self.layers)
 
     @property
     def bytes_per_patch(self) -> int:
-        h, w = self.fetch_shape
-        return request_bytes(w, h, self.info.band_bytes) * self.images_per_patch
+        return sum(layer.bytes_per_patch(self.fetch_shape) for layer in self.layers)
 
     @property
     def images_per_patch(self) -> int:
         """A collection's images are fetched one by one (transforms/pixels/collections.py)."""
-        return len(self.info.collection.images) if self.info.collection else 1
+        return primary_layer(self.layers).images_per_patch
 
     @property
     def time_steps(self) -> Optional[int]:
@@ -100,31 +123,25 @@ class Job:
 
 
 def make_source(config: Config, regions: Sequence[Region] = ()) -> PixelSource:
-    """The job's pixel source; an Earth Engine collection with collection_mode is listed only
-    where the regions' patches can reach (`lonlat_extent`, when the grid is known up front)."""
-    src = config.source
-    if isinstance(src, RasterSourceConfig):
-        from pixelbeam.transforms.sources.raster import RasterSource
-        images = src.images or ()
-        return RasterSource(uris=src.uris, bands=tuple(src.bands) if src.bands else None, resampling=src.resampling,
-                            mask_nodata=config.mask.mask_nodata, mask_alpha=config.mask.mask_alpha, mode=src.mode,
-                            times=tuple(i.time for i in images),
-                            properties=tuple(tuple(sorted(i.properties.items())) for i in images),
-                            reducer=src.composite, flatten_by=src.flatten_by, min_coverage=src.filter_coverage)
-    if isinstance(src, EarthEngineSourceConfig):
-        from pixelbeam.transforms.sources.earthengine import earthengine_source
-        bounds = None
-        if (src.collection_mode or src.expression or src.expression_json is not None) and regions:
-            try:  # an Earth Engine image has no native grid here, so the grid is explicit
-                bounds = lonlat_extent(regions, resolve_grid(config.grid, SourceInfo(band_names=(), dtypes=())))
-            except ConfigError:
-                pass  # the same error is raised with context once the source is described
-        return earthengine_source(src, timeout_s=config.fetch.timeout_s, bounds=bounds)
-    if isinstance(src, StacSourceConfig):  # listed once here, within the regions' extent on the job's grid
-        from pixelbeam.transforms.sources.stac import stac_source
-        return stac_source(src, config.fetch.timeout_s, regions_lonlat_box(regions),
-                           lambda info: lonlat_extent(regions, resolve_grid(config.grid, info or SourceInfo((), ()))))
-    raise ConfigError(f"source.kind: {src.kind!r} is not supported")  # unreachable: validated
+    """The job's pixel source (its `source:` section); an Earth Engine collection with
+    collection_mode is listed only where the regions' patches can reach (`lonlat_extent`, when
+    the grid is known up front)."""
+    timeout = job_limits(config)[SOURCE_LAYER].timeout_s
+    return layer_source(config.source, config.mask, timeout, regions_reach(config, regions))
+
+
+def regions_reach(config: Config, regions: Sequence[Region]) -> Reach:
+    """Where the regions' patches can reach (pipeline/layers.py Reach): the lon/lat box on the
+    grid when it needs no source to be known (an Earth Engine collection is listed within it),
+    the regions' own box, and the box on a grid resolved from a source (STAC)."""
+    if not regions:
+        return Reach()
+    try:  # an Earth Engine image has no native grid here, so the grid is explicit
+        bounds = lonlat_extent(regions, resolve_grid(config.grid, SourceInfo(band_names=(), dtypes=())))
+    except ConfigError:
+        bounds = None  # the same error is raised with context once the source is described
+    return Reach(bounds, regions_lonlat_box(regions),
+                 lambda info: lonlat_extent(regions, resolve_grid(config.grid, info or SourceInfo((), ()))))
 
 
 def resolve_grid(cfg: GridConfig, info: SourceInfo) -> GridSpec:
@@ -190,19 +207,20 @@ def check_output_path(path: str) -> None:
 
 
 def prepare_job(config: Config) -> Job:
-    """Check the source, regions, grid and output, and plan every patch; sends no pixel request."""
+    """Check the sources, regions, grid and output, and plan every patch; sends no pixel request
+    (an Earth Engine layer: a 1x1 px probe)."""
     check_output_path(config.output.path)
     try:
         regions = load_regions(config.regions)
-        source = make_source(config, regions)
-        info = source.describe()
-    except (SourceError, RegionError) as e:
+    except RegionError as e:
         raise ConfigError(str(e)) from None
-    config = record_expression(config, source)  # an Earth Engine expression: the one it ran, fingerprinted
+    layers = describe_layers(config, regions)
+    info = primary_layer(layers).info
+    config = record_expressions(config, layers)  # Earth Engine expressions: the ones they ran, fingerprinted
     grid = resolve_grid(config.grid, info)
     grid = dataclasses.replace(grid, center_points=config.sample.centered_on_points)
-    check_mask_options(config, info, grid)
-    rules = pixel_rules(config, info)
+    layers = tuple(checked_layer(config, layer, grid) for layer in layers)
+    primary = primary_layer(layers)
     check_regions_inside(regions, info)
     cells = plan_cells(regions, grid)
     projected = project_regions(regions, grid)
@@ -211,16 +229,11 @@ def prepare_job(config: Config) -> Job:
     planned = sum(by_split.values())
     if not planned:
         raise ConfigError(f"grid: the regions yield no patch (min_coverage {grid.min_coverage}); lower grid.min_coverage")
-    job = Job(config=config, source=source, info=info, regions=regions, grid=grid, cells=cells, planned=planned,
-              sample=sample, rules=rules, label_dtype=label_type, split_guard=guarded,
-              split_counts={name: by_split.get(name, 0) for name in sample.split.names}
+    job = Job(config=config, source=primary.source, info=info, regions=regions, grid=grid, cells=cells,
+              planned=planned, sample=sample, rules=primary.rules, label_dtype=label_type, layers=layers,
+              split_guard=guarded, split_counts={name: by_split.get(name, 0) for name in sample.split.names}
               if sample is not None and sample.split is not None else None)
-    check_outputs(config.output, job.output_info)  # visualization bands against the source's
-    if job.time_steps is not None:
-        pictures = [f for f in config.output.formats if f in ("png", "jpeg")]
-        if pictures:
-            raise ConfigError(f"output.formats: {pictures[0]} cannot show a time stack (collection_mode "
-                              f"{info.collection.mode}); use npy, tfrecord or geotiff")
+    check_pictures(job)
     try:
         job.requests_per_patch
     except RequestTooLarge as e:
@@ -228,46 +241,53 @@ def prepare_job(config: Config) -> Job:
     return job
 
 
-def check_mask_options(config: Config, info: SourceInfo, grid: GridSpec) -> None:
-    """mask_nodata / mask_alpha false: raster sources read on the file's own grid only (a warp
-    would still let GDAL mask nodata and alpha)."""
-    m = config.mask
-    off = [k for k in ("mask_nodata", "mask_alpha") if not getattr(m, k)]
-    if not off:
-        return
-    if not isinstance(config.source, RasterSourceConfig):
-        raise ConfigError(f"mask.{off[0]}: applies to raster sources (Earth Engine sends its own mask); remove it")
-    a, b, c, d, e, f = info.transform
-    native = (grid.crs.lower() != "utm" and pyproj.CRS(grid.crs) == pyproj.CRS(info.crs) and not b and not d
-              and math.isclose(grid.scale[0], abs(a)) and math.isclose(grid.scale[1], abs(e))
-              and _aligned(grid.origin[0] - c, abs(a)) and _aligned(grid.origin[1] - f, abs(e)))
-    if not native:
-        raise ConfigError(f"mask.{off[0]}: false works on the source's own grid only; use grid crs, scale and "
-                          "origin native, or keep it true")
+def describe_layers(config: Config, regions: Sequence[Region]) -> tuple[JobLayer, ...]:
+    """Every layer made and described, in config order (`source:`: the one layer `image`)."""
+    limits = job_limits(config)
+    reach = regions_reach(config, regions)
+    if config.layers is None:
+        return (describe_layer(SOURCE_LAYER, INPUT, config.source, config.mask, limits[SOURCE_LAYER], reach),)
+    return tuple(describe_layer(layer.name, layer.role, layer, pixel_mask(layer), limits[layer.name], reach,
+                                f"layers.{layer.name}") for layer in config.layers)
 
 
-def _aligned(offset: float, step: float) -> bool:
-    k = offset / step
-    return abs(k - round(k)) < 1e-6
+def pixel_mask(layer) -> MaskConfig:
+    """A layer's pixel mask rules (a STAC layer's `mask` is its quality mask: default rules)."""
+    return layer.mask if isinstance(layer.mask, MaskConfig) else MaskConfig()
 
 
-def pixel_rules(config: Config, info: SourceInfo) -> PixelRules:
-    """The post-fetch pixel rules (unmask, scaling, fill_value), checked against the source."""
-    out, m = config.output, config.mask
-    scaling = None
-    if out.scaling is not None or out.data_type is not None:
-        try:
-            scaling = resolve_scaling(info.band_names, info.dtypes, out.scaling, out.data_type, out.band_ranges)
-        except ScalingError as e:
-            raise ConfigError(f"output.{e}") from None
-        if out.scaling is None and np.dtype(scaling.dtype) == np.dtype(info.dtype):
-            scaling = None  # data_type equal to the source's: nothing to do
-    for field, value, dtype in (("mask.unmask", m.unmask, info.dtype),
-                                ("mask.fill_value", m.fill_value, scaling.dtype if scaling else info.dtype)):
-        problem = check_fill_value(value, dtype, field)
-        if problem:
-            raise ConfigError(problem)
-    return PixelRules(unmask=m.unmask, scaling=scaling, fill_value=m.fill_value)
+def checked_layer(config: Config, layer: JobLayer, grid: GridSpec) -> JobLayer:
+    """A described layer checked against the grid, with its pixel rules."""
+    if config.layers is None:
+        check_mask_options(layer, config.mask, grid)
+        out = config.output
+        return with_pixel_rules(layer, out.scaling, out.data_type, out.band_ranges, config.mask, "output", "mask")
+    cfg = layer.config
+    if layer.kind == "vector":
+        return layer
+    mask = pixel_mask(cfg)
+    check_mask_options(layer, mask, grid, f"{layer.where}.mask")
+    return with_pixel_rules(layer, cfg.scaling, cfg.data_type, cfg.band_ranges, mask, layer.where,
+                            f"{layer.where}.mask")
+
+
+def check_pictures(job: Job) -> None:
+    """png/jpeg: the visualization's layer and bands exist, and the layer is no time stack."""
+    config = job.config
+    vis = config.output.visualization
+    if vis is not None and vis.layer is not None:
+        if not job.layered:
+            raise ConfigError("output.visualization.layer: applies to layers:; remove it")
+        if vis.layer not in [layer.name for layer in job.layers]:
+            raise ConfigError(f"output.visualization.layer: {vis.layer!r} is not a layer; use one of "
+                              f"{', '.join(layer.name for layer in job.layers)}")
+    shown = job.picture_layer
+    check_outputs(config.output, shown.output_info)  # visualization bands against the source's
+    if shown.info.time_steps is not None:
+        pictures = [f for f in config.output.formats if f in ("png", "jpeg")]
+        if pictures:
+            raise ConfigError(f"output.formats: {pictures[0]} cannot show a time stack (collection_mode "
+                              f"{shown.info.collection.mode}); use npy, tfrecord or geotiff")
 
 
 def make_split(config: Config, regions) -> Optional[SplitRule]:
@@ -309,11 +329,11 @@ def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Option
 
 
 def plan_summary(job: Job) -> dict:
-    """Counts for `pixelbeam plan`: patches, requests, bytes, and the time at the quota (s)."""
-    fetch = job.config.fetch
+    """Counts for `pixelbeam plan`: patches, requests, bytes, the least time at the request
+    rates (s), and the limits of each layer."""
     n = job.planned
     requests = n * job.requests_per_patch
-    return {
+    out = {
         "patches": n,
         "regions": len(job.regions),
         "requests": requests,
@@ -325,7 +345,26 @@ def plan_summary(job: Job) -> dict:
         "patch_shape": ([job.time_steps] if job.time_steps else []) + [len(job.info.band_names), *job.fetch_shape],
         "crs": job.crs_list,
         "cells": len(job.cells),
-        "min_seconds_at_quota": math.ceil(requests / fetch.max_requests_per_second),
+        "min_seconds_at_quota": min_seconds(job),
         **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),
         **({"splits": dict(job.split_counts), "split_guard": job.split_guard} if job.split_counts is not None else {}),
+        "limits": {layer.name: layer.limits.describe() if layer.limits else "none: rasterized locally, no request"
+                   for layer in job.layers},
     }
+    if job.layered:
+        out["layers"] = [{"name": layer.name, "role": layer.role, "kind": layer.source_kind_name,
+                          "bands": list(layer.info.band_names), "dtype": layer.output_info.dtype,
+                          "requests_per_patch": layer.requests_per_patch(job.fetch_shape)} for layer in job.layers]
+        for key in ("bands", "dtype", "patch_shape"):
+            out.pop(key)
+    return out
+
+
+def min_seconds(job: Job) -> int:
+    """The least time the job's requests take at each layer's rate (layers fetch side by side)."""
+    seconds = 0.0
+    for layer in job.layers:
+        rate = layer.limits.max_requests_per_second if layer.limits else None
+        if rate:
+            seconds = max(seconds, job.planned * layer.requests_per_patch(job.fetch_shape) / rate)
+    return math.ceil(seconds)

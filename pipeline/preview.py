@@ -11,6 +11,11 @@ NPY was not written); the mask from the TFRecords when they were written (an NPY
 mask), and masked pixels are drawn as a magenta/grey checkerboard. With a margin, a cyan frame
 marks the patch proper. Each tile is labelled with its patch id (Pillow's default font).
 
+With layers, the first input layer is shown (`--layer`) and the first target layer's classes are
+drawn over it (`--target`, `--target none` for none), a colour per class value
+(`visualize.CLASS_COLORS`) with a legend; a vector layer's background and ignore value are left
+unpainted.
+
 footprints.png: every manifest row's footprint in lon/lat, coloured by status (written green,
 filtered orange, failed red), over the job's regions (blue) and, for a raster source, over a
 low-resolution overview of the raster (decimated read, warped to lon/lat, stretched like the
@@ -33,8 +38,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pixelbeam.transforms.formats import visualize
-from pixelbeam.transforms.loaders.common import (example_arrays, join_path, load_npy, read_dataset_json, read_manifest_rows,
-                                tfrecord_files, to_chw)
+from pixelbeam.transforms.loaders.common import (AUTO, join_path, load_npy, read_dataset_json, read_manifest_rows,
+                                                 tfrecord_files, to_chw)
+from pixelbeam.transforms.loaders.samples import example_sample, layer_table
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
 from pixelbeam.transforms.formats.records import iter_examples
 
@@ -79,9 +85,9 @@ def display_order(ids: Sequence[str]) -> list[str]:
     return sorted(ids, key=key)
 
 
-def _scan_records(output_path: str, meta: dict, wanted: set, with_data: bool) -> dict:
-    """{patch_id: {"image"?, "mask"}} of the wanted ids, reading shards until all are found
-    (for masks only, at most MASK_SCAN_RECORDS records)."""
+def _scan_records(output_path: str, meta: dict, wanted: set, with_data: bool, layers: Sequence[dict]) -> dict:
+    """{patch_id: {"image"?, "mask", "target"?}} of the wanted ids from the TFRecords, reading
+    shards until all are found (for masks only, at most MASK_SCAN_RECORDS records)."""
     found: dict = {}
     try:
         files = tfrecord_files(output_path, meta)
@@ -94,23 +100,53 @@ def _scan_records(output_path: str, meta: dict, wanted: set, with_data: bool) ->
             break
         pid = example["patch_id"][0].decode("utf-8")
         if pid in wanted and pid not in found:
-            arrays = example_arrays(example, meta, with_mask="mask" in example)
-            found[pid] = arrays if with_data else {"mask": arrays.get("mask")}
+            sample = example_sample(example, layers, meta)
+            found[pid] = sample if with_data else {"mask": sample.get("mask")}
             if len(found) == len(wanted):
                 break
     return found
 
 
-def load_patches(output_path: str, ids: Sequence[str], rows: Sequence[dict], meta: dict) -> list[dict]:
-    """[{"patch_id", "data" (C, H, W), "mask" (H, W) bool or None}] of the sampled ids."""
+def preview_layers(meta: dict, layer: Optional[str] = None, target: Optional[str] = AUTO):
+    """(the input layer shown, the target layer drawn over it or None): `layer` (default the
+    first input layer) and `target` (AUTO: the first target layer; None: no overlay)."""
+    table = layer_table(meta)
+    by_name = {entry["name"]: entry for entry in table}
+    for name in (layer, target):
+        if name not in (None, AUTO) and name not in by_name:
+            raise FileNotFoundError(f"--layer/--target: {name!r} is not a layer of this output; its layers: "
+                                    f"{', '.join(by_name)}")
+    shown = by_name[layer] if layer else next(e for e in table if e["role"] == "input")
+    if target == AUTO:
+        drawn = next((e for e in table if e["role"] == "target"), None)
+    else:
+        drawn = by_name.get(target) if target else None
+    return shown, drawn
+
+
+def _npy_files(ids, by_id: dict, template: str) -> dict:
+    return {pid: template.format(patch_id=pid) for pid in ids
+            if template.format(patch_id=pid) in (by_id[pid].get("files") or ())}
+
+
+def load_patches(output_path: str, ids: Sequence[str], rows: Sequence[dict], meta: dict,
+                 shown: Optional[dict] = None, target: Optional[dict] = None) -> list[dict]:
+    """[{"patch_id", "data" (C, H, W), "mask" (H, W) bool or None, "target" (H, W) or None}] of
+    the sampled ids: the `shown` layer (default the only or first input layer) and `target`."""
+    if shown is None:
+        shown, _ = preview_layers(meta, target=None)
     by_id = {r["patch_id"]: r for r in rows}
-    npy = {pid: f for pid in ids for f in by_id[pid].get("files") or [] if f.endswith(".npy") and not f.endswith(".mask.npy")}
-    from_records = _scan_records(output_path, meta, set(ids), with_data=len(npy) < len(ids))
+    npy = _npy_files(ids, by_id, shown["npy"])
+    target_npy = _npy_files(ids, by_id, target["npy"]) if target else {}
+    need_records = len(npy) < len(ids) or (target is not None and len(target_npy) < len(ids))
+    from_records = _scan_records(output_path, meta, set(ids), with_data=need_records,
+                                 layers=[shown] + ([target] if target else []))
+    axis = int(meta.get("bands_axis", 0))
     out = []
     for pid in ids:
         record = from_records.get(pid, {})
         if pid in npy:
-            data = to_chw(load_npy(join_path(output_path, npy[pid])), int(meta.get("bands_axis", 0)))
+            data = to_chw(load_npy(join_path(output_path, npy[pid])), axis)
         elif "image" in record:
             data = record["image"]
         else:
@@ -118,10 +154,24 @@ def load_patches(output_path: str, ids: Sequence[str], rows: Sequence[dict], met
             continue
         if data.ndim == 4:  # a time stack: show its first step
             data = data[0]
+        labels = None
+        if target is not None:
+            labels = to_chw(load_npy(join_path(output_path, target_npy[pid])), axis)[..., 0, :, :] \
+                if pid in target_npy else record.get("target")
+            labels = None if labels is None else np.asarray(labels).reshape((-1,) + np.shape(labels)[-2:])[0]
         mask = record.get("mask")
-        out.append({"patch_id": pid, "data": np.asarray(data),
+        out.append({"patch_id": pid, "data": np.asarray(data), "target": labels,
                     "mask": None if mask is None else np.asarray(mask) > 0.5})
     return out
+
+
+def target_painted(labels: np.ndarray, target: dict) -> np.ndarray:
+    """The target pixels drawn: not the background nor the ignore value of a vector layer."""
+    painted = np.ones(labels.shape, dtype=bool)
+    for key in ("background", "ignore_value"):
+        if target.get(key) is not None:
+            painted &= labels != target[key]
+    return painted
 
 
 # -- visualization parameters -------------------------------------------------------------------
@@ -153,13 +203,19 @@ def _checkerboard(h: int, w: int) -> np.ndarray:
     return np.where(odd[..., None], np.array(MASK_COLORS[1], np.uint8), np.array(MASK_COLORS[0], np.uint8))
 
 
-def render_tile(patch: dict, vis: visualize.VisParams, band_names: Sequence[str]) -> np.ndarray:
-    """One patch as RGB uint8, masked pixels on the checkerboard (before zooming)."""
+def render_tile(patch: dict, vis: visualize.VisParams, band_names: Sequence[str],
+                target: Optional[dict] = None) -> np.ndarray:
+    """One patch as RGB uint8, masked pixels on the checkerboard (before zooming), its target
+    layer's classes drawn over it when `target` describes one."""
     data = patch["data"]
     mask = patch["mask"] if patch["mask"] is not None else np.ones(data.shape[-2:], bool)
     rgba = visualize.render_rgb(data, mask, vis, band_names, alpha=True)
     board = _checkerboard(*rgba.shape[:2])
-    return np.where(rgba[..., 3:4] > 0, rgba[..., :3], board).astype(np.uint8)
+    rgb = np.where(rgba[..., 3:4] > 0, rgba[..., :3], board).astype(np.uint8)
+    labels = patch.get("target")
+    if target is not None and labels is not None and np.dtype(target["dtype"]).kind in "biu":
+        rgb = visualize.overlay_classes(rgb, labels.astype(np.int64), target_painted(labels, target))
+    return rgb
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -180,8 +236,9 @@ def tile_scale(size: int) -> tuple[int, int]:
 
 
 def contact_sheet(patches: Sequence[dict], vis: visualize.VisParams, band_names: Sequence[str], margin: int,
-                  title: str, subtitle: str):
-    """A Pillow image: a header, then the tiles in rows, each with its patch id below."""
+                  title: str, subtitle: str, target: Optional[dict] = None):
+    """A Pillow image: a header, then the tiles in rows, each with its patch id below; with a
+    `target` layer, its classes over the tiles and a legend of the classes shown."""
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = patches[0]["data"].shape[-2:]
@@ -189,7 +246,7 @@ def contact_sheet(patches: Sequence[dict], vis: visualize.VisParams, band_names:
     th, tw = math.ceil(h / step) * zoom, math.ceil(w / step) * zoom
     cols = max(1, math.ceil(math.sqrt(len(patches))))
     nrows = math.ceil(len(patches) / cols)
-    width = max(PAD + cols * (tw + PAD), 520)
+    width = max(PAD + cols * (tw + PAD), 520 if target is None else 680)
     height = HEADER_H + nrows * (th + LABEL_H + PAD) + PAD
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -200,10 +257,12 @@ def contact_sheet(patches: Sequence[dict], vis: visualize.VisParams, band_names:
         legend_x = width - PAD - 110
         sheet.paste(Image.fromarray(_checkerboard(10, 10)), (legend_x, 19))
         draw.text((legend_x + 14, 18), "masked pixels", fill=(60, 60, 60), font=font)
+    if target is not None:
+        _class_legend(draw, patches, target, width - PAD - 110, font)
     for k, patch in enumerate(patches):
         r, c = divmod(k, cols)
         x0, y0 = PAD + c * (tw + PAD), HEADER_H + r * (th + LABEL_H + PAD)
-        rgb = render_tile(patch, vis, band_names)[::step, ::step]
+        rgb = render_tile(patch, vis, band_names, target)[::step, ::step]
         tile = Image.fromarray(np.ascontiguousarray(rgb)).resize((tw, th), Image.NEAREST)
         sheet.paste(tile, (x0, y0))
         if margin:
@@ -216,17 +275,35 @@ def contact_sheet(patches: Sequence[dict], vis: visualize.VisParams, band_names:
     return sheet
 
 
+def _class_legend(draw, patches: Sequence[dict], target: dict, right: int, font) -> None:
+    """Swatches of the target classes shown, right-aligned in the header's first line."""
+    values = sorted({int(v) for p in patches if p.get("target") is not None
+                     for v in np.unique(p["target"][target_painted(p["target"], target)])})
+    names = {v: k for k, v in (target.get("classes") or {}).items()}
+    x = right + 110
+    for value in reversed(values):
+        text = f"{value} {names.get(value, '')}".strip()
+        x -= int(draw.textlength(text, font=font)) + 20
+        draw.rectangle([x, 4, x + 10, 14], fill=visualize.class_color(value))
+        draw.text((x + 14, 3), text, fill=(60, 60, 60), font=font)
+
+
 def write_preview(output_path: str, meta: dict, rows: Sequence[dict], sample: int = DEFAULT_SAMPLE, seed: int = 0,
-                  bands=None, vmin=None, vmax=None, gamma=None, palette=None):
+                  bands=None, vmin=None, vmax=None, gamma=None, palette=None, layer=None, target=AUTO):
     """Write preview.png; returns (its path, or None when there is nothing to show, the sampled
-    ids, the resolved VisParams or None)."""
+    ids, the resolved VisParams or None). With layers, `layer` is the input layer shown and
+    `target` the target layer drawn over it (AUTO: the first; None: none)."""
     ids = sample_ids(written_ids(rows), sample, seed)
     if not ids:
         log.warning("preview: %s has no written patch; no preview.png", output_path)
         return None, [], None
-    patches = load_patches(output_path, display_order(ids), rows, meta)
+    shown, drawn = preview_layers(meta, layer, target)
+    drawn_meta = next((e for e in meta.get("layers", []) if drawn and e["name"] == drawn["name"]), {})
+    drawn = {**drawn_meta, **drawn} if drawn else None
+    patches = load_patches(output_path, display_order(ids), rows, meta, shown, drawn)
     if not patches:
         return None, ids, None
+    meta = {**meta, "bands": shown["bands"], "dtype": shown["dtype"]}
     vis = resolve_preview_vis(meta, patches, bands, vmin, vmax, gamma, palette)
     n_written = len(written_ids(rows))
     title = f"{os.path.basename(output_path.rstrip('/')) or output_path}: {len(patches)} of {n_written} " \
@@ -236,7 +313,9 @@ def write_preview(output_path: str, meta: dict, rows: Sequence[dict], sample: in
         subtitle += f"  palette {len(vis.palette)} colours"
     if all(p["mask"] is None for p in patches):
         subtitle += "  (mask unknown: no TFRecords)"
-    sheet = contact_sheet(patches, vis, meta["bands"], int(meta.get("margin", 0)), title, subtitle)
+    if drawn is not None:
+        subtitle += f"  target {drawn['name']} drawn over {shown['name']}"
+    sheet = contact_sheet(patches, vis, meta["bands"], int(meta.get("margin", 0)), title, subtitle, drawn)
     path = join_path(output_path, PREVIEW_FILE)
     _write_png(path, sheet)
     return path, ids, vis
@@ -340,13 +419,17 @@ def write_footprints_png(output_path: str, meta: dict, rows: Sequence[dict],
 
     fig = Figure(figsize=(FIGURE_IN, FIGURE_IN), dpi=FIGURE_DPI)
     ax = fig.add_subplot(1, 1, 1)
-    source = config.get("source") or {}
+    source = config.get("source") or next((layer for layer in config.get("layers") or []
+                                           if layer.get("role") == "input"), {})
+    shown = layer_table(meta)[0] if "layers" not in meta else next(
+        (e for e in layer_table(meta) if e["name"] == source.get("name")), layer_table(meta)[0])
     note = ""
     if source.get("kind", "raster") == "raster" and source.get("uri"):
         uris = [source["uri"]] if isinstance(source["uri"], str) else list(source["uri"])
         try:
-            vis = vis or visualize.resolve_vis(meta["bands"], meta.get("dtype", "float32"))
-            overview = raster_overview(uris, source.get("bands"), meta["bands"], vis, extent)
+            if vis is None or list(vis.bands) != [b for b in vis.bands if b in shown["bands"]]:
+                vis = visualize.resolve_vis(shown["bands"], shown["dtype"])
+            overview = raster_overview(uris, source.get("bands"), shown["bands"], vis, extent)
             if overview is not None:
                 ax.imshow(overview, extent=(extent[0], extent[2], extent[1], extent[3]), origin="upper",
                           interpolation="nearest", zorder=0)
@@ -405,12 +488,13 @@ def _write_png(path: str, image) -> None:
 
 
 def write_previews(output_path: str, sample: int = DEFAULT_SAMPLE, seed: int = 0, bands=None, vmin=None, vmax=None,
-                   gamma=None, palette=None) -> dict:
+                   gamma=None, palette=None, layer=None, target=AUTO) -> dict:
     """Write preview.png and footprints.png for a finished output; returns
     {"preview": path or None, "footprints": path or None, "sample": [patch ids]}."""
     meta = read_dataset_json(output_path)
     rows = read_manifest_rows(output_path)
-    preview, ids, vis = write_preview(output_path, meta, rows, sample, seed, bands, vmin, vmax, gamma, palette)
+    preview, ids, vis = write_preview(output_path, meta, rows, sample, seed, bands, vmin, vmax, gamma, palette,
+                                      layer, target)
     footprints = write_footprints_png(output_path, meta, rows, vis)
     return {"preview": preview, "footprints": footprints, "sample": ids}
 
@@ -466,11 +550,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--palette", nargs="+", help="colours for one band, e.g. 000000 00ff00 or red blue")
     parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help=f"patches shown (default {DEFAULT_SAMPLE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    parser.add_argument("--layer", help="with layers: the input layer shown (default: the first)")
+    parser.add_argument("--target", default=AUTO,
+                        help="with layers: the target layer drawn over it (default: the first; none: no overlay)")
     args = parser.parse_args(argv)
     bands = [b for part in args.bands for b in part.split(",") if b] if args.bands else None
     try:
         result = write_previews(args.output, args.sample, args.seed, bands, _numbers(args.min), _numbers(args.max),
-                                _numbers(args.gamma), args.palette)
+                                _numbers(args.gamma), args.palette, args.layer,
+                                None if args.target == "none" else args.target)
     except (FileNotFoundError, visualize.VisualizationError) as e:
         message = str(e).replace("output.visualization.", "--")
         print(f"pixelbeam preview: error: {message}", file=sys.stderr)

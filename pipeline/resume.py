@@ -56,6 +56,9 @@ def config_fingerprint(config: Config) -> str:
     for section, keys in NEUTRAL_KEYS.items():
         for key in keys:
             doc.get(section, {}).pop(key, None)
+    for layer in doc.get("layers", []):  # a layer's fetch limits and Earth Engine access decide no pixel
+        for key in ("fetch",) + NEUTRAL_KEYS["source"]:
+            layer.pop(key, None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,23 +151,46 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
         return ResumeState(run_id, completed)
     done, written = count_done_rows(manifest, completed)
     nothing = state.get("plan_digest") == plan_digest(job) and done == job.planned and all(
-        file_count(out, folder) >= written for folder in PER_PATCH_FOLDERS if folder in job.config.output.formats)
+        file_count(out, folder, suffix, others) >= written for folder, suffix, others in per_patch_files(job))
     return ResumeState(run_id, completed, manifest, nothing, done)
+
+
+PATCH_ID = "\x00"  # stands for the patch id in the file templates
+
+
+def per_patch_files(job) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(folder, file name suffix, longer suffixes of the same folder) of each file a written patch
+    has: `npy/<id>.npy` and `npy/<id>.mask.npy` are told apart; with layers, `npy/<layer>/...`."""
+    from pixelbeam.pipeline.outputs import job_file_options
+    paths = [path for _, _, path in job_file_options(job).files(PATCH_ID)]
+    pairs = [(path.rsplit("/", 1)[0], path.rsplit(PATCH_ID, 1)[1]) for path in paths]
+    return [(folder, suffix, tuple(s for f, s in pairs if f == folder and s != suffix and s.endswith(suffix)))
+            for folder, suffix in pairs]
 
 
 def check_collection_images(job, state: dict) -> None:
     """A collection must list the images it listed for the completed runs (dataset.json
     `images`): a stack's steps, a mosaic's and a composite's inputs depend on them, and an Earth
     Engine collection gains images as they are ingested."""
-    plan, recorded = job.info.collection, state.get("images")
-    if plan is None or recorded is None or not state.get("runs"):
+    if not state.get("runs"):
+        return
+    if getattr(job, "layered", False):
+        recorded = {entry.get("name"): entry.get("images") for entry in state.get("layers", [])}
+        for layer in job.layers:
+            check_images(job, layer.info.collection, recorded.get(layer.name), f"{layer.where}: the collection")
+        return
+    check_images(job, job.info.collection, state.get("images"), "source: the collection")
+
+
+def check_images(job, plan, recorded, where: str) -> None:
+    if plan is None or recorded is None:
         return
     current = [im.image_id for im in plan.images]
     if current != recorded:
         new = sorted(set(current) - set(recorded))
         gone = sorted(set(recorded) - set(current))
         what = f"new {new[0]!r}" if new else (f"no longer {gone[0]!r}" if gone else "another order")
-        raise ConfigError(f"source: the collection now lists {len(current)} images ({what}), {len(recorded)} when "
+        raise ConfigError(f"{where} now lists {len(current)} images ({what}), {len(recorded)} when "
                           f"{job.config.output.path!r} was written; use a new output.path, or --overwrite to redo "
                           "every patch with the images listed now")
 
@@ -183,9 +209,11 @@ def count_done_rows(manifest: str, completed_runs: list[str]) -> tuple[int, int]
     return done, written
 
 
-def file_count(output_path: str, folder: str) -> int:
-    """Finished files in a per-patch folder (temporary `.tmp-*` files excluded)."""
-    return sum(1 for name in existing_files(output_path, folder) if not name.startswith(".tmp-"))
+def file_count(output_path: str, folder: str, suffix: str = "", longer: tuple[str, ...] = ()) -> int:
+    """Finished files in a per-patch folder (temporary `.tmp-*` files excluded) whose names end
+    with `suffix` but with none of the `longer` suffixes (`.npy`, not `.mask.npy`)."""
+    return sum(1 for name in existing_files(output_path, folder) if not name.startswith(".tmp-")
+               and name.endswith(suffix) and not name.endswith(longer))
 
 
 def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool,
@@ -200,6 +228,8 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
     for folder in file_folders:
         doomed += [join(output_path, f"{folder}/{name}") for name in existing_files(output_path, folder)
                    if overwrite or name.startswith(".tmp-")]
+        if not overwrite:  # layers: each layer's folder (npy/<layer>/...)
+            doomed += [m.path for m in _match(join(output_path, f"{folder}/*/.tmp-*"))]
     if overwrite:
         doomed += [join(output_path, n) for n in ("manifest.jsonl", "failed.jsonl", STATE_FILE)
                    if FileSystems.exists(join(output_path, n))]

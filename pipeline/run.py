@@ -17,7 +17,7 @@ from pixelbeam.pipeline.graph import build_pipeline
 from pixelbeam.pipeline.preview import write_previews_quietly
 from pixelbeam.pipeline.progress import is_local, progress_bar
 from pixelbeam.pipeline.results import Requests, RunResult
-from pixelbeam.pipeline.runner import fetch_settings, pipeline_options
+from pixelbeam.pipeline.runner import describe_process_limits, pipeline_options
 from pixelbeam.pipeline.summary import manifest_outcomes, summarize, write_dataset_json
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
 
@@ -67,11 +67,9 @@ def dry_run(job, options) -> RunResult:
     """Translate the whole graph for DataflowRunner (it pickles every transform and builds the
     worker package) without submitting it, reading or writing the output (the plan is named
     where a real run would stage it, not written)."""
-    settings = fetch_settings(job, options)
     pipeline = build_pipeline(job, beam.Pipeline(options=options), stage_to=plan_staging(options, write=False))
     pipeline.run().wait_until_finish()
     lines = [f"dry run: DataflowRunner translated the job ({job.planned} planned patches; {sdk_processes(options)} SDK "
-             f"processes x {settings.max_concurrent} concurrent requests, {settings.max_requests_per_second:g} "
-             "requests/s each); nothing was submitted or written"]
+             f"processes x {describe_process_limits(job, options)} each); nothing was submitted or written"]
     lines += [f"note: a real run would stop here: {p}" for p in submission_problems(job) + [graph_size_problem(pipeline)] if p]
     return RunResult(output_path=job.config.output.path, planned=job.planned, submitted=False, lines=tuple(lines))

@@ -1,5 +1,5 @@
 """Beam runner options for a job: the local runner by default, and how many worker processes
-share the job's request limits (which sets each process's fetch settings)."""
+share the job's request limits (which sets each process's fetch settings, layer by layer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pixelbeam.transforms.fetch import FetchSettings
+from pixelbeam.pipeline.limits import JOB, MACHINE, Limits, fetch_section_limits, job_limits
+from pixelbeam.transforms.fetch import FetchLayer, FetchSettings
+from pixelbeam.transforms.patch import SOURCE_LAYER
 from pixelbeam.transforms.fetching.throttle import per_worker_limits
 
 # DirectRunner first tries to download the Prism runner; FnApiRunner is the same local
@@ -39,14 +41,56 @@ def worker_count(options: PipelineOptions) -> int:
     return max(1, direct.direct_num_workers or 1)
 
 
+def machine_process_count(options: PipelineOptions) -> int:
+    """How many worker processes share one machine (a local runner's are all on this one)."""
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if "dataflow" in runner:
+        from pixelbeam.pipeline.dataflow import processes_per_worker
+        return processes_per_worker(options)
+    return worker_count(options)
+
+
+def process_settings(limits: Limits, options: PipelineOptions, progress_dir: Optional[str] = None) -> FetchSettings:
+    """One worker process's share of a layer's limits (pipeline/limits.py): a whole-job
+    concurrency and every rate are divided over the worker processes, a machine's concurrency
+    over the processes of one machine."""
+    workers = worker_count(options)
+    rate = limits.max_requests_per_second
+    if limits.shared_by == JOB:
+        concurrent, rate = per_worker_limits(limits.max_concurrent, rate or 1.0, workers)
+        rate = rate if limits.max_requests_per_second is not None else None
+    else:
+        share = machine_process_count(options) if limits.shared_by == MACHINE else 1
+        concurrent = max(1, limits.max_concurrent // share)
+        rate = None if rate is None else rate / workers
+    return FetchSettings(max_concurrent=concurrent, max_requests_per_second=rate, max_attempts=limits.max_attempts,
+                         timeout_s=limits.timeout_s, threads=fetch_threads(concurrent), progress_dir=progress_dir,
+                         quota_pool=limits.pool)
+
+
+def layer_fetch_settings(job, options: PipelineOptions,
+                         progress_dir: Optional[str] = None) -> dict[str, Optional[FetchSettings]]:
+    """{layer: one worker process's FetchSettings, None for a layer without requests}."""
+    config = job.config
+    if getattr(config, "source", None) is None and getattr(config, "layers", None) is None:
+        limits = {SOURCE_LAYER: fetch_section_limits(config.fetch)}  # a job that names no source
+    else:
+        limits = job_limits(config)
+    return {name: None if lim is None else process_settings(lim, options, progress_dir) for name, lim in limits.items()}
+
+
+def fetch_layers(job, options: PipelineOptions, progress_dir: Optional[str] = None) -> tuple[FetchLayer, ...]:
+    """The job's layers as FetchLayers, each with one worker process's share of its limits."""
+    settings = layer_fetch_settings(job, options, progress_dir)
+    return tuple(FetchLayer(layer.name, layer.role, layer.source, layer.info, settings[layer.name])
+                 for layer in job.layers)
+
+
 def fetch_settings(job, options: PipelineOptions, progress_dir: Optional[str] = None) -> FetchSettings:
-    """One worker process's share of the job's `fetch` limits (a patch or table job)."""
-    fetch = job.config.fetch
-    concurrent, rate = per_worker_limits(fetch.max_concurrent_requests, fetch.max_requests_per_second,
-                                         worker_count(options))
-    return FetchSettings(max_concurrent=concurrent, max_requests_per_second=rate,
-                         max_attempts=fetch.max_attempts, timeout_s=fetch.timeout_s,
-                         threads=fetch_threads(concurrent), progress_dir=progress_dir)
+    """One worker process's share of the limits of the job's source (a patch or table job; with
+    layers:, those of its first layer that sends requests)."""
+    settings = [s for s in layer_fetch_settings(job, options, progress_dir).values() if s is not None]
+    return settings[0] if settings else FetchSettings(progress_dir=progress_dir)
 
 
 def fetch_threads(max_concurrent: int) -> int:
@@ -54,3 +98,16 @@ def fetch_threads(max_concurrent: int) -> int:
     a patch sleeping in retry backoff does not leave a request slot idle; the throttler still
     holds requests in flight to `max_concurrent`."""
     return min(max_concurrent + max(2, max_concurrent // 4), MAX_THREADS_PER_WORKER)
+
+
+def describe_process_limits(job, options: PipelineOptions) -> str:
+    """One worker process's limits in words ('5 concurrent requests, 12.5 requests/s'), per layer
+    for a job of several layers that send requests."""
+    settings = {name: s for name, s in layer_fetch_settings(job, options).items() if s is not None}
+
+    def words(s: FetchSettings) -> str:
+        rate = "no rate limit" if s.max_requests_per_second is None else f"{s.max_requests_per_second:g} requests/s"
+        return f"{s.max_concurrent} concurrent requests, {rate}"
+    if len(settings) == 1:
+        return words(next(iter(settings.values())))
+    return "; ".join(f"{name}: {words(s)}" for name, s in settings.items()) or "no requests"

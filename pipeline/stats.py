@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.transforms.pixels.stats import LayerStats
-from pixelbeam.transforms.statistics import INPUT, SOURCE_LAYER, stats_relpath
+from pixelbeam.transforms.patch import INPUT, SOURCE_LAYER
+from pixelbeam.transforms.statistics import stats_relpath
 from pixelbeam.transforms.storage import join
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ ALL = "all"
 def layer_roles(job) -> dict[str, str]:
     """{layer: "input" | "target"} of the job's layers: a single `source:` is the input layer
     `image` (target layers get class counts)."""
-    return {SOURCE_LAYER: INPUT}
+    if not job.layers:
+        return {SOURCE_LAYER: INPUT}
+    return {layer.name: layer.role for layer in job.layers}
 
 
 def read_run_stats(output_path: str, run_id: str) -> Optional[list]:

@@ -13,9 +13,10 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.plan import Job
+from pixelbeam.pipeline.outputs import job_file_options
 from pixelbeam.pipeline.results import Requests
 from pixelbeam.pipeline.stats import recorded_stats
-from pixelbeam.transforms.formats.encode import feature_spec
+from pixelbeam.transforms.formats.encode import LAYER_SEPARATOR, feature_spec, layers_feature_spec
 from pixelbeam.transforms.formats.files import npy_shape
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
 from pixelbeam.transforms.sinks import TFRECORD_SUFFIX, tfrecord_prefix
@@ -168,6 +169,8 @@ def beam_metrics(result) -> dict:
 def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> dict:
     """dataset.json: bands, dtype, shapes, the TFRecord feature spec, the config used, its
     fingerprint and the completed runs whose TFRecord shards hold the written patches."""
+    if job.layered:
+        return layered_description(job, fingerprint, runs, plan_digest)
     height, width = job.fetch_shape
     return {
         "fingerprint": fingerprint,
@@ -182,16 +185,13 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "margin": job.grid.margin,
         "patches_planned": job.planned,
         "crs": job.crs_list,
-        "tfrecord": {"files": "tfrecord/patches-*.tfrecord.gz", "compression": "GZIP",
-                     "shards_of_run": "tfrecord/patches-<run>-*.tfrecord.gz, for each run in runs",
+        "tfrecord": {**tfrecord_files(job),
                      "features": feature_spec(job.info.band_names, height, width, time_steps=job.time_steps,
-                                              label_dtype=job.label_dtype),
-                     **split_shards(job)},
+                                              label_dtype=job.label_dtype)},
         "config": job.config.model_dump(mode="json"),
         **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),  # a stack's steps
         **({"images": [im.image_id for im in job.info.collection.images]} if job.info.collection else {}),
-        **({"split": job.config.split.echo(), "patches_planned_per_split": dict(job.split_counts)}
-           if job.split_counts is not None else {}),
+        **split_entries(job),
     }
 
 
@@ -202,6 +202,66 @@ def split_shards(job: Job) -> dict:
     return {"files": f"tfrecord/*{TFRECORD_SUFFIX}",
             "shards_of_run": f"{tfrecord_prefix('<run>', '<split>')}-*{TFRECORD_SUFFIX}, for each run in runs",
             "splits": {name: f"{tfrecord_prefix('', name)}-*{TFRECORD_SUFFIX}" for name in job.split_names}}
+
+
+def tfrecord_files(job: Job) -> dict:
+    """dataset.json `tfrecord`'s file entries: the shards' names (each run its own; with
+    splits, each split its own, issue 14)."""
+    return {"files": f"tfrecord/patches-*{TFRECORD_SUFFIX}", "compression": "GZIP",
+            "shards_of_run": f"tfrecord/patches-<run>-*{TFRECORD_SUFFIX}, for each run in runs", **split_shards(job)}
+
+
+def split_entries(job: Job) -> dict:
+    """dataset.json's `split` (the config echo) and `patches_planned_per_split`, with splits."""
+    if job.split_counts is None:
+        return {}
+    return {"split": job.config.split.echo(), "patches_planned_per_split": dict(job.split_counts)}
+
+
+def layered_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> dict:
+    """dataset.json of a `layers:` job: each layer (name, role, kind, bands, dtype, NPY shape
+    and files) instead of one `bands`/`dtype`/`npy_shape`, and the `<layer>/` TFRecord features."""
+    height, width = job.fetch_shape
+    files = job_file_options(job).files("{patch_id}")
+    spec = layers_feature_spec([(layer.name, layer.info.band_names, layer.info.time_steps,
+                                 layer.info.time_steps or 0) for layer in job.layers], height, width,
+                               label_dtype=job.label_dtype)
+    return {
+        "fingerprint": fingerprint,
+        "plan_digest": plan_digest,
+        "runs": list(runs),
+        "layers": [layer_description(job, layer, [(f, p) for f, name, p in files if name == layer.name])
+                   for layer in job.layers],
+        "bands_axis": job.config.output.bands_axis,
+        "patch_size": list(job.grid.patch_size),
+        "margin": job.grid.margin,
+        "patches_planned": job.planned,
+        "crs": job.crs_list,
+        "tfrecord": {**tfrecord_files(job), "features": spec},
+        "config": job.config.model_dump(mode="json"),
+        **split_entries(job),
+    }
+
+
+def layer_description(job: Job, layer, files: Sequence[tuple[str, str]]) -> dict:
+    """One layer's entry in dataset.json `layers` (docs/outputs.md)."""
+    height, width = job.fetch_shape
+    info, out = layer.info, layer.output_info
+    entry = {"name": layer.name, "role": layer.role, "kind": layer.source_kind_name,
+             "bands": list(info.band_names), "dtype": out.dtype, "dtypes": list(out.dtypes),
+             "npy_shape": npy_shape(len(info.band_names), height, width, job.config.output.bands_axis,
+                                    time_steps=info.time_steps),
+             "files": {fmt: path for fmt, path in files},
+             "tfrecord_prefix": f"{layer.name}{LAYER_SEPARATOR}"}
+    if info.time_steps:
+        entry["times"] = list(info.collection.step_times)
+    if info.collection:
+        entry["images"] = [im.image_id for im in info.collection.images]
+    cfg = layer.config
+    if layer.kind == "vector":
+        entry.update(property=cfg.property, classes=dict(cfg.classes) if cfg.classes is not None else None,
+                     background=cfg.background, ignore_value=cfg.ignore_value)
+    return entry
 
 
 def write_dataset_json(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> str:

@@ -33,10 +33,10 @@ from typing import Optional
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pixelbeam.pipeline.api import Plan
-from pixelbeam.pipeline.outputs import patch_file_options
+from pixelbeam.pipeline.outputs import job_file_options
 from pixelbeam.pipeline.plan import make_source
-from pixelbeam.pipeline.runner import fetch_settings
-from pixelbeam.transforms.fetch import FetchPatches, FetchSettings, fetch_patch
+from pixelbeam.pipeline.runner import fetch_layers, fetch_settings
+from pixelbeam.transforms.fetch import FetchLayer, FetchLayers, FetchPatches, FetchSettings, fetch_patch
 from pixelbeam.transforms.formats.files import PatchFileOptions
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN, FailedPatch, Patch, PatchSpec
 from pixelbeam.transforms.pixels.masking import PixelRules
@@ -70,11 +70,15 @@ def tile_patches(plan: Plan) -> TilePatches:
     return TilePatches(job.cells, job.regions, job.grid, job.sample)
 
 
-def fetch_patches(plan: Plan, options: Optional[PipelineOptions] = None) -> FetchPatches:
-    """FetchPatches from the plan's source, with its `fetch:` limits divided over the worker
-    processes `options` describe (default: one local process)."""
+def fetch_patches(plan: Plan, options: Optional[PipelineOptions] = None):
+    """FetchPatches from the plan's source (FetchLayers for a `layers:` config, every layer under
+    its own limits), with its limits divided over the worker processes `options` describe
+    (default: one local process)."""
     job = _patch_job(plan)
-    return FetchPatches(job.source, job.info, fetch_settings(job, options or PipelineOptions([])))
+    options = options or PipelineOptions([])
+    if job.layered:
+        return FetchLayers(fetch_layers(job, options))
+    return FetchPatches(job.source, job.info, fetch_settings(job, options))
 
 
 def write_patches(plan: Plan, run_id: str = "") -> WritePatches:
@@ -82,7 +86,8 @@ def write_patches(plan: Plan, run_id: str = "") -> WritePatches:
     job = _patch_job(plan)
     out = job.config.output
     return WritePatches(out.path, tuple(out.formats), out.tfrecord_shards, run_id=run_id,
-                        file_options=patch_file_options(out, job.output_info, mask_npy=job.config.mask.npy))
+                        file_options=job_file_options(job), splits=job.split_names,
+                        layers=tuple(layer.name for layer in job.layers) if job.layered else ())
 
 
 def write_reports(plan: Plan, run_id: str = "") -> WriteReports:
@@ -91,7 +96,7 @@ def write_reports(plan: Plan, run_id: str = "") -> WriteReports:
 
 
 __all__ = [
-    "TilePatches", "SkipDonePatches", "FetchPatches", "FetchSettings", "JudgePatches", "WritePatches", "WriteReports",
+    "TilePatches", "SkipDonePatches", "FetchPatches", "FetchLayers", "FetchLayer", "FetchSettings", "JudgePatches", "WritePatches", "WriteReports",
     "PatchSpec", "Patch", "FailedPatch", "WRITTEN", "FILTERED", "FAILED", "PatchFileOptions", "PixelRules",
     "GridSpec", "Region", "Cell", "Sample", "load_regions", "plan_cells", "fetch_patch",
     "PixelSource", "PixelReader", "SourceInfo", "RasterSource", "earthengine_source", "make_source",

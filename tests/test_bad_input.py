@@ -65,6 +65,34 @@ def _a_file(tmp_path):
     return path
 
 
+def with_layers(*edits):
+    """Replaces `source:` with an input raster layer `image` and a vector target `labels` (a
+    polygon over the scene), then applies (path, value) edits (value DELETE removes the key)."""
+    def change(cfg, tmp_path):
+        labels = tmp_path / "labels.geojson"
+        labels.write_text(json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {"class": "water"},
+             "geometry": {"type": "Polygon", "coordinates": [[[-77.9, 24.2], [-77.8, 24.2], [-77.8, 24.3],
+                                                              [-77.9, 24.2]]]}}]}))
+        cfg.pop("source")
+        cfg["layers"] = {"image": {"kind": "raster", "role": "input", "uri": LANDSAT, "bands": [1, 2, 3]},
+                         "labels": {"kind": "vector", "role": "target", "path": str(labels), "property": "class",
+                                    "classes": {"water": 1}}}
+        for path, value in edits:
+            node = cfg
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            if value is DELETE:
+                del node[path[-1]]
+            else:
+                node[path[-1]] = value
+    return change
+
+
+DELETE = object()
+EE_LAYER = {"kind": "earthengine", "role": "input", "asset": "a/b", "url": "http://127.0.0.1:9",
+            "credentials": "anonymous", "project": "p"}
+
 FAR_AWAY = {"type": "Polygon", "coordinates": [[[10, 10], [11, 10], [11, 11], [10, 11], [10, 10]]]}
 LINE = {"type": "LineString", "coordinates": [[-77.9, 24.2], [-77.8, 24.3]]}
 
@@ -144,6 +172,53 @@ CASES = {
     "per_class with per_region": (setter("sample", value={"per_class": 2, "per_region": 3, "label_property": "name"}),
                                   "sample: give per_region or per_class, not both"),
     "per_class zero": (setter("sample", value={"per_class": 0, "label_property": "name"}), "sample.per_class"),
+    "layer without a role": (with_layers((("layers", "image", "role"), DELETE)), "layers.image.role: required key is missing"),
+    "vector layer without property": (with_layers((("layers", "labels", "property"), DELETE)),
+                                      "layers.labels.property: required key is missing"),
+    "target layer with bilinear resampling": (with_layers((("layers", "classes"), {
+        "kind": "raster", "role": "target", "uri": LANDSAT, "bands": [1], "resampling": "bilinear"})),
+        "layers.classes.resampling: a target keeps its class values, so it is resampled by nearest neighbour"),
+    "two layers of one name": (lambda cfg, tmp: cfg.update(source=None, layers=[
+        {"name": "image", "role": "input", "uri": LANDSAT}, {"name": "image", "role": "target", "uri": LANDSAT}]),
+        "layers: two layers are named 'image'"),
+    "source and layers": (lambda cfg, tmp: with_layers()(cfg, tmp) or cfg.update(source={"uri": LANDSAT}),
+                          "layers: give either source (one input layer) or layers, not both"),
+    "no input layer": (with_layers((("layers", "image", "role"), "target")), "layers: no layer has role input"),
+    "output scaling with layers": (with_layers((("output", "scaling"), "display")),
+                                   "output.scaling: with layers:, give it per layer"),
+    "scaling a target": (with_layers((("layers", "classes"), {"kind": "raster", "role": "target", "uri": LANDSAT,
+                                                              "scaling": "display"})),
+                         "layers.classes.scaling: a target keeps its values"),
+    "averaging a target collection": (with_layers((("layers", "classes"), {
+        "kind": "raster", "role": "target", "uri": [LANDSAT, LANDSAT], "composite": "median"})),
+        "layers.classes.composite: median would average class values"),
+    "unknown layer kind": (with_layers((("layers", "labels", "kind"), "wms")),
+                           "layers.labels.kind: 'wms' is not a source kind; use raster, earthengine, stac or vector"),
+    "layer name not file-safe": (with_layers((("layers", "a/b"), {"uri": LANDSAT, "role": "input"})),
+                                 "layers.a/b.name: a layer name starts with a letter"),
+    "vector property not an attribute": (with_layers((("layers", "labels", "property"), "klass")),
+                                         "layers.labels.property: 'klass' is not an attribute of"),
+    "class not in classes": (with_layers((("layers", "labels", "classes"), {"land": 2})),
+                             "layers.labels.classes: feature 0 has class 'water', which is not among the classes (land)"),
+    "class name without classes": (with_layers((("layers", "labels", "classes"), DELETE)),
+                                   "layers.labels.property: feature 0 has class 'water', not a number"),
+    "missing vector file": (with_layers((("layers", "labels", "path"), "/nonexistent/labels.gpkg")),
+                            "layers.labels.path: file '/nonexistent/labels.gpkg' does not exist"),
+    "ignore buffer without value": (with_layers((("layers", "labels", "ignore_buffer"), 2)),
+                                    "layers.labels: ignore_buffer needs ignore_value"),
+    "band of a layer": (with_layers((("layers", "image", "bands"), [1, 4])), "layers.image.bands: band 4 does not exist"),
+    "scaling of a vector layer": (with_layers((("layers", "labels", "scaling"), "display")),
+                                  "layers.labels.scaling: a vector layer burns the values it is given"),
+    "fetch of a vector layer": (with_layers((("layers", "labels", "fetch"), {"max_concurrent_requests": 2})),
+                                "layers.labels.fetch: a vector layer is rasterized locally"),
+    "mask.unmask with layers": (with_layers((("mask", "unmask"), 0)), "mask.unmask: with layers:, give it per layer"),
+    "visualization of an unknown layer": (with_layers((("output", "formats"), ["png"]),
+                                                      (("output", "visualization"), {"layer": "dem"})),
+                                          "output.visualization.layer: 'dem' is not a layer"),
+    "earth engine layers of one project disagree": (with_layers(
+        (("layers", "ee1"), {**EE_LAYER, "fetch": {"max_concurrent_requests": 4}}),
+        (("layers", "ee2"), {**EE_LAYER, "role": "target"})),
+        "layers.ee2.fetch: layers 'ee1' and 'ee2' share one Earth Engine project"),
     "table images_per_request on rasters": (lambda cfg, tmp: cfg.update(table={"times": ["2020-01-01"], "images_per_request": 2}),
                                             "table.images_per_request: applies to Earth Engine"),
 }
@@ -162,6 +237,18 @@ def test_bad_input_is_one_clear_line(name, tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("pixelbeam: error: "), err
     assert expected in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_layers_of_one_name_in_a_yaml_mapping(tmp_path, capsys):
+    """A YAML mapping keeps the last of two equal keys; the config loader refuses them instead."""
+    path = tmp_path / "job.yaml"
+    path.write_text(f"layers:\n  image: {{role: input, uri: {LANDSAT}}}\n  image: {{role: target, uri: {LANDSAT}}}\n"
+                    f"regions: {REGIONS}\noutput: {{path: {tmp_path / 'out'}}}\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("pixelbeam: error: job.yaml: layers: two layers are named 'image' (line 3); give each key once "
+                   "(each layer its own name)\n")
     assert not (tmp_path / "out").exists()
 
 

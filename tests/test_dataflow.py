@@ -53,7 +53,9 @@ def run_script(args, env, cwd):
 
 def is_earth_engine(config_path):
     with open(config_path) as f:
-        return yaml.safe_load(f)["source"].get("kind") == "earthengine"
+        doc = yaml.safe_load(f)
+    sources = [doc["source"]] if "source" in doc else list(doc["layers"].values())  # layers: configs/segmentation.yaml
+    return any(src.get("kind") == "earthengine" for src in sources)
 
 
 @contextlib.contextmanager

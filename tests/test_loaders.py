@@ -103,9 +103,11 @@ def test_npy_dataset_gives_chw_tensors_and_trains_a_conv(output):
     ref = reference(output)
     ds = NpyPatchDataset(output)
     assert isinstance(ds, torch.utils.data.Dataset) and len(ds) == len(ref)
+    assert set(ds[0]) == {"image", "patch_id"}  # no mask files, no targets, labels or splits in this output
     loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)
     seen = []
-    for images, ids in loader:
+    for batch in loader:  # samples are dicts with TorchGeo's key names (issue 14)
+        images, ids = batch["image"], batch["patch_id"]
         assert images.dtype == torch.float32 and tuple(images.shape[1:]) == (3, SIZE + 2 * MARGIN, SIZE + 2 * MARGIN)
         for image, pid in zip(images, ids):
             np.testing.assert_array_equal(image.numpy(), ref[pid].astype(np.float32))
@@ -118,7 +120,7 @@ def test_npy_dataset_gives_chw_tensors_and_trains_a_conv(output):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     shuffled = torch.utils.data.DataLoader(NpyPatchDataset(output, transform=lambda x: x / 255.0),
                                            batch_size=8, shuffle=True)
-    images, _ = next(iter(shuffled))
+    images = next(iter(shuffled))["image"]
     loss = torch.nn.functional.mse_loss(model(images), images.mean(dim=1, keepdim=True))
     optimizer.zero_grad()
     loss.backward()
@@ -132,8 +134,8 @@ def test_tfrecord_torch_dataset_shards_files_over_workers(output):
     ds = TFRecordPatchDataset(output, with_mask=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2)
     seen = []
-    for images, masks, ids in loader:
-        for image, mask, pid in zip(images, masks, ids):
+    for batch in loader:
+        for image, mask, pid in zip(batch["image"], batch["mask"], batch["patch_id"]):
             np.testing.assert_array_equal(image.numpy(), ref[pid].astype(np.float32))
             np.testing.assert_array_equal(mask.numpy(), (ref[pid] != 0).all(axis=0).astype(np.float32))
             seen.append(pid)

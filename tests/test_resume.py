@@ -100,6 +100,22 @@ def test_a_rerun_fetches_only_missing_files(tmp_path, capsys):
     audit(cfg)  # the refetched patches are not added to the TFRecords a second time
 
 
+def test_a_deleted_npy_is_refetched_beside_mask_files(tmp_path, capsys):
+    """npy/ also holds <id>.mask.npy: the launcher counts each kind of file on its own, so one
+    missing patch file is not hidden by the mask files (it was, when files were counted per folder)."""
+    cfg = raster_config(tmp_path)
+    doc = yaml.safe_load(open(cfg))
+    doc["mask"] = {"npy": True}
+    open(cfg, "w").write(yaml.safe_dump(doc))
+    assert main(["run", cfg]) == 0
+    lost = sorted(glob.glob(str(tmp_path / "out" / "npy" / "*[0-9].npy")))[0]
+    os.remove(lost)
+    capsys.readouterr()
+    assert main(["run", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "1 fetched in this run" in out and os.path.exists(lost), out
+
+
 def test_a_changed_config_is_refused_unless_overwrite(tmp_path, capsys):
     cfg = raster_config(tmp_path, patch_size=48)
     assert main(["run", cfg]) == 0

@@ -210,8 +210,12 @@ def test_split_run_writes_splits_everywhere_and_a_rerun_keeps_them(tmp_path, cap
     from pixelbeam.transforms.loaders import NpyPatchDataset, TFRecordPatchDataset
     for name in ("train", "val", "test"):
         npy = NpyPatchDataset(out, split=name)
-        assert sorted(npy.items[i][0] for i in range(len(npy))) == sorted(i for i, s in written.items() if s == name)
-        assert sorted(pid for _, pid in TFRecordPatchDataset(out, split=name)) == sorted(by_split.get(name, []))
+        samples = [npy[i] for i in range(len(npy))]
+        assert sorted(x["patch_id"] for x in samples) == sorted(i for i, s in written.items() if s == name)
+        assert {x["split"] for x in samples} == {name}
+        records = list(TFRecordPatchDataset(out, split=name))
+        assert sorted(x["patch_id"] for x in records) == sorted(by_split.get(name, []))
+        assert {x["split"] for x in records} <= {name}
     assert len(NpyPatchDataset(out)) == len(written)
     with pytest.raises(ValueError, match="split='holdout': not a split of this output; its splits are test, train, val"):
         NpyPatchDataset(out, split="holdout")

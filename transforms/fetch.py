@@ -1,4 +1,11 @@
-"""FetchPatches: PatchSpecs in, Patches (and FailedPatches on a dead-letter output) out.
+"""FetchPatches / FetchLayers: PatchSpecs in, Patches (and FailedPatches on a dead-letter output) out.
+
+`FetchPatches` fetches one source; `FetchLayers` fetches every layer of a job's patches (several
+sources on one grid) in one DoFn, each layer through its own reader, throttler and request
+runner, so that each keeps its own limits (Earth Engine layers of one project share one
+throttler: one quota). A patch is emitted when every layer is fetched; a layer that fails makes
+the patch a FailedPatch whose message names the layer. Layers without requests (a vector file
+rasterized locally, `settings` None) are read directly.
 
 The DoFn brings its own concurrency: the DirectRunner runs a stage's bundle on one thread, so
 each worker process keeps one thread pool, one throttler and one retry policy (shared between
@@ -12,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -21,7 +28,8 @@ from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pixelbeam.transforms.patch import FAILED, FailedPatch, Patch, PatchSpec  # FAILED: also the dead-letter tag
+from pixelbeam.transforms.patch import (FAILED, INPUT, SOURCE_LAYER, FailedPatch, LayerPixels, Patch,  # FAILED: also
+                                        PatchSpec)  # the dead-letter tag
 from pixelbeam.transforms.fetching.progress import ProgressFile
 from pixelbeam.transforms.fetching.runner import RequestRunner, RequestStats
 from pixelbeam.transforms.fetching.retry import FetchError, RetryPolicy, classify_exception
@@ -36,11 +44,31 @@ class FetchSettings:
     """Per-worker-process request limits (already divided over workers) and retry settings."""
 
     max_concurrent: int = 40
-    max_requests_per_second: float = 100.0
+    max_requests_per_second: Optional[float] = 100.0  # None: no rate limit
     max_attempts: int = 6
     timeout_s: float = 120.0
     threads: int = 40
     progress_dir: Optional[str] = None  # local runs: where worker processes report progress
+    quota_pool: str = ""  # layers naming the same pool share one throttler (an Earth Engine project)
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchLayer:
+    """One layer of a job's patches: `source` (with the launcher's `describe()` result `info`)
+    fetched under `settings`, or read directly when `settings` is None (no requests)."""
+
+    name: str
+    role: str
+    source: PixelSource
+    info: SourceInfo
+    settings: Optional[FetchSettings] = None
+
+
+class DirectCall:
+    """A RequestRunner stand-in for readers that send no request: one call, no retry."""
+
+    def run(self, call, describe: str = ""):
+        return call(), 1
 
 
 def fetch_patch(spec: PatchSpec, info: SourceInfo, reader: PixelReader, runner: RequestRunner) -> Patch | FailedPatch:
@@ -61,37 +89,74 @@ def fetch_patch(spec: PatchSpec, info: SourceInfo, reader: PixelReader, runner: 
         return FailedPatch(spec, "fetch", type(e).__name__, f"{err}", attempts + 1)
 
 
-class _WorkerFetcher:
-    """What one worker process shares between threads: reader, runner, pool, stats."""
+def fetch_layers(spec: PatchSpec, layers: Sequence[tuple[FetchLayer, PixelReader, object]]) -> Patch | FailedPatch:
+    """Every layer of one patch, in order, each through its (reader, runner); the first input
+    layer becomes the Patch's `data`, the others its `more`. Never raises: the first layer that
+    fails makes the patch a FailedPatch naming it (the later layers are not fetched)."""
+    fetched: list[tuple[FetchLayer, Patch]] = []
+    attempts = 0
+    for layer, reader, runner in layers:
+        result = fetch_patch(spec, layer.info, reader, runner)
+        if isinstance(result, FailedPatch):
+            return dataclasses.replace(result, message=f"layer {layer.name}: {result.message}",
+                                       attempts=attempts + result.attempts)
+        if layer.settings is None:  # rasterized locally: no request
+            result = dataclasses.replace(result, requests=0, retries=0)
+        attempts += result.requests + result.retries
+        fetched.append((layer, result))
+    primary_layer, primary = next((lp for lp in fetched if lp[0].role == INPUT), fetched[0])
+    more = tuple(LayerPixels(layer.name, layer.role, p.data, p.mask, p.band_names, p.times, p.image_ids,
+                             p.requests, p.bytes) for layer, p in fetched if layer is not primary_layer)
+    return dataclasses.replace(primary, layer=primary_layer.name, more=more,
+                               requests=sum(p.requests for _, p in fetched),
+                               retries=sum(p.retries for _, p in fetched), bytes=sum(p.bytes for _, p in fetched))
 
-    def __init__(self, source: PixelSource, info: SourceInfo, settings: FetchSettings,
+
+class _WorkerFetcher:
+    """What one worker process shares between threads: per layer a reader and a runner (one
+    throttler per quota pool), the thread pool, the stats."""
+
+    def __init__(self, layers: Sequence[FetchLayer], threads: int, progress_dir: Optional[str] = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
-        self.info = info
-        self.reader = source.open(info)
         self.stats = RequestStats()
-        self.runner = RequestRunner(
-            throttler=Throttler(settings.max_concurrent, settings.max_requests_per_second, clock=clock, sleep=sleep),
-            adaptive=AdaptiveThrottler(clock=clock),
-            policy=RetryPolicy(max_attempts=settings.max_attempts),
-            stats=self.stats, clock=clock, sleep=sleep,
-            # a backstop: sources also set their own transport deadline to timeout_s
-            attempt_timeout_s=settings.timeout_s * 1.5)
-        self.pool = concurrent.futures.ThreadPoolExecutor(settings.threads, thread_name_prefix="pixelbeam-fetch")
-        self.progress = ProgressFile(settings.progress_dir)
+        throttlers: dict[str, tuple[Throttler, AdaptiveThrottler]] = {}
+        self.layers = []
+        for layer in layers:
+            reader = layer.source.open(layer.info)
+            settings = layer.settings
+            if settings is None:
+                self.layers.append((layer, reader, DirectCall()))
+                continue
+            pool = settings.quota_pool or f"layer {layer.name}"
+            if pool not in throttlers:
+                throttlers[pool] = (Throttler(settings.max_concurrent, settings.max_requests_per_second, clock=clock,
+                                              sleep=sleep), AdaptiveThrottler(clock=clock))
+            throttler, adaptive = throttlers[pool]
+            runner = RequestRunner(
+                throttler=throttler, adaptive=adaptive, policy=RetryPolicy(max_attempts=settings.max_attempts),
+                stats=self.stats, clock=clock, sleep=sleep,
+                # a backstop: sources also set their own transport deadline to timeout_s
+                attempt_timeout_s=settings.timeout_s * 1.5)
+            self.layers.append((layer, reader, runner))
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="pixelbeam-fetch")
+        self.progress = ProgressFile(progress_dir)
 
     def submit(self, spec: PatchSpec) -> concurrent.futures.Future:
-        return self.pool.submit(fetch_patch, spec, self.info, self.reader, self.runner)
+        if len(self.layers) == 1 and self.layers[0][0].name == SOURCE_LAYER:  # one source: as it always was
+            layer, reader, runner = self.layers[0]
+            return self.pool.submit(fetch_patch, spec, layer.info, reader, runner)
+        return self.pool.submit(fetch_layers, spec, self.layers)
 
 
-class FetchDoFn(beam.DoFn):
-    """Keeps up to `settings.threads` patches in flight; main output Patch, FAILED FailedPatch."""
+class FetchLayersDoFn(beam.DoFn):
+    """Keeps up to `threads` patches in flight; main output Patch, FAILED FailedPatch."""
 
-    def __init__(self, source: PixelSource, info: SourceInfo, settings: FetchSettings):
-        self.source, self.info, self.settings = source, info, settings
+    def __init__(self, layers: Sequence[FetchLayer], threads: int, progress_dir: Optional[str] = None):
+        self.layers, self.threads, self.progress_dir = tuple(layers), threads, progress_dir
         self._shared = Shared()
 
     def setup(self):
-        self.worker = self._shared.acquire(lambda: _WorkerFetcher(self.source, self.info, self.settings),
+        self.worker = self._shared.acquire(lambda: _WorkerFetcher(self.layers, self.threads, self.progress_dir),
                                            tag="fetch")
         self.written = Metrics.counter(METRICS_NAMESPACE, "patches_fetched")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "patches_failed")
@@ -105,7 +170,7 @@ class FetchDoFn(beam.DoFn):
         # Block only when 2x threads patches are pending (the pool stays busy meanwhile), and
         # then only until *any* is done: waiting for the oldest would let one patch in retry
         # backoff hold back every patch behind it and drain the pool.
-        if len(self.pending) >= self.settings.threads * 2:
+        if len(self.pending) >= self.threads * 2:
             concurrent.futures.wait(self.pending, return_when=concurrent.futures.FIRST_COMPLETED)
         for future in [f for f in self.pending if f.done()]:  # in completion, not arrival, order
             self.pending.discard(future)
@@ -160,9 +225,18 @@ def report_request_metrics(deltas: dict, latency=None, carry_s: float = 0.0) -> 
     return carry_s
 
 
+class FetchDoFn(FetchLayersDoFn):
+    """The DoFn of one source (the layer `image`), as FetchPatches uses it."""
+
+    def __init__(self, source: PixelSource, info: SourceInfo, settings: FetchSettings):
+        super().__init__([FetchLayer(SOURCE_LAYER, INPUT, source, info, settings)], settings.threads,
+                         settings.progress_dir)
+        self.source, self.info, self.settings = source, info, settings
+
+
 @dataclasses.dataclass
 class FetchPatches(beam.PTransform):
-    """PCollection[PatchSpec] -> DoOutputsTuple with main `patches` and `failed`."""
+    """PCollection[PatchSpec] -> DoOutputsTuple with main `patches` and `failed`, for one source."""
 
     source: PixelSource
     info: SourceInfo
@@ -174,3 +248,31 @@ class FetchPatches(beam.PTransform):
     def expand(self, specs):
         return specs | "FetchPixels" >> beam.ParDo(FetchDoFn(self.source, self.info, self.settings)).with_outputs(
             FAILED, main="patches")
+
+
+@dataclasses.dataclass
+class FetchLayers(beam.PTransform):
+    """PCollection[PatchSpec] -> DoOutputsTuple with main `patches` (every layer fetched) and
+    `failed`; `threads` fetch threads per worker process (see `layer_threads`)."""
+
+    layers: tuple[FetchLayer, ...]
+    threads: int = 0  # 0: layer_threads(layers)
+    progress_dir: Optional[str] = None
+
+    def __post_init__(self):
+        super().__init__()
+        if not self.layers:
+            raise ValueError("FetchLayers needs at least one layer")
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique, got {names}")
+
+    def expand(self, specs):
+        dofn = FetchLayersDoFn(self.layers, self.threads or layer_threads(self.layers), self.progress_dir)
+        return specs | "FetchPixels" >> beam.ParDo(dofn).with_outputs(FAILED, main="patches")
+
+
+def layer_threads(layers: Sequence[FetchLayer], most: int = 64) -> int:
+    """Fetch threads for a patch fetched layer after layer: enough to fill every layer's slots at
+    once (a thread holds one slot at a time), at most `most`."""
+    return max(1, min(most, sum(layer.settings.threads for layer in layers if layer.settings is not None) or 2))

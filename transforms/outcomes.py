@@ -47,7 +47,20 @@ def manifest_row(spec: PatchSpec, status: str, *, reason: Optional[str] = None, 
             row["times"] = list(patch.times)
         if patch.image_ids is not None:  # a collection: the images kept for this patch (filter_coverage)
             row.update(images=len(patch.image_ids), image_ids=list(patch.image_ids))
+        if patch.more:  # layers: what each layer holds
+            row["layers"] = {name: layer_summary(layer) for name, layer in patch.layers.items()}
     return row
+
+
+def layer_summary(layer) -> dict:
+    """A layer's entry in a manifest row: its valid fraction, requests, bytes (and times, images)."""
+    out = {"role": layer.role, "valid_fraction": round(layer.valid_fraction, 6), "requests": layer.requests,
+           "bytes": layer.bytes}
+    if layer.times:
+        out["times"] = list(layer.times)
+    if layer.image_ids is not None:
+        out["image_ids"] = list(layer.image_ids)
+    return out
 
 
 def failed_row(failed: FailedPatch) -> dict:

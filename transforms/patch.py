@@ -79,11 +79,38 @@ class PatchSpec:
         }
 
 
+INPUT, TARGET = "input", "target"  # layer roles
+SOURCE_LAYER = "image"  # the layer a job's single `source:` is
+
+
+@dataclasses.dataclass
+class LayerPixels:
+    """One layer of a fetched patch: pixels and mask as in `Patch` (same fetch window)."""
+
+    name: str
+    role: str
+    data: np.ndarray
+    mask: np.ndarray
+    band_names: tuple[str, ...]
+    times: tuple[str, ...] = ()
+    image_ids: Optional[tuple[str, ...]] = None
+    requests: int = 0
+    bytes: int = 0
+
+    @property
+    def valid_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
 @dataclasses.dataclass
 class Patch:
     """A fetched patch: pixels `(C, H, W)` (or `(T, C, H, W)` for time stacks) of the fetch
     window, and `mask`, True where every band of a pixel is valid, of shape `(H, W)`
-    (or `(T, H, W)`)."""
+    (or `(T, H, W)`).
+
+    `data`, `mask` and `band_names` are the layer named `layer` (a job's `source:`, or its first
+    input layer); `more` holds the job's other layers (`layers:`), in layer order. `requests`,
+    `retries` and `bytes` count every layer."""
 
     spec: PatchSpec
     data: np.ndarray
@@ -94,10 +121,43 @@ class Patch:
     bytes: int = 0
     times: tuple[str, ...] = ()
     image_ids: Optional[tuple[str, ...]] = None  # a collection's images kept for this patch (filter_coverage)
+    layer: str = SOURCE_LAYER
+    more: tuple[LayerPixels, ...] = ()
+
+    @property
+    def primary(self) -> LayerPixels:
+        """The layer `data`, `mask` and `band_names` hold, as a LayerPixels."""
+        others = sum(m.requests for m in self.more), sum(m.bytes for m in self.more)
+        return LayerPixels(self.layer, INPUT, self.data, self.mask, self.band_names, self.times, self.image_ids,
+                           self.requests - others[0], self.bytes - others[1])
+
+    @property
+    def layers(self) -> dict[str, LayerPixels]:
+        """Every layer by name: the primary first, then `more`."""
+        return {self.layer: self.primary, **{m.name: m for m in self.more}}
+
+    def layer_patch(self, name: str) -> "Patch":
+        """A Patch holding only layer `name` (to encode one layer with the one-layer writers)."""
+        if name == self.layer:
+            return dataclasses.replace(self, more=())
+        layer = self.layers[name]
+        return Patch(self.spec, layer.data, layer.mask, layer.band_names, layer.requests, 0, layer.bytes,
+                     layer.times, layer.image_ids, layer=name)
+
+    @property
+    def input_mask(self) -> np.ndarray:
+        """Valid where every input layer is valid, `(H, W)` (`(T, H, W)` for a lone time stack)."""
+        inputs = [m.mask for m in self.more if m.role == INPUT]
+        if not inputs:
+            return self.mask
+        masks = [np.asarray(m).reshape((-1,) + np.shape(m)[-2:]).all(axis=0) for m in [self.mask, *inputs]]
+        return np.logical_and.reduce(masks)
 
     @property
     def valid_fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
+        """The valid fraction of the input layers' pixels (0..1)."""
+        mask = self.input_mask
+        return float(mask.mean()) if mask.size else 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
-from pixelbeam.transforms.formats.encode import patch_to_example
+from pixelbeam.transforms.formats.encode import layers_to_example, patch_to_example
 from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, per_patch_formats
 from pixelbeam.transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
 from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch
@@ -83,6 +83,8 @@ class WritePatches(beam.PTransform):
     run_id: str = ""  # each run writes its own shards: patches-<run_id>-SSSSS-of-NNNNN
     file_options: Optional[PatchFileOptions] = None  # per-patch files; default: NPY (C, H, W) if in formats
     splits: tuple[str, ...] = ()  # split names: shards <split>-<run_id>-SSSSS-of-NNNNN per split
+    layers: tuple[str, ...] = ()  # with layers: their order in each TFRecord example (`<layer>/<band>` features)
+    with_written: bool = False  # also return the written Patches (e.g. for PatchStatistics)
 
     def __post_init__(self):
         super().__init__()
@@ -106,17 +108,22 @@ class WritePatches(beam.PTransform):
             written = patches | "WritePatchFiles" >> beam.ParDo(
                 WritePatchFiles(self.output_path, options, tuple(files))).with_outputs(
                     FAILED, WRITTEN_PATCHES, main="rows")
-            return written.rows, written[FAILED], written[WRITTEN_PATCHES]
+            return (written.rows, written[FAILED]) + ((written[WRITTEN_PATCHES],) if self.with_written else ())
         rows = patches | "ManifestRows" >> beam.Map(
             lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id, p.spec.split)))
-        return rows, pipeline | "NoWriteFailures" >> beam.Create([]), patches
+        return (rows, pipeline | "NoWriteFailures" >> beam.Create([])) + ((patches,) if self.with_written else ())
 
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
         _ = (patches
-             | f"EncodeExamples{label}" >> beam.Map(patch_to_example)
+             | f"EncodeExamples{label}" >> beam.Map(encode_record, self.layers)
              | f"WriteTFRecord{label}" >> beam.io.WriteToTFRecord(
                  join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
                  compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
+
+
+def encode_record(patch: Patch, layers: tuple[str, ...] = ()) -> bytes:
+    """A patch's TFRecord example: Earth Engine's layout for one source, `<layer>/` features with layers."""
+    return layers_to_example(patch, layers) if layers else patch_to_example(patch)
 
 
 @dataclasses.dataclass

@@ -19,13 +19,11 @@ from typing import Iterator, Optional
 import apache_beam as beam
 import numpy as np
 
-from pixelbeam.transforms.patch import Patch
+from pixelbeam.transforms.patch import INPUT, TARGET, Patch
 from pixelbeam.transforms.pixels.stats import LayerStats
 from pixelbeam.transforms.storage import join, write_atomically
 
 STATS_FOLDER = "stats"
-INPUT, TARGET = "input", "target"
-SOURCE_LAYER = "image"  # the single `source:` is one input layer of this name
 
 
 def stats_relpath(run_id: str) -> str:
@@ -33,7 +31,7 @@ def stats_relpath(run_id: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerPixels:
+class LayerValues:
     """One layer of one patch: `data` (C, H, W) or (T, C, H, W), `mask` True where valid."""
 
     layer: str
@@ -43,13 +41,14 @@ class LayerPixels:
     target: bool = False
 
 
-def patch_layers(patch: Patch, roles: dict[str, str]) -> list[LayerPixels]:
-    """The layers of a written patch. A single-source patch is the layer `image`."""
-    return [LayerPixels(SOURCE_LAYER, tuple(patch.band_names), patch.data, patch.mask,
-                        roles.get(SOURCE_LAYER, INPUT) == TARGET)]
+def patch_layers(patch: Patch, roles: dict[str, str]) -> list[LayerValues]:
+    """The layers of a written patch (a single-source patch is the layer `image`), each with
+    its own mask; target layers (`roles`) also get class counts."""
+    return [LayerValues(name, tuple(layer.band_names), layer.data, layer.mask, roles.get(name, INPUT) == TARGET)
+            for name, layer in patch.layers.items()]
 
 
-def keyed_layers(patch: Patch, roles: dict[str, str]) -> Iterator[tuple[tuple, LayerPixels]]:
+def keyed_layers(patch: Patch, roles: dict[str, str]) -> Iterator[tuple[tuple, LayerValues]]:
     """((split, layer), pixels) for each layer of a patch this run adds to the dataset; a
     patch refetched only to rewrite a missing file is counted by the run that first wrote it."""
     if patch.spec.in_tfrecord:
@@ -59,12 +58,12 @@ def keyed_layers(patch: Patch, roles: dict[str, str]) -> Iterator[tuple[tuple, L
 
 
 class LayerStatsFn(beam.CombineFn):
-    """LayerPixels -> LayerStats; the accumulator is made from the first input (bands, dtype)."""
+    """LayerValues -> LayerStats; the accumulator is made from the first input (bands, dtype)."""
 
     def create_accumulator(self) -> Optional[LayerStats]:
         return None
 
-    def add_input(self, acc: Optional[LayerStats], px: LayerPixels) -> LayerStats:
+    def add_input(self, acc: Optional[LayerStats], px: LayerValues) -> LayerStats:
         if acc is None:
             acc = LayerStats.empty(px.bands, px.data.dtype, px.target)
         acc.add(px.data, px.mask)

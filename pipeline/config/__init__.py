@@ -8,12 +8,15 @@ paths in a config resolve against the config file's own folder.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 from pydantic import ValidationError, model_validator
 
 from pixelbeam.pipeline.config.base import REMOTE, ConfigError, Strict, leading_field, resolve
+from pixelbeam.pipeline.config.layers import (SOURCE_LAYER, EarthEngineLayerConfig, LayerConfig, RasterLayerConfig,
+                                              StacLayerConfig, VectorLayerConfig, check_layers, layers_as_list,
+                                              top_level_conflicts)
 from pixelbeam.pipeline.config.sections import (FORMATS, FetchConfig, GridConfig, MaskConfig, OutputConfig,
                                                 SampleConfig, SplitConfig, VisualizationConfig)
 from pixelbeam.pipeline.config.sources import (COLLECTION_MODES, HIGH_VOLUME_URL, EarthEngineFilter,
@@ -28,11 +31,13 @@ __all__ = [
     "VisualizationConfig", "COLLECTION_MODES", "HIGH_VOLUME_URL", "EarthEngineFilter", "EarthEngineSourceConfig",
     "RasterImageConfig", "RasterSourceConfig", "Reducer", "SourceConfig", "check_collection", "TableConfig",
     "StacSourceConfig",
+    "LayerConfig", "RasterLayerConfig", "EarthEngineLayerConfig", "StacLayerConfig", "VectorLayerConfig", "SOURCE_LAYER",
 ]
 
 
 class Config(Strict):
-    source: SourceConfig
+    source: Optional[SourceConfig] = None  # one input layer named `image`; or layers:
+    layers: Optional[list[LayerConfig]] = None  # several sources on one grid (pipeline/config/layers.py)
     regions: Union[str, list[float]]
     grid: GridConfig = GridConfig()
     output: OutputConfig
@@ -47,6 +52,8 @@ class Config(Strict):
     def _raster_by_default(cls, data: Any):
         if isinstance(data, dict) and isinstance(data.get("source"), dict) and "kind" not in data["source"]:
             data = {**data, "source": {"kind": "raster", **data["source"]}}
+        if isinstance(data, dict) and "layers" in data:
+            data = {**data, "layers": layers_as_list(data["layers"])}
         return data
 
 
@@ -56,7 +63,8 @@ def load_config(path: str, rewrite=None) -> Config:
     name = os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+            text = f.read()
+        doc = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file; give the path to a YAML config", field=None) from None
     except yaml.YAMLError as e:
@@ -66,6 +74,9 @@ def load_config(path: str, rewrite=None) -> Config:
         raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax", field=None) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch", field=None)
+    duplicate = duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+    if duplicate:
+        raise ConfigError(f"{name}: {duplicate}", field=leading_field(duplicate))
     doc = rewrite(doc) if rewrite else doc
     return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
 
@@ -75,9 +86,49 @@ def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config
     try:
         config = Config.model_validate(doc, context={"table": doc.get("table") is not None})
     except ValidationError as e:
-        problem = describe_validation_error(e)
+        problem = describe_validation_error(e, layer_names(doc))
         raise ConfigError(f"{name}: {problem}", field=leading_field(problem)) from None
+    try:
+        if config.layers is None and config.source is None:
+            raise ConfigError("source: required key is missing; add it (or layers:, several sources on one grid)")
+        if config.layers is not None:
+            top_level_conflicts(config)
+            check_layers(config.layers)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}", field=leading_field(str(e))) from None
     return resolve_paths(config, base_dir)
+
+
+def duplicate_key(node, path: str = "") -> Optional[str]:
+    """'field: duplicate key ...' for the first mapping of a composed YAML document that gives a
+    key twice (YAML loaders keep the last silently, e.g. two layers of one name), else None."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            here = f"{path}.{name}" if path else str(name)
+            if name is not None and name in seen:
+                what = "two layers are named" if path == "layers" else "the key is given twice:"
+                return (f"{path or 'config'}: {what} {name!r} (line {key.start_mark.line + 1}); "
+                        "give each key once" + (" (each layer its own name)" if path == "layers" else ""))
+            seen.add(name)
+            found = duplicate_key(value, here)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = duplicate_key(item, f"{path}.{i}")
+            if found:
+                return found
+    return None
+
+
+def layer_names(doc: dict) -> list[str]:
+    """The layer names of a raw config, by position (to name layers in validation errors)."""
+    layers = layers_as_list(doc.get("layers")) if isinstance(doc, dict) else None
+    if not isinstance(layers, list):
+        return []
+    return [str(layer.get("name", i)) if isinstance(layer, dict) else str(i) for i, layer in enumerate(layers)]
 
 
 # What a field of several accepted shapes takes, for type errors (pydantic would name only the
@@ -94,23 +145,26 @@ SHAPE_HINTS = {
 }
 
 
-SECRET_FIELDS = ("source.sign",)
-
-
-def describe_validation_error(e: ValidationError) -> str:
-    """The first pydantic error as 'field.path: what is wrong (got …)'."""
+def describe_validation_error(e: ValidationError, layers: Sequence[str] = ()) -> str:
+    """The first pydantic error as 'field.path: what is wrong (got …)'; `layers` names the
+    layers by position, so that an error says `layers.<name>.<field>`."""
     err = e.errors()[0]
-    loc = [str(p) for p in err["loc"] if not str(p) in ("raster", "earthengine", "stac")]
-    loc = [p for p in loc if not p.startswith(("function-", "literal[", "tuple[", "list[", "str", "int", "float"))]
+    raw = list(err["loc"])
+    if len(raw) > 1 and raw[0] == "layers" and isinstance(raw[1], int) and raw[1] < len(layers):
+        raw[1] = layers[raw[1]]
+    loc = [str(p) for p in raw if not str(p) in ("raster", "earthengine", "stac", "vector")]
+    loc = [p for p in loc if not p.startswith(("function-", "literal[", "tuple[", "list[", "str", "int", "float",
+                                               "constrained-"))]
     field = ".".join(loc) or "config"
-    secret = field.startswith(SECRET_FIELDS)  # never echo what may hold a token
+    secret = field.startswith("source.sign") or (field.startswith("layers.") and ".sign" in field)  # may hold a token
     if field in SHAPE_HINTS and err["type"].endswith(("_type", "_parsing", "literal_error", "too_long", "too_short")):
         return f"{field}: {SHAPE_HINTS[field]}" + ("" if secret else f" (got {err.get('input')!r})")
     if err["type"] == "extra_forbidden":
         return f"{field}: unknown key; remove it or check its spelling against the config reference"
     if err["type"] == "union_tag_invalid":
         tag = (err.get("ctx") or {}).get("tag")
-        return f"{field}.kind: {tag!r} is not a source kind; use raster, earthengine or stac"
+        kinds = "raster, earthengine, stac or vector" if field.startswith("layers") else "raster, earthengine or stac"
+        return f"{field}.kind: {tag!r} is not a source kind; use {kinds}"
     if err["type"] == "missing":
         return f"{field}: required key is missing; add it"
     msg = err["msg"].removeprefix("Value error, ")
@@ -123,17 +177,28 @@ def resolve_paths(config: Config, base_dir: str) -> Config:
     updates: dict[str, Any] = {"output": config.output.model_copy(update={"path": resolve(config.output.path, base_dir)})}
     if isinstance(config.regions, str):
         updates["regions"] = resolve(config.regions, base_dir)
-    if isinstance(config.source, RasterSourceConfig) and config.source.images is not None:
-        images = [i.model_copy(update={"uri": resolve(i.uri, base_dir)}) for i in config.source.images]
-        updates["source"] = config.source.model_copy(update={"images": images})
-    elif isinstance(config.source, RasterSourceConfig):
-        uris = [resolve(u, base_dir) for u in config.source.uris]
-        updates["source"] = config.source.model_copy(update={"uri": uris[0] if isinstance(config.source.uri, str) else uris})
-    elif isinstance(config.source, StacSourceConfig) and config.source.catalog:
-        updates["source"] = config.source.model_copy(update={"catalog": resolve(config.source.catalog, base_dir)})
-    elif isinstance(config.source, EarthEngineSourceConfig):
-        updates["source"] = resolve_expression_paths(config.source, base_dir)
+    if config.source is not None:
+        updates["source"] = resolve_source_paths(config.source, base_dir)
+    if config.layers is not None:
+        updates["layers"] = [resolve_source_paths(layer, base_dir) for layer in config.layers]
     return config.model_copy(update=updates)
+
+
+def resolve_source_paths(src, base_dir: str):
+    """A source (or layer) with its files made absolute against `base_dir`."""
+    if isinstance(src, VectorLayerConfig):
+        return src.model_copy(update={"path": resolve(src.path, base_dir)})
+    if isinstance(src, RasterSourceConfig) and src.images is not None:
+        images = [i.model_copy(update={"uri": resolve(i.uri, base_dir)}) for i in src.images]
+        return src.model_copy(update={"images": images})
+    if isinstance(src, RasterSourceConfig):
+        uris = [resolve(u, base_dir) for u in src.uris]
+        return src.model_copy(update={"uri": uris[0] if isinstance(src.uri, str) else uris})
+    if isinstance(src, StacSourceConfig) and src.catalog:
+        return src.model_copy(update={"catalog": resolve(src.catalog, base_dir)})
+    if isinstance(src, EarthEngineSourceConfig):
+        return resolve_expression_paths(src, base_dir)
+    return src
 
 
 def resolve_expression_paths(source: EarthEngineSourceConfig, base_dir: str) -> EarthEngineSourceConfig:

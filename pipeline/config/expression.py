@@ -68,6 +68,26 @@ def with_expression(config: Union[Any, dict], image_or_collection):
     return parse_config(with_expression(doc, expression), name="config")
 
 
+def record_expressions(config, layers):
+    """`config` holding, for each Earth Engine layer (`source:` or `layers:`), the expression
+    its source ran (record_expression), so that the fingerprint and dataset.json carry it."""
+    if config.layers is None:
+        return record_expression(config, layers[0].source)
+    by_name = {layer.name: layer.source for layer in layers}
+    recorded = [_recorded(cfg, by_name[cfg.name]) for cfg in config.layers]
+    if all(new is old for new, old in zip(recorded, config.layers)):
+        return config
+    return config.model_copy(update={"layers": recorded})
+
+
+def _recorded(source_config, source):
+    """A source section with the expression `source` ran inline (unchanged if none)."""
+    text = getattr(source, "expression", None)
+    if not text or source_config.expression_json == json.loads(text):
+        return source_config
+    return source_config.model_copy(update={"expression_json": json.loads(text)})
+
+
 def record_expression(config, source):
     """`config` holding the expression `source` (an EarthEngineSource) ran, inline in
     `source.expression_json` (its `expression` key kept, naming where it came from)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -53,6 +53,7 @@ class VisualizationConfig(Strict):
     band names and per-band lengths are checked against the source when the job is planned."""
 
     bands: Optional[list[str]] = None
+    layer: Optional[str] = None  # with layers: the layer pictured (default: the first input layer)
     min: Optional[Union[float, list[float]]] = None
     max: Optional[Union[float, list[float]]] = None
     gamma: Optional[Union[float, list[float]]] = None
@@ -172,10 +173,27 @@ class SplitConfig(Strict):
 
 
 class FetchConfig(Strict):
-    """Request control for the whole job (divided over workers)."""
+    """Request limits and retries. At the top level they apply to every layer; a layer's own
+    `fetch:` overrides them for that layer. A limit left unset takes the default of the layer's
+    source (pipeline/limits.py: Earth Engine's quota, none for a local file, HTTP-friendly
+    concurrency for a remote raster). Limits given here are for the whole job (divided over
+    the worker processes)."""
 
-    max_concurrent_requests: int = Field(40, ge=1)
-    max_requests_per_second: float = Field(100.0, gt=0)
-    max_attempts: int = Field(6, ge=1)
-    timeout_s: float = Field(120.0, gt=0)
+    max_concurrent_requests: Optional[int] = Field(None, ge=1)
+    max_requests_per_second: Optional[Union[Annotated[float, Field(gt=0)], Literal["unlimited"]]] = None
+    max_attempts: Optional[int] = Field(None, ge=1)  # default 6
+    timeout_s: Optional[float] = Field(None, gt=0)  # default 120 s
     batch_size: int = Field(64, ge=1)
+
+    @property
+    def attempts(self) -> int:
+        return self.max_attempts or DEFAULT_MAX_ATTEMPTS
+
+    @property
+    def timeout(self) -> float:
+        """The per-request deadline in seconds (default DEFAULT_TIMEOUT_S)."""
+        return self.timeout_s or DEFAULT_TIMEOUT_S
+
+
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_TIMEOUT_S = 120.0

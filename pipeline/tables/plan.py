@@ -49,7 +49,14 @@ class TableJob:
                 "bands": list(self.bands), "rows": self.rows, "values": self.rows * len(self.bands),
                 "groups": len(self.groups), "requests": requests, "crs": self.grid.crs,
                 "scale": list(self.grid.scale), "formats": list(self.config.table.formats),
-                "min_seconds_at_quota": math.ceil(requests / self.config.fetch.max_requests_per_second)}
+                "min_seconds_at_quota": math.ceil(requests / (self.limits.max_requests_per_second or math.inf)),
+                "limits": {"source": self.limits.describe()}}
+
+    @property
+    def limits(self):
+        """The source's request limits (pipeline/limits.py)."""
+        from pixelbeam.pipeline.limits import layer_limits
+        return layer_limits(self.config, self.config.source)
 
 
 def image_id(uri: str) -> str:
@@ -139,7 +146,7 @@ def earthengine_table_source(config: Config, regions):
                           "and table.scale (e.g. EPSG:32618 and 10, as getRegion's crs and scale)")
     grid = table_grid(table, SourceInfo(band_names=(), dtypes=()))
     bounds = lonlat_extent(regions, GridSpec(crs=grid.crs, scale=grid.scale, patch_size=(1, 1)))
-    ee_src = earthengine_source(config.source, timeout_s=config.fetch.timeout_s, bounds=bounds)
+    ee_src = earthengine_source(config.source, timeout_s=config.fetch.timeout, bounds=bounds)
     ee_src.initialize()
     if not ee_src.is_collection:
         raise SourceError(f"{ee_src.expression_field}: gives an ee.Image; table: needs an ee.ImageCollection "
@@ -166,7 +173,7 @@ def stac_table_source(config: Config, regions):
         grid = table_grid(table, info or SourceInfo(band_names=(), dtypes=()))
         return lonlat_extent(regions, GridSpec(crs=grid.crs, scale=grid.scale, patch_size=(1, 1)))
 
-    stac = stac_source(config.source, config.fetch.timeout_s, regions_lonlat_box(regions), extent)
+    stac = stac_source(config.source, config.fetch.timeout, regions_lonlat_box(regions), extent)
     images = tuple(TableImage(item.item_id, time_ms(item.time)) for item in stac.items)
     source = StacTableSource(stac, images)
     base = source.base()

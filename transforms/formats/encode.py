@@ -64,6 +64,8 @@ __all__ = [
     "encode_example",
     "patch_to_example",
     "feature_spec",
+    "layers_to_example",
+    "layers_feature_spec",
     "band_feature_names",
     "step_prefix",
     "npy_bytes",
@@ -187,6 +189,7 @@ def encode_example(features: Mapping[str, Any]) -> bytes:
 
 
 LABEL_FEATURE = "label"  # a labelled patch's label (PatchSpec.label)
+LAYER_SEPARATOR = "/"  # with layers: a layer's features are `<layer>/<band>`, `<layer>/mask`
 
 
 def step_prefix(t: int, time_steps: int) -> str:
@@ -231,9 +234,45 @@ def patch_to_example(patch: Patch, mask_feature: str = "mask",
     integers; int32 beyond 2**24 and float64 are rounded, float64 beyond float32 range
     becomes +-inf, NaN stays NaN).
     """
-    spec = patch.spec
-    data = np.asarray(patch.data)
-    bands = tuple(patch.band_names)
+    feats = pixel_features(patch.spec, patch.data, patch.mask, patch.band_names, mask_feature)
+    times = tuple(patch.times)
+    _check_times(times, patch.data)
+    meta = metadata_features(patch.spec, times)
+    extra = dict(extra or {})
+    _check_names(list(feats) + list(meta) + list(extra))
+    return encode_example({**feats, **meta, **extra})
+
+
+def layers_to_example(patch: Patch, layer_names: Sequence[str], mask_feature: str = "mask") -> bytes:
+    """A patch of several layers as one `tf.train.Example`: each layer's band and mask features
+    prefixed with `<layer>/` (`image/B4`, `image/mask`, `labels/class`), its times as
+    `<layer>/times`, then the metadata features once (unprefixed). `layer_names` gives the
+    layers (all of `patch.layers`) in dataset order."""
+    layers = patch.layers
+    feats: dict[str, Any] = {}
+    for name in layer_names:
+        layer = layers[name]
+        prefix = f"{name}{LAYER_SEPARATOR}"
+        feats.update(pixel_features(patch.spec, layer.data, layer.mask, layer.band_names, mask_feature, prefix))
+        _check_times(tuple(layer.times), layer.data)
+        if layer.times:
+            feats[f"{prefix}times"] = [str(t) for t in layer.times]
+    meta = metadata_features(patch.spec, ())
+    _check_names(list(feats) + list(meta))
+    return encode_example({**feats, **meta})
+
+
+def _check_times(times: tuple, data) -> None:
+    data = np.asarray(data)
+    if data.ndim == 4 and times and len(times) != data.shape[0]:
+        raise ValueError(f"{len(times)} times for {data.shape[0]} time steps")
+
+
+def pixel_features(spec, data, mask, band_names: Sequence[str], mask_feature: str = "mask",
+                   prefix: str = "") -> dict[str, Any]:
+    """{name: float32 plane} of one layer's bands and mask (module doc), names prefixed."""
+    data = np.asarray(data)
+    bands = tuple(band_names)
     if data.ndim == 3:
         time_steps = None
         c, h, w = data.shape
@@ -248,7 +287,7 @@ def patch_to_example(patch: Patch, mask_feature: str = "mask",
             f"patch data is {h}x{w} px but the spec's fetch window is "
             f"{spec.fetch_height}x{spec.fetch_width} (patch {spec.height}x{spec.width}, "
             f"margin {spec.margin})")
-    mask = np.asarray(patch.mask)
+    mask = np.asarray(mask)
     if time_steps is None:
         if mask.shape != (h, w):
             raise ValueError(f"mask shape {mask.shape} != {(h, w)}")
@@ -256,16 +295,9 @@ def patch_to_example(patch: Patch, mask_feature: str = "mask",
         mask = np.broadcast_to(mask, (time_steps, h, w))
     elif mask.shape != (time_steps, h, w):
         raise ValueError(f"mask shape {mask.shape} != {(time_steps, h, w)} or {(h, w)}")
-    times = tuple(patch.times)
-    if time_steps is not None and times and len(times) != time_steps:
-        raise ValueError(f"{len(times)} times for {time_steps} time steps")
-
-    band_keys = band_feature_names(bands, time_steps)
-    mask_keys = _mask_feature_names(mask_feature, time_steps)
-    meta_keys = [k for k in METADATA_FEATURES if k != "times" or times] + ([LABEL_FEATURE] if spec.label is not None else [])
-    extra = dict(extra or {})
-    _check_names(band_keys + mask_keys + meta_keys + list(extra))
-
+    band_keys = [prefix + k for k in band_feature_names(bands, time_steps)]
+    mask_keys = [prefix + k for k in _mask_feature_names(mask_feature, time_steps)]
+    _check_names(band_keys + mask_keys)
     feats: dict[str, Any] = {}
     planes = data.reshape(-1, h, w)  # (T*C, H, W) in step-major order = band_keys order
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes +-inf
@@ -273,19 +305,21 @@ def patch_to_example(patch: Patch, mask_feature: str = "mask",
             feats[key] = np.asarray(plane, dtype="<f4")
     for key, m in zip(mask_keys, mask.reshape(-1, h, w)):
         feats[key] = np.asarray(m, dtype="<f4")
+    return feats
+
+
+def metadata_features(spec, times: Sequence[str]) -> dict[str, Any]:
+    """The metadata features of a patch (module doc): ids, CRS, transforms, margin, times, label."""
     transform = np.asarray(spec.fetch_transform, dtype="<f8")
-    feats["patch_id"] = spec.patch_id
-    feats["region_id"] = spec.region_id
-    feats["crs"] = spec.crs
-    feats["transform"] = transform.astype("<f4")
-    feats["transform_f64"] = transform.tobytes()
-    feats["margin"] = np.array([spec.margin], dtype=np.int64)
+    feats: dict[str, Any] = {
+        "patch_id": spec.patch_id, "region_id": spec.region_id, "crs": spec.crs,
+        "transform": transform.astype("<f4"), "transform_f64": transform.tobytes(),
+        "margin": np.array([spec.margin], dtype=np.int64)}
     if times:
         feats["times"] = [str(t) for t in times]
     if spec.label is not None:  # the owner region's label (sample.label_property)
         feats[LABEL_FEATURE] = spec.label if isinstance(spec.label, str) else np.array([spec.label])
-    feats.update(extra)
-    return encode_example(feats)
+    return feats
 
 
 def feature_spec(band_names: Sequence[str], height: int, width: int,
@@ -340,6 +374,28 @@ def feature_spec(band_names: Sequence[str], height: int, width: int,
     if label_dtype:
         spec[LABEL_FEATURE] = {"dtype": label_dtype, "shape": [], "role": "label",
                                "description": "the label of the patch's region (sample.label_property)"}
+    _check_names(list(spec))
+    return spec
+
+
+def layers_feature_spec(layers: Sequence[tuple[str, Sequence[str], Optional[int], int]], height: int, width: int,
+                        mask_feature: str = "mask", label_dtype: Optional[str] = None) -> dict[str, dict]:
+    """The feature spec of `layers_to_example` records: for each `(layer, band names,
+    time_steps, n_times)` in order, its band and mask features prefixed `<layer>/` (each entry
+    with `"layer"`) and `<layer>/times`, then the metadata features and the label."""
+    spec: dict[str, dict] = {}
+    for name, band_names, time_steps, n_times in layers:
+        one = feature_spec(band_names, height, width, time_steps=time_steps, mask_feature=mask_feature, n_times=0)
+        for key, entry in one.items():
+            if entry["role"] in ("band", "mask"):
+                spec[f"{name}{LAYER_SEPARATOR}{key}"] = {**entry, "layer": name}
+        if n_times:
+            spec[f"{name}{LAYER_SEPARATOR}times"] = {"dtype": "string", "shape": [int(n_times)], "role": "metadata",
+                                                     "layer": name, "description": "acquisition time of each step"}
+    meta = feature_spec([], height, width, n_times=0, label_dtype=label_dtype)
+    for key, entry in meta.items():
+        if entry["role"] != "mask":
+            spec[key] = entry
     _check_names(list(spec))
     return spec
 

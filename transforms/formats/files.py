@@ -4,6 +4,10 @@
 sink writes each atomically and lists the paths in the patch's manifest row. TFRecord is not
 per patch (shards) and is not handled here.
 
+With `layers:` every layer has its own folder: `npy/<layer>/<patch_id>.npy` (and
+`.mask.npy`), `geotiff/<layer>/<patch_id>.tif`, and the pictured layer's
+`png/<layer>/<patch_id>.png`, `jpeg/<layer>/<patch_id>.jpg`.
+
 Layout (`bands_axis`): NPY files hold `(C, H, W)` with `bands_axis: 0` (the default) or
 `(H, W, C)` with `bands_axis: -1` (Descartes Labs' `ndarray` convention; a time stack
 `(T, C, H, W)` becomes `(T, H, W, C)`). dataset.json records `bands_axis` and `npy_shape`.
@@ -38,6 +42,8 @@ class PatchFileOptions:
     bands_axis: int = 0
     vis: Optional[VisParams] = None
     mask_npy: bool = False  # npy/<patch_id>.mask.npy: uint8 (H, W), 1 = valid
+    layers: tuple[str, ...] = ()  # with layers: every layer in its own folder (npy/<layer>/...); () one source
+    picture_layer: str = ""  # with layers: the layer png/jpeg show
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in PER_PATCH_FORMATS]
@@ -51,25 +57,39 @@ class PatchFileOptions:
     @property
     def templates(self) -> tuple[str, ...]:
         """Relative path templates with `{patch_id}`, in format order."""
-        paths = [relpath(f, "{patch_id}") for f in self.formats]
-        return tuple(paths + ([mask_npy_relpath("{patch_id}")] if self.mask_npy else []))
+        return tuple(path for _, _, path in self.files("{patch_id}"))
+
+    def files(self, patch_id: str) -> list[tuple[str, Optional[str], str]]:
+        """[(format or "mask", layer or None, relative path)] of one patch, in writing order."""
+        if not self.layers:
+            out = [(f, None, relpath(f, patch_id)) for f in self.formats]
+            return out + ([("mask", None, mask_npy_relpath(patch_id))] if self.mask_npy else [])
+        out = []
+        for fmt in self.formats:
+            shown = (self.picture_layer or self.layers[0],) if fmt in VISUAL_FORMATS else self.layers
+            for layer in shown:
+                out.append((fmt, layer, relpath(fmt, patch_id, layer)))
+                if fmt == "npy" and self.mask_npy:
+                    out.append(("mask", layer, mask_npy_relpath(patch_id, layer)))
+        return out
 
 
-def relpath(fmt: str, patch_id: str) -> str:
-    """The file of `patch_id` in format `fmt`, relative to the output path."""
+def relpath(fmt: str, patch_id: str, layer: Optional[str] = None) -> str:
+    """The file of `patch_id` in format `fmt` (of `layer`, with layers:), relative to the output path."""
+    folder = f"{layer}/" if layer else ""
     if fmt == "npy":
-        return npy_relpath(patch_id)
+        return f"npy/{folder}{patch_id}.npy" if layer else npy_relpath(patch_id)
     if fmt == "geotiff":
-        return geotiff_relpath(patch_id)
+        return f"geotiff/{folder}{patch_id}.tif" if layer else geotiff_relpath(patch_id)
     if fmt == "png":
-        return f"png/{patch_id}.png"
+        return f"png/{folder}{patch_id}.png"
     if fmt == "jpeg":
-        return f"jpeg/{patch_id}.jpg"
+        return f"jpeg/{folder}{patch_id}.jpg"
     raise ValueError(f"{fmt!r} is not a per-patch format")
 
 
-def mask_npy_relpath(patch_id: str) -> str:
-    return f"npy/{patch_id}.mask.npy"
+def mask_npy_relpath(patch_id: str, layer: Optional[str] = None) -> str:
+    return f"npy/{layer}/{patch_id}.mask.npy" if layer else f"npy/{patch_id}.mask.npy"
 
 
 def npy_layout(data: np.ndarray, bands_axis: int = 0) -> np.ndarray:
@@ -89,20 +109,20 @@ def npy_shape(bands: int, height: int, width: int, bands_axis: int = 0,
 
 def encode_patch_files(patch: Patch, options: PatchFileOptions) -> list[tuple[str, bytes]]:
     """[(relative path, file bytes)] for every per-patch format in `options`, in order."""
-    pid = patch.spec.patch_id
     out = []
-    for fmt in options.formats:
+    for fmt, layer, path in options.files(patch.spec.patch_id):
+        one = patch if layer is None else patch.layer_patch(layer)
         if fmt == "npy":
-            data = npy_bytes(npy_layout(patch.data, options.bands_axis))
+            data = npy_bytes(npy_layout(one.data, options.bands_axis))
+        elif fmt == "mask":
+            data = npy_bytes(np.asarray(one.mask, dtype=np.uint8))
         elif fmt == "geotiff":
-            data = patch_to_geotiff_bytes(patch)
+            data = patch_to_geotiff_bytes(one)
         elif fmt == "png":
-            data = patch_to_png_bytes(patch.data, patch.mask, options.vis, patch.band_names)
+            data = patch_to_png_bytes(one.data, one.mask, options.vis, one.band_names)
         else:
-            data = patch_to_jpeg_bytes(patch.data, patch.mask, options.vis, patch.band_names)
-        out.append((relpath(fmt, pid), data))
-    if options.mask_npy:
-        out.append((mask_npy_relpath(pid), npy_bytes(np.asarray(patch.mask, dtype=np.uint8))))
+            data = patch_to_jpeg_bytes(one.data, one.mask, options.vis, one.band_names)
+        out.append((path, data))
     return out
 
 

@@ -220,3 +220,24 @@ def patch_to_png_bytes(data: np.ndarray, mask: np.ndarray, vis: VisParams, band_
 
 def patch_to_jpeg_bytes(data: np.ndarray, mask: np.ndarray, vis: VisParams, band_names: Sequence[str]) -> bytes:
     return jpeg_bytes(render_rgb(data, mask, vis, band_names, alpha=False), grey=is_grey(vis))
+
+
+# Colours of class values drawn over a picture (value v takes CLASS_COLORS[v % 10]): distinct
+# hues that stay visible over imagery (grey for 0, no white: clouds are white).
+CLASS_COLORS = ("#7f7f7f", "#1f77b4", "#2ca02c", "#e377c2", "#ff7f0e", "#d62728", "#9467bd", "#8c564b",
+                "#bcbd22", "#17becf")
+
+
+def class_color(value: int) -> tuple[int, int, int]:
+    """The overlay colour of a class value (CLASS_COLORS)."""
+    return parse_color(CLASS_COLORS[int(value) % len(CLASS_COLORS)])
+
+
+def overlay_classes(rgb: np.ndarray, classes: np.ndarray, painted: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """`rgb` (H, W, 3) uint8 with each `painted` pixel blended with its class colour (`classes`
+    (H, W) integers) at opacity `alpha`: a segmentation target drawn over its image."""
+    out = rgb.astype(np.float64)
+    for value in np.unique(classes[painted]):
+        here = painted & (classes == value)
+        out[here] = (1 - alpha) * out[here] + alpha * np.asarray(class_color(value), np.float64)
+    return np.round(out).astype(np.uint8)

@@ -43,6 +43,31 @@ class PixelRules:
         return apply_pixel_rules(patch, self)
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerRules:
+    """PixelRules per layer of a patch (`layers:`): `rules` is ((layer name, PixelRules), ...)."""
+
+    rules: tuple[tuple[str, PixelRules], ...] = ()
+
+    @property
+    def is_identity(self) -> bool:
+        return all(r.is_identity for _, r in self.rules)
+
+    def __call__(self, patch: Patch) -> Patch:
+        by_name = dict(self.rules)
+        primary = by_name.get(patch.layer)
+        if primary is not None and not primary.is_identity:
+            patch = apply_pixel_rules(patch, primary)
+        more = []
+        for layer in patch.more:
+            rules = by_name.get(layer.name)
+            if rules is not None and not rules.is_identity:
+                data, mask = apply_to_pixels(layer.data, layer.mask, rules)
+                layer = dataclasses.replace(layer, data=data, mask=mask)
+            more.append(layer)
+        return dataclasses.replace(patch, more=tuple(more))
+
+
 def unmask(data: np.ndarray, mask: np.ndarray, value: float) -> tuple[np.ndarray, np.ndarray]:
     """Earth Engine's `unmask(value, false)`: masked pixels take `value`; all become valid."""
     out = np.where(mask[None], data, np.asarray(value).astype(data.dtype))
@@ -59,11 +84,16 @@ def apply_pixel_rules(patch: Patch, rules: PixelRules) -> Patch:
     step (scaling's `()` takes each step's own min and max)."""
     if rules.is_identity:
         return patch
-    if patch.data.ndim == 4:
-        steps = [_apply(d, m, rules) for d, m in zip(patch.data, patch.mask)]
-        return dataclasses.replace(patch, data=np.stack([d for d, _ in steps]), mask=np.stack([m for _, m in steps]))
-    data, mask = _apply(patch.data, patch.mask, rules)
+    data, mask = apply_to_pixels(patch.data, patch.mask, rules)
     return dataclasses.replace(patch, data=data, mask=mask)
+
+
+def apply_to_pixels(data: np.ndarray, mask: np.ndarray, rules: PixelRules) -> tuple[np.ndarray, np.ndarray]:
+    """`(data, mask)` after the rules; `(T, C, H, W)` step by step."""
+    if data.ndim == 4:
+        steps = [_apply(d, m, rules) for d, m in zip(data, mask)]
+        return np.stack([d for d, _ in steps]), np.stack([m for _, m in steps])
+    return _apply(data, mask, rules)
 
 
 def _apply(data: np.ndarray, mask: np.ndarray, rules: PixelRules) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,11 @@
-"""Regions of interest: loaded from GeoJSON (RFC 7946, lon/lat degrees) or a bbox, validated.
+"""Regions of interest: loaded from a vector file or a bbox, validated.
 
-Beam-free. A region is a shapely geometry in lon/lat with a stable id. Errors are
-`RegionError`s whose one-line message names the feature and says what to do.
+Beam-free. A region is a shapely geometry in lon/lat with a stable id. GeoJSON (`.geojson`,
+`.json`) is read as RFC 7946 lon/lat degrees (a legacy `crs` member naming another CRS is
+reprojected); any other vector format OGR reads (GeoPackage, Shapefile, FlatGeobuf, ...) and
+GeoParquet, in any CRS, goes through `pixelbeam.transforms.formats.vector_files` and is
+reprojected to lon/lat before the same validation. Errors are `RegionError`s whose one-line
+message names the feature and says what to do.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 import shapely
 from shapely.geometry import box, shape
 from shapely.validation import explain_validity, make_valid
+
+from pixelbeam.transforms.formats.vector_files import VectorFileError, is_lonlat, read_vector, to_crs
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +46,20 @@ class Region:
         return self.geometry.geom_type in PUNCTUAL
 
 
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
+
 def load_regions(regions: str | Sequence[float], where: str = "regions") -> list[Region]:
-    """Regions from a GeoJSON path (FeatureCollection, Feature or bare geometry) or a
-    `[min_lon, min_lat, max_lon, max_lat]` bbox."""
+    """Regions from a vector file (GeoJSON FeatureCollection, Feature or bare geometry; or any
+    OGR format or GeoParquet, in any CRS) or a `[min_lon, min_lat, max_lon, max_lat]` bbox."""
     if isinstance(regions, (list, tuple)):
         return [Region("bbox", _bbox_geometry(regions, where))]
-    if not os.path.exists(regions):
-        raise RegionError(f"{where}: file {regions!r} does not exist; give a GeoJSON path or a bbox")
+    is_url = "://" in regions or regions.startswith("/vsi")
+    if not is_url and not os.path.exists(regions):
+        raise RegionError(f"{where}: file {regions!r} does not exist; give a vector file (GeoJSON, GeoPackage, "
+                          "Shapefile, FlatGeobuf, GeoParquet) or a bbox")
+    if is_url or not regions.lower().endswith(GEOJSON_SUFFIXES):
+        return regions_from_vector_file(regions, where)
     try:
         with open(regions, encoding="utf-8") as f:
             doc = json.load(f)
@@ -55,10 +68,27 @@ def load_regions(regions: str | Sequence[float], where: str = "regions") -> list
     return regions_from_geojson(doc, where=f"{where} ({os.path.basename(regions)})")
 
 
+def regions_from_vector_file(path: str, where: str = "regions") -> list[Region]:
+    """Regions from any vector file OGR (or, for GeoParquet, pyarrow) reads, reprojected from the
+    file's CRS to lon/lat, then validated as GeoJSON features are."""
+    label = f"{where} ({os.path.basename(path.rstrip('/'))})"
+    try:
+        table = read_vector(path, where=where)
+    except VectorFileError as e:
+        raise RegionError(str(e)) from None
+    if table.crs is None:
+        raise RegionError(f"{label}: the file declares no CRS; give it one (e.g. ogr2ogr -a_srs EPSG:4326)")
+    geometries = table.geometries if is_lonlat(table.crs) else to_crs(table.geometries, table.crs, "EPSG:4326")
+    features = [{"type": "Feature", "properties": table.properties(i),
+                 "geometry": None if g is None else shapely.geometry.mapping(g)} for i, g in enumerate(geometries)]
+    return regions_from_geojson({"type": "FeatureCollection", "features": features}, where=label)
+
+
 def regions_from_geojson(doc: Any, where: str = "regions") -> list[Region]:
     """Regions from a parsed GeoJSON object; one per feature, ids from `id` or a property."""
     if not isinstance(doc, dict) or "type" not in doc:
         raise RegionError(f"{where}: not a GeoJSON object; expected a FeatureCollection")
+    crs = _legacy_crs(doc, where)
     if doc["type"] == "FeatureCollection":
         features = doc.get("features") or []
     elif doc["type"] == "Feature":
@@ -69,7 +99,7 @@ def regions_from_geojson(doc: Any, where: str = "regions") -> list[Region]:
         raise RegionError(f"{where}: the FeatureCollection has no features; add at least one polygon or point")
     out, seen = [], set()
     for index, feature in enumerate(features):
-        region = _region_from_feature(feature, index, where)
+        region = _region_from_feature(feature, index, where, crs)
         if region.region_id in seen:
             raise RegionError(f"{where}: feature {index}: duplicate region id {region.region_id!r}; ids must be unique")
         seen.add(region.region_id)
@@ -77,7 +107,20 @@ def regions_from_geojson(doc: Any, where: str = "regions") -> list[Region]:
     return out
 
 
-def _region_from_feature(feature: Any, index: int, where: str) -> Region:
+def _legacy_crs(doc: dict, where: str):
+    """The CRS a GeoJSON's legacy (2008) `crs` member names, or None for lon/lat (RFC 7946)."""
+    member = doc.get("crs")
+    if not isinstance(member, dict):
+        return None
+    name = (member.get("properties") or {}).get("name")
+    try:
+        return None if not name or is_lonlat(name) else str(name)
+    except Exception:  # pyproj raises CRSError and others for unknown names
+        raise RegionError(f"{where}: crs {name!r} is not a CRS pyproj knows; give an EPSG code or remove the "
+                          "member (lon/lat)") from None
+
+
+def _region_from_feature(feature: Any, index: int, where: str, crs=None) -> Region:
     props = (feature or {}).get("properties") or {}
     rid = feature.get("id", props.get("id", props.get("name"))) if isinstance(feature, dict) else None
     region_id = str(rid) if rid is not None else f"region-{index:04d}"
@@ -89,6 +132,8 @@ def _region_from_feature(feature: Any, index: int, where: str) -> Region:
         geom = shape(geom_doc)
     except Exception as e:  # shapely raises several types for malformed coordinates
         raise RegionError(f"{label}: malformed geometry ({one_line(e)}); fix its coordinates") from None
+    if crs is not None and not geom.is_empty:
+        geom = to_crs(np.array([geom], dtype=object), crs, "EPSG:4326")[0]
     if geom.geom_type not in AREAL + PUNCTUAL:
         raise RegionError(f"{label}: geometry type {geom.geom_type} is not supported; use polygons or points")
     if geom.is_empty:

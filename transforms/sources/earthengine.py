@@ -337,7 +337,8 @@ def earthengine_source(cfg, timeout_s: float, bounds=None) -> EarthEngineSource:
     source = EarthEngineSource(
         asset=cfg.asset, collection=cfg.collection, start=cfg.start, end=cfg.end,
         filters=tuple((f.property, f.op, f.value) for f in cfg.filters), composite=cfg.composite,
-        bands=tuple(cfg.bands), mask=cfg.mask or "source", project=cfg.project, url=cfg.url,
+        bands=tuple(cfg.bands), mask=cfg.mask if isinstance(cfg.mask, str) else "source",  # a layer's mask: is its MaskConfig
+        project=cfg.project, url=cfg.url,
         credentials=cfg.credentials, timeout_s=timeout_s, resampling=ee_resampling(cfg.resampling),
         mode=cfg.collection_mode, flatten_by=cfg.flatten_by, min_coverage=cfg.filter_coverage, bounds=bounds)
     if cfg.expression is None and cfg.expression_json is None:
