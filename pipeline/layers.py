@@ -144,8 +144,8 @@ def describe_layer(name: str, role: str, src, mask: MaskConfig, limits: Optional
                    where: str = "source") -> JobLayer:
     """A layer's source made and described (one describe(): an Earth Engine probe, a file read)."""
     timeout = limits.timeout_s if limits is not None else 120.0
-    source = make_source(src, mask, timeout, reach, where)
-    try:
+    try:  # making a source may list images already (a STAC search, an Earth Engine expression)
+        source = make_source(src, mask, timeout, reach, where)
         info = source.describe()
     except SourceError as e:
         raise ConfigError(relabel(str(e), where)) from None

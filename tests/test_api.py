@@ -195,8 +195,8 @@ def test_a_user_folder_with_its_own_pipeline_and_transforms_modules(tmp_path):
         result = pixelbeam.run(pixelbeam.demo_config("out"))
         assert result.ok, result.problem
         loader = torch.utils.data.DataLoader(pixelbeam.NpyPatchDataset("out"), batch_size=4)
-        images, ids = next(iter(loader))
-        print(result.written, tuple(images.shape), pixelbeam.open_output("out").counts()["written"])
+        batch = next(iter(loader))
+        print(result.written, tuple(batch["image"].shape), pixelbeam.open_output("out").counts()["written"])
         """))
     proc = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "MPLBACKEND": "Agg"})

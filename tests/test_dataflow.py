@@ -63,7 +63,7 @@ def local_stac_api(config_path, tmp):
     """A STAC API config pointed at a local STAC API over the demo catalog, served meanwhile
     (the launcher searches it when the job is planned)."""
     with open(config_path) as f:
-        source = yaml.safe_load(f)["source"]
+        source = yaml.safe_load(f).get("source") or {}  # a layers: config has none
     if source.get("kind") != "stac" or not source.get("url"):
         yield
         return
