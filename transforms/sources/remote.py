@@ -177,6 +177,7 @@ def _gdal_library():
         try:
             lib = ctypes.CDLL(path) if path else None
             lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+            lib.VSICurlClearCache.argtypes = []
         except (OSError, AttributeError):
             lib = None
         _gdal = lib or False
@@ -192,6 +193,15 @@ def forget_remote_file(url: str) -> None:
         return
     prefix = url if url.startswith("/vsi") else f"/vsicurl/{url}"
     lib.VSICurlPartialClearCache(prefix.encode("utf-8"))
+
+
+def forget_remote_files() -> None:
+    """Drop everything GDAL cached about remote files in this process: a reader opened for a
+    new run (the Python API or a notebook reruns in one process) must not inherit the previous
+    run's failed opens (e.g. a 403 before a token was fixed), which GDAL would otherwise keep."""
+    lib = _gdal_library()
+    if lib is not None:
+        lib.VSICurlClearCache()
 
 
 _log_filter_lock = threading.Lock()

@@ -39,8 +39,8 @@ from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInf
 from pixelbeam.transforms.sources.handles import ThreadHandles
 from pixelbeam.transforms.sources.raster import read_onto_grid, resampling_method
 from pixelbeam.transforms.sources.reach import reaches
-from pixelbeam.transforms.sources.remote import (Signer, SigningError, forget_remote_file, hide_secrets,
-                                                  hide_secrets_in_logs, is_remote)
+from pixelbeam.transforms.sources.remote import (Signer, SigningError, forget_remote_file, forget_remote_files,
+                                                  hide_secrets, hide_secrets_in_logs, is_remote)
 from pixelbeam.transforms.sources.stac_items import BandRef, StacItem, stac_items
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class StacSource:
                           footprint_lonlat=footprint, collection=plan)
 
     def open(self, info: Optional[SourceInfo] = None) -> "StacReader":
+        forget_remote_files()  # a new run asks the servers again (remote.py)
         return StacReader(self, info or self.describe())
 
 
@@ -253,6 +254,7 @@ class StacTableSource:
         return data_bands(info, self.images)
 
     def open(self, info: Optional[SourceInfo] = None) -> "StacTableReader":
+        forget_remote_files()  # a new run asks the servers again (remote.py)
         return StacTableReader(self, info or self.describe())
 
 
