@@ -162,17 +162,20 @@ _gdal = None
 
 def _gdal_library():
     """The GDAL library rasterio runs on (ctypes), found among the process's mapped files; None
-    where it cannot be found (then GDAL's caches are left alone)."""
+    where it cannot be found (then GDAL's caches are left alone). pyogrio's wheels bring a GDAL
+    of their own, mapped beside rasterio's: clearing that one's cache would do nothing."""
     global _gdal
     if _gdal is None:
         import ctypes
         import ctypes.util
-        path = None
+        import rasterio  # noqa: F401  (its GDAL must be mapped before it is looked for)
+        paths = []
         try:
             with open("/proc/self/maps", encoding="utf-8") as maps:
-                path = next((line.split()[-1] for line in maps if "libgdal" in line and "/" in line), None)
+                paths = [line.split()[-1] for line in maps if "libgdal" in line and "/" in line]
         except OSError:
             pass
+        path = next((p for p in paths if "rasterio" in p), paths[0] if paths else None)
         path = path or ctypes.util.find_library("gdal")
         try:
             lib = ctypes.CDLL(path) if path else None
