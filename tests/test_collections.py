@@ -68,7 +68,7 @@ def write_config(tmp_path, kind, files, url=None, collection=None, output=None):
     doc = {"source": {**source, **(collection or {})}, "regions": bbox(),
            "grid": {"crs": "EPSG:32618", "scale": 10, "origin": [X0, Y0], "patch_size": 2},
            "output": {"path": str(tmp_path / kind), "formats": ["tfrecord", "npy"], **(output or {})},
-           "fetch": {"max_concurrent_requests": 2, "timeout_s": 10}}
+           "fetch": {"max_concurrent_requests": 2}}
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
@@ -167,7 +167,7 @@ def test_earth_engine_listing_is_bounded_retried_and_checked(files):
     flaky = EmulatorConfig(fault_429=0.6, seed=1)
     with EmulatorServer({"collections": {COLLECTION: members + [far]}}, flaky) as server:
         src = EarthEngineSource(collection=COLLECTION, url=server.url, credentials="anonymous", project="demo",
-                                mode="stack", timeout_s=10)
+                                mode="stack", timeout_s=120)
         src.initialize()
         assert [i.image_id.rsplit("/", 1)[1] for i in src.list_images()] == ["A", "B", "FAR"]  # listing order
         lon0, lat0, lon1, lat1 = bbox()

@@ -441,7 +441,7 @@ def test_reset_and_truncate_are_client_errors(emulator, kind):
 
 
 def test_hang_times_out_client(emulator):
-    emulator.set_config(EmulatorConfig(fault_hang=1.0, hang_s=1.0))
+    emulator.set_config(EmulatorConfig(fault_hang=1.0, hang_s=30.0))
     ee.data.setDeadline(200)  # ms
     try:
         with pytest.raises(TimeoutError):

@@ -70,7 +70,7 @@ def ee_config(tmp_path, url, source=None, grid=None, fetch=None, output=None):
         "regions": REGIONS,
         "grid": {**NATIVE, "patch_size": 64, **(grid or {})},
         "output": {"path": str(tmp_path / "out"), **(output or {})},
-        "fetch": {"max_concurrent_requests": 8, "timeout_s": 10, **(fetch or {})},
+        "fetch": {"max_concurrent_requests": 8, **(fetch or {})},
     }
     path = tmp_path / "ee.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -166,10 +166,10 @@ def test_patch_over_48_mib_is_split_and_reassembled(tmp_path, emulator):
 
 def test_transient_faults_are_survived(tmp_path, collection_files):
     faults = EmulatorConfig(max_concurrent=6, fault_429=0.10, fault_500=0.02, fault_503=0.02, fault_hang=0.01,
-                            hang_s=4.0, fault_reset=0.01, fault_truncate=0.01, seed=7)
+                            hang_s=30.0, fault_reset=0.01, fault_truncate=0.01, seed=7)
     with EmulatorServer(catalog(collection_files), faults) as server:
         cfg = ee_config(tmp_path, server.url, grid={"patch_size": 32},
-                        fetch={"max_concurrent_requests": 6, "timeout_s": 1.5, "max_attempts": 10},
+                        fetch={"max_concurrent_requests": 6, "timeout_s": 8, "max_attempts": 10},
                         output={"formats": ["npy"]})
         assert main(["run", cfg]) == 0
         stats = server.stats()

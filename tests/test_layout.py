@@ -142,3 +142,9 @@ def test_every_folder_of_the_core_is_a_package_with_a_docstring():
             rooms[name] += 1
             assert ast.get_docstring(ast.parse(open(path, encoding="utf-8").read())), f"{name}: say what it holds"
     assert len(rooms) >= 8
+
+
+def test_hypothesis_is_derandomized_for_every_test():
+    """conftest.py's profile: each run tries the same examples (see its docstring)."""
+    from hypothesis import settings
+    assert settings.default.derandomize and settings.default.database is None and settings.default.deadline is None

@@ -60,7 +60,7 @@ def write_config(tmp_path, kind, tiny, url=None, **sections):
     doc = {"source": source, "regions": bbox(),
            "grid": {"crs": "EPSG:32618", "scale": 10, "origin": [X0, Y0], "patch_size": 4},
            "output": {"path": str(tmp_path / kind), "formats": ["tfrecord", "npy"]},
-           "fetch": {"max_concurrent_requests": 2, "timeout_s": 10}}
+           "fetch": {"max_concurrent_requests": 2}}
     for key, value in sections.items():
         doc[key] = {**doc.get(key, {}), **value}
     path = tmp_path / f"{kind}.yaml"

@@ -209,7 +209,7 @@ def ee_table_config(tmp_path, url, profile, regions, collection="DEMO/SERIES", *
            "regions": regions, "output": {"path": str(tmp_path / "ee")},
            "table": {"crs": profile["crs"].to_string(), "scale": [t.a, -t.e], "origin": [t.c, t.f],
                      "point_id_property": "name", **table},
-           "fetch": {"max_concurrent_requests": 4, "timeout_s": 10}}
+           "fetch": {"max_concurrent_requests": 4}}
     path = tmp_path / "ee_table.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)

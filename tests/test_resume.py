@@ -40,7 +40,7 @@ def ee_config(tmp_path, url, patch_size=16):
     doc["source"] = {"kind": "earthengine", "asset": ASSET, "url": url, "credentials": "anonymous",
                      "project": "pixelbeam-test"}
     doc["grid"] = {"crs": "EPSG:32618", "scale": 300.0, "patch_size": patch_size}
-    doc["fetch"] = {"max_concurrent_requests": 4, "timeout_s": 10}
+    doc["fetch"] = {"max_concurrent_requests": 4}
     path = tmp_path / "ee.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
