@@ -271,7 +271,7 @@ def test_cli_process_prints_no_traceback(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([sys.executable, "-m", "pixelbeam", "run", str(path)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+                          cwd=ROOT, timeout=600)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [

@@ -233,7 +233,7 @@ def test_the_helper_prints_the_options_run_dataflow_sh_adds(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pixelbeam.pipeline.dataflow", "worker-options",
                            os.path.join(ROOT, "configs", "ee_computepixels.yaml"), "--machine_type", "n1-standard-4",
                            "--requirements_file", str(requirements)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["--machine_type=n1-standard-4", "--num_workers=1", "--max_num_workers=1",
                                    "--autoscaling_algorithm=NONE", f"--requirements_file={requirements}",
@@ -288,7 +288,7 @@ def test_the_sdist_holds_what_the_workers_import(tmp_path):
     installed); workers pip-install it. Installed alone, every module imports from it."""
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(dist)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=600)
     (sdist,) = glob.glob(str(dist / "*.tar.gz"))
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}

@@ -343,7 +343,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, {}
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -468,20 +468,20 @@ def test_module_runs_as_process(tmp_path, catalog):
         line = process.stdout.readline().strip()
         assert line.startswith("EMULATOR_URL=http://127.0.0.1:"), process.stderr.read()
         url = line.split("=", 1)[1]
-        with urllib.request.urlopen(f"{url}/$discovery/rest?version=v1", timeout=30) as response:
+        with urllib.request.urlopen(f"{url}/$discovery/rest?version=v1", timeout=120) as response:
             assert json.loads(response.read())["rootUrl"] == url + "/"
         code, error = _post(f"{url}/v1/projects/demo/assets/{LANDSAT}:getPixels",
                             json.dumps({"fileFormat": "NPY", "grid": window_grid()}).encode())
         assert code == 500 and error["error"]["status"] == "INTERNAL"
-        with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=30) as response:
+        with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=120) as response:
             stats = json.loads(response.read())
         assert stats["requests_received"] == 1 and stats["faults"]["500"] == 1
         assert _post(f"{url}/_emulator/reset", b"")[0] == 200
-        with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=30) as response:
+        with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=120) as response:
             assert json.loads(response.read())["requests_received"] == 0
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=120)
     assert process.returncode == 0  # SIGTERM exits cleanly
 
 

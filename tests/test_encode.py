@@ -300,7 +300,7 @@ def test_patch_bytes_equal_pure_python_protobuf_serialization():
     env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-c", code], input=raw, env=env, capture_output=True,
-                         timeout=120)
+                         timeout=600)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert out.stdout.decode().strip().endswith("True")
 
@@ -428,6 +428,6 @@ def test_module_imports_without_tensorflow_or_protobuf():
             "import pixelbeam.transforms.formats.encode as e, numpy as np; "
             "assert e.encode_example({'a': np.ones(3)}); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

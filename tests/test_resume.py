@@ -164,7 +164,7 @@ def run_and_kill(cmd, out_dir, cwd):
     killed = proc.poll() is None
     if killed:
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=120)
     return killed
 
 

@@ -197,7 +197,7 @@ def kill_after_shards(cmd, out, old_runs, shards):
     killed = proc.poll() is None
     if killed:
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=120)
     return killed
 
 
