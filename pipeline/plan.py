@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import pyproj
 import shapely
+import shapely.affinity
 
 from pixelbeam.pipeline.config import SOURCE_LAYER, Config, ConfigError, GridConfig, MaskConfig
 from pixelbeam.pipeline.config.expression import record_expressions
@@ -24,7 +25,8 @@ from pixelbeam.pipeline.layers import make_source as layer_source
 from pixelbeam.pipeline.limits import job_limits
 from pixelbeam.pipeline.outputs import check_outputs
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
-from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent, regions_lonlat_box
+from pixelbeam.transforms.planning.grid import GridSpec, is_geographic, lonlat_extent, regions_lonlat_box
+from pixelbeam.transforms.planning.orientation import NotNorthUp
 from pixelbeam.transforms.patch import INPUT, PatchSpec
 from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
 from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
@@ -173,7 +175,16 @@ def resolve_grid(cfg: GridConfig, info: SourceInfo) -> GridSpec:
         origin = (info.transform[2], info.transform[5])
     origin = tuple(map(float, origin)) if origin is not None else (0.0, 0.0)
     return GridSpec(crs=crs, scale=scale, origin=origin, patch_size=cfg.patch_sizes, overlap=cfg.overlap,
-                    margin=cfg.margin, min_coverage=cfg.min_coverage)
+                    margin=cfg.margin, min_coverage=cfg.min_coverage, lon_west=raster_lon_west(crs, info))
+
+
+def raster_lon_west(crs: str, info: SourceInfo) -> float:
+    """Where a geographic grid's longitudes start (degrees): -180, or the source's west edge
+    when it is stored past 180 (a global raster of longitudes 0..360)."""
+    box = info.footprint_lonlat
+    if crs.lower() == "utm" or not box or box[2] <= 180 or not is_geographic(crs):
+        return -180.0
+    return float(box[0])
 
 
 def check_regions_inside(regions: list[Region], info: SourceInfo) -> None:
@@ -182,7 +193,8 @@ def check_regions_inside(regions: list[Region], info: SourceInfo) -> None:
         return
     footprint = shapely.box(*info.footprint_lonlat)
     for region in regions:
-        if not region.geometry.intersects(footprint):
+        if not any(region.geometry.intersects(shapely.affinity.translate(footprint, xoff=turn))
+                   for turn in (0.0, -360.0, 360.0)):  # a region across the antimeridian may reach 360
             fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat)
             raise ConfigError(f"regions: region {region.region_id!r} lies outside the source's footprint "
                               f"(lon/lat {fp}); move the region or use another source")
@@ -225,7 +237,10 @@ def prepare_job(config: Config) -> Job:
     cells = plan_cells(regions, grid)
     projected = project_regions(regions, grid)
     sample, label_type = make_sample(config, regions, cells, projected, grid)
-    by_split, guarded = count_by_split(cells, projected, grid, sample)
+    try:
+        by_split, guarded = count_by_split(cells, projected, grid, sample)
+    except NotNorthUp as e:
+        raise ConfigError(str(e)) from None
     planned = sum(by_split.values())
     if not planned:
         raise ConfigError(f"grid: the regions yield no patch (min_coverage {grid.min_coverage}); lower grid.min_coverage")

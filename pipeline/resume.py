@@ -97,7 +97,10 @@ class ResumeState:
 def plan_digest(job) -> str:
     """Hash of what decides the set of planned patch ids: the grid and the regions."""
     regions = sorted((r.region_id, r.geometry.wkb_hex) for r in job.regions)
-    doc = json.dumps([dataclasses.asdict(job.grid), regions], sort_keys=True, default=str)
+    grid = dataclasses.asdict(job.grid)
+    if grid["lon_west"] == -180.0:  # the default: digests as before the field existed
+        del grid["lon_west"]
+    doc = json.dumps([grid, regions], sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 

@@ -219,6 +219,10 @@ CASES = {
         (("layers", "ee1"), {**EE_LAYER, "fetch": {"max_concurrent_requests": 4}}),
         (("layers", "ee2"), {**EE_LAYER, "role": "target"})),
         "layers.ee2.fetch: layers 'ee1' and 'ee2' share one Earth Engine project"),
+    # issue 15
+    "grid crs on the other side of the Earth": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:32660", scale=300),
+                                                "grid.crs: EPSG:32660 would write the patches of regions 'andros-central', 'andros-north', "
+                                                "'exuma-sound', 'sample-points' upside down or mirrored"),
     "table images_per_request on rasters": (lambda cfg, tmp: cfg.update(table={"times": ["2020-01-01"], "images_per_request": 2}),
                                             "table.images_per_request: applies to Earth Engine"),
 }

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import shapely
+import shapely.affinity
 from shapely.geometry import box, shape
 from shapely.validation import explain_validity, make_valid
 
@@ -163,9 +164,18 @@ def one_line(e: Exception) -> str:
 
 
 def unwrap_antimeridian(geom):
-    """A polygon whose edges jump more than 180 degrees of longitude crosses the antimeridian
-    (RFC 7946 asks for such polygons to be cut, but many files are not): shift its western
-    longitudes by +360 so it is one contiguous shape (longitudes up to 360; pyproj wraps them)."""
+    """A region that crosses the antimeridian as one contiguous shape, longitudes up to 360
+    (pyproj wraps them; `grid.project_lonlat` wraps them back onto a geographic grid).
+
+    Two ways a file draws such a region: a polygon whose edges jump more than 180 degrees of
+    longitude (drawn 170 -> -170, not cut as RFC 7946 asks), whose western longitudes shift
+    by +360; and a MultiPolygon or MultiPoint cut at +-180 as RFC 7946 asks, whose parts wholly
+    west of 0 shift by +360 (polygons joined) when that narrows a span of over 180 degrees.
+    """
+    if geom.geom_type in ("MultiPolygon", "MultiPoint"):
+        joined = join_across_antimeridian(geom)
+        if joined is not None:
+            return joined
     if geom.geom_type not in AREAL:
         return geom
     polygons = getattr(geom, "geoms", [geom])
@@ -173,8 +183,26 @@ def unwrap_antimeridian(geom):
     jumps = [np.abs(np.diff(np.asarray(r.coords)[:, 0])).max() for r in rings if len(r.coords) > 1]
     if not jumps or max(jumps) <= 180:
         return geom
-    return shapely.transform(geom, lambda xy: np.column_stack([np.where(xy[:, 0] < 0, xy[:, 0] + 360, xy[:, 0]),
-                                                              xy[:, 1]]))
+    moved = shapely.transform(geom, lambda xy: np.column_stack([np.where(xy[:, 0] < 0, xy[:, 0] + 360, xy[:, 0]),
+                                                               xy[:, 1]]))
+    return geom if geom.is_valid and not moved.is_valid else moved  # e.g. a band all around: -180 to 180
+
+
+def join_across_antimeridian(geom):
+    """A multi-part geometry spanning over 180 degrees of longitude with its western parts
+    (wholly at lon <= 0) moved by +360 when that makes it narrower, polygons merged where they
+    meet at 180 degrees; None when it does not cross the antimeridian."""
+    minx, _, maxx, _ = geom.bounds
+    if maxx - minx <= 180:
+        return None
+    parts = list(geom.geoms)
+    moved = [shapely.affinity.translate(p, xoff=360) if p.bounds[2] <= 0 else p for p in parts]
+    lows, highs = [p.bounds[0] for p in moved], [p.bounds[2] for p in moved]
+    if max(highs) - min(lows) >= maxx - minx:
+        return None
+    if geom.geom_type == "MultiPoint":
+        return shapely.MultiPoint(moved)
+    return shapely.union_all(moved) if all(p.is_valid for p in moved) else shapely.MultiPolygon(moved)
 
 
 def _check_lonlat(geom, label: str) -> None:
