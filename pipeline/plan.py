@@ -24,6 +24,7 @@ from pixelbeam.pipeline.layers import (JobLayer, Reach, check_mask_options, desc
 from pixelbeam.pipeline.layers import make_source as layer_source
 from pixelbeam.pipeline.limits import job_limits
 from pixelbeam.pipeline.outputs import check_outputs
+from pixelbeam.pipeline.sizes import check_patch_memory, check_plan_size
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, is_geographic, lonlat_extent, regions_lonlat_box
 from pixelbeam.transforms.planning.orientation import NotNorthUp
@@ -234,8 +235,9 @@ def prepare_job(config: Config) -> Job:
     layers = tuple(checked_layer(config, layer, grid) for layer in layers)
     primary = primary_layer(layers)
     check_regions_inside(regions, info)
-    cells = plan_cells(regions, grid)
     projected = project_regions(regions, grid)
+    check_plan_size(projected, grid)
+    cells = plan_cells(regions, grid)
     sample, label_type = make_sample(config, regions, cells, projected, grid)
     try:
         by_split, guarded = count_by_split(cells, projected, grid, sample)
@@ -253,6 +255,7 @@ def prepare_job(config: Config) -> Job:
         job.requests_per_patch
     except RequestTooLarge as e:
         raise ConfigError(f"grid.patch_size: {e}") from None
+    check_patch_memory(layers, job.fetch_shape, config.fetch)
     return job
 
 

@@ -223,6 +223,28 @@ CASES = {
     "grid crs on the other side of the Earth": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:32660", scale=300),
                                                 "grid.crs: EPSG:32660 would write the patches of regions 'andros-central', 'andros-north', "
                                                 "'exuma-sound', 'sample-points' upside down or mirrored"),
+    "patch of 30,000 px over the memory budget": (setter("grid", "patch_size", value=30000),
+                                                  "grid.patch_size: a 30000x30000 px patch (margin included) takes "
+                                                  "3.4 GiB of a worker's memory, over fetch.max_patch_bytes (512 MiB)"),
+    "patch of a million px over the memory budget": (setter("grid", "patch_size", value=10**6),
+                                                     "grid.patch_size: a 1000000x1000000 px patch (margin included) "
+                                                     "takes 3.6 TiB"),
+    "margin counts in the memory budget": (lambda cfg, tmp: cfg["grid"].update(patch_size=64, margin=8) or cfg.update(
+        fetch={"max_patch_bytes": 64 * 64 * 4}), "grid.patch_size: a 80x80 px patch (margin included) takes 25 KiB"),
+    "every image of a collection counts in the memory budget": (lambda cfg, tmp: cfg.update(
+        source={"images": [{"uri": LANDSAT, "time": "2020-01-01"}, {"uri": LANDSAT, "time": "2020-02-01"}],
+                "collection_mode": "stack", "bands": [1, 2, 3]}, fetch={"max_patch_bytes": 20000}),
+        "takes 32 KiB of a worker's memory, over fetch.max_patch_bytes (19.5 KiB)"),
+    "every layer counts in the memory budget": (with_layers((("fetch",), {"max_patch_bytes": 64 * 64 * 4})),
+                                                "takes 24 KiB of a worker's memory; layer 'image' 16 KiB, over "
+                                                "fetch.max_patch_bytes (16 KiB)"),
+    "memory budget of one layer": (with_layers((("layers", "image", "fetch"), {"max_patch_bytes": 10**9})),
+                                   "layers.image.fetch.max_patch_bytes: a patch holds every layer in one worker's "
+                                   "memory; give it in the top-level fetch:"),
+    "memory budget of zero": (setter("fetch", "max_patch_bytes", value=0), "fetch.max_patch_bytes"),
+    "pixels of a nanometre": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:32618", scale=1e-9),
+                              "grid.scale: pixels of 1e-09 CRS units make about 3.3e+24 patches (region 'exuma-sound' "
+                              "alone 1.5e+24; the plan stops at 1,000,000,000); give grid.scale in the CRS's units"),
     "table images_per_request on rasters": (lambda cfg, tmp: cfg.update(table={"times": ["2020-01-01"], "images_per_request": 2}),
                                             "table.images_per_request: applies to Earth Engine"),
 }
@@ -242,6 +264,17 @@ def test_bad_input_is_one_clear_line(name, tmp_path, capsys):
     assert expected in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_memory_budget_is_configurable(tmp_path, capsys):
+    """fetch.max_patch_bytes decides: a 30,000 px patch plans once the workers have the memory."""
+    cfg = base_config(tmp_path)
+    cfg["grid"]["patch_size"] = 30000
+    cfg["fetch"] = {"max_patch_bytes": 4 * 2**30}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["plan", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["patch_shape"] == [3, 30000, 30000]
 
 
 def test_two_layers_of_one_name_in_a_yaml_mapping(tmp_path, capsys):

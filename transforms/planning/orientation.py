@@ -66,13 +66,13 @@ def north_up(grid: GridSpec, crs: str, rows: np.ndarray, cols: np.ndarray) -> np
     lon, lat = to_lonlat.transform(np.concatenate([cx, cx, cx + sx]), np.concatenate([cy, cy + sy, cy]))
     n = rows.size
     (lon0, lon_up, lon_right), (lat0, lat_up, lat_right) = lon.reshape(3, n), lat.reshape(3, n)
-    east_up, north_of_up = _wrap(lon_up - lon0), lat_up - lat0
-    east_of_right, north_right = _wrap(lon_right - lon0), lat_right - lat0
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # inf where a point is outside the CRS
+        east_up, north_of_up = _wrap(lon_up - lon0), lat_up - lat0
+        east_of_right, north_right = _wrap(lon_right - lon0), lat_right - lat0
         mirrored = east_of_right * north_of_up - east_up * north_right < 0
         turned = (north_of_up <= 0) | (east_of_right <= 0)
+        flipped = mirrored | (turned & ~inside_area(crs, lon0, lat0))
     unknown = ~np.isfinite(lon).reshape(3, n).all(axis=0) | ~np.isfinite(lat).reshape(3, n).all(axis=0)
-    flipped = mirrored | (turned & ~inside_area(crs, lon0, lat0))
     return ~flipped | unknown
 
 
