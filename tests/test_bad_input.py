@@ -93,6 +93,15 @@ DELETE = object()
 EE_LAYER = {"kind": "earthengine", "role": "input", "asset": "a/b", "url": "http://127.0.0.1:9",
             "credentials": "anonymous", "project": "p"}
 
+def laughs(levels=9, width=9):
+    """A billion laughs: nested lists of one shared list, which yaml.safe_dump writes as
+    anchors and aliases (a few hundred bytes standing for width ** levels values)."""
+    value = ["lol"] * width
+    for _ in range(levels - 1):
+        value = [value] * width
+    return value
+
+
 FAR_AWAY = {"type": "Polygon", "coordinates": [[[10, 10], [11, 10], [11, 11], [10, 11], [10, 10]]]}
 LINE = {"type": "LineString", "coordinates": [[-77.9, 24.2], [-77.8, 24.3]]}
 
@@ -245,6 +254,10 @@ CASES = {
     "pixels of a nanometre": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:32618", scale=1e-9),
                               "grid.scale: pixels of 1e-09 CRS units make about 3.3e+24 patches (region 'exuma-sound' "
                               "alone 1.5e+24; the plan stops at 1,000,000,000); give grid.scale in the CRS's units"),
+    "alias bomb in regions": (setter("regions", value=laughs()), "regions: YAML aliases (*name) expand the config to "),
+    "alias bomb in an unknown key": (setter("notes", value=laughs()), "notes: YAML aliases (*name) expand the config "
+                                                                      "to "),
+    "alias bomb in a layer": (with_layers((("layers", "image", "bands"), laughs())), "layers: YAML aliases (*name)"),
     "table images_per_request on rasters": (lambda cfg, tmp: cfg.update(table={"times": ["2020-01-01"], "images_per_request": 2}),
                                             "table.images_per_request: applies to Earth Engine"),
 }
@@ -264,6 +277,35 @@ def test_bad_input_is_one_clear_line(name, tmp_path, capsys):
     assert expected in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_alias_bomb_is_counted_not_expanded():
+    """The count is exact and takes time linear in the file: nine levels of nine stand for
+    9^9 strings and 1 + 9 + ... + 9^8 lists, plus the mapping and its key."""
+    from pixelbeam.pipeline.config.yaml_limits import alias_bomb, expanded_sizes
+    text = yaml.safe_dump({"regions": laughs()})
+    assert len(text) < 2000
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    values = 9 ** 9 + sum(9 ** k for k in range(9))
+    assert expanded_sizes(root)[id(root)] == 2 + values
+    assert alias_bomb(root).startswith(f"regions: YAML aliases (*name) expand the config to {2 + values:,} values")
+    assert alias_bomb(yaml.compose(yaml.safe_dump({"regions": laughs(levels=3)}), Loader=yaml.SafeLoader)) is None
+
+
+def test_aliases_that_expand_little_are_fine(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"source: {{uri: &scene {LANDSAT}, bands: &rgb [1, 2, 3]}}\nregions: {REGIONS}\n"
+                    f"grid: {{crs: native, scale: native, patch_size: 64}}\noutput: {{path: {tmp_path / 'out'}}}\n"
+                    "sample: {label_property: name}\n")
+    assert main(["plan", str(path)]) == 0
+
+
+def test_yaml_nested_thousands_deep_is_one_line(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("regions: " + "[" * 50000 + "]" * 50000 + "\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "pixelbeam: error: job.yaml: the YAML nests lists or mappings thousands deep; a config needs a few levels\n"
 
 
 def test_the_memory_budget_is_configurable(tmp_path, capsys):

@@ -24,6 +24,7 @@ from pixelbeam.pipeline.config.sources import (COLLECTION_MODES, HIGH_VOLUME_URL
                                                Reducer, SourceConfig, check_collection)
 from pixelbeam.pipeline.config.stac import StacSourceConfig
 from pixelbeam.pipeline.config.table import TableConfig
+from pixelbeam.pipeline.config.yaml_limits import alias_bomb
 
 __all__ = [
     "Config", "ConfigError", "load_config", "parse_config", "describe_validation_error", "resolve", "resolve_paths",
@@ -72,9 +73,13 @@ def load_config(path: str, rewrite=None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax", field=None) from None
+    except RecursionError:  # e.g. [[[[... thousands deep: a resource bomb, not a config
+        raise ConfigError(f"{name}: the YAML nests lists or mappings thousands deep; a config needs a few levels",
+                          field=None) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch", field=None)
-    duplicate = duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    duplicate = alias_bomb(root) or duplicate_key(root)  # an alias bomb first: the key check walks it
     if duplicate:
         raise ConfigError(f"{name}: {duplicate}", field=leading_field(duplicate))
     doc = rewrite(doc) if rewrite else doc
