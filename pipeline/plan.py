@@ -24,13 +24,13 @@ from pixelbeam.pipeline.layers import (JobLayer, Reach, check_mask_options, desc
 from pixelbeam.pipeline.layers import make_source as layer_source
 from pixelbeam.pipeline.limits import job_limits
 from pixelbeam.pipeline.outputs import check_outputs
-from pixelbeam.pipeline.sizes import check_patch_memory, check_plan_size
+from pixelbeam.pipeline.sizes import check_grid_units, check_patch_memory, check_plan_size
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, is_geographic, lonlat_extent, regions_lonlat_box
 from pixelbeam.transforms.planning.orientation import NotNorthUp
 from pixelbeam.transforms.patch import INPUT, PatchSpec
 from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
-from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
+from pixelbeam.transforms.planning.regions import LISTED_PROBLEMS, Region, RegionError, SkippedRegion, load_regions
 from pixelbeam.transforms.planning.sampling import (Sample, SampleError, class_thresholds, label_dtype, region_labels,
                                                     region_thresholds)
 from pixelbeam.transforms.planning.splits import SplitError, SplitRule, region_split_values
@@ -59,6 +59,7 @@ class Job:
     split_counts: Optional[dict] = None  # planned patches per split (config split:), else None
     split_guard: int = 0  # patches the split guard left out of the plan (transforms/planning/splits.py)
     layers: tuple[JobLayer, ...] = ()
+    skipped_regions: Optional[tuple[SkippedRegion, ...]] = None  # regions_outside: skip; else None
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
@@ -188,17 +189,51 @@ def raster_lon_west(crs: str, info: SourceInfo) -> float:
     return float(box[0])
 
 
-def check_regions_inside(regions: list[Region], info: SourceInfo) -> None:
-    """Refuse regions that lie wholly outside the source's lon/lat footprint."""
-    if not info.footprint_lonlat:
-        return
-    footprint = shapely.box(*info.footprint_lonlat)
-    for region in regions:
-        if not any(region.geometry.intersects(shapely.affinity.translate(footprint, xoff=turn))
-                   for turn in (0.0, -360.0, 360.0)):  # a region across the antimeridian may reach 360
-            fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat)
-            raise ConfigError(f"regions: region {region.region_id!r} lies outside the source's footprint "
-                              f"(lon/lat {fp}); move the region or use another source")
+def regions_inside(regions: list[Region], info: SourceInfo, outside_lonlat: Sequence[SkippedRegion] = (),
+                   skip: bool = False):
+    """(the regions that meet the source's lon/lat footprint, the skipped regions: a tuple with
+    `skip`, else None). `outside_lonlat` are the regions the loader found outside lon/lat.
+    Without `skip` (regions_outside: error) every region outside either is named in one line;
+    with it, they are skipped. Either way at least one region must remain."""
+    outside = [] if not info.footprint_lonlat else [r for r in regions if not meets_footprint(r, info.footprint_lonlat)]
+    fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat or ())
+    if not skip and (outside or outside_lonlat):
+        raise ConfigError(regions_outside_message(outside_lonlat, [r.region_id for r in outside], fp))
+    if not skip:
+        return regions, None
+    skipped = list(outside_lonlat) + [SkippedRegion(r.region_id, f"outside the source's footprint (lon/lat {fp})")
+                                      for r in outside]
+    gone = {id(r) for r in outside}
+    kept = [r for r in regions if id(r) not in gone]
+    if not kept:
+        raise ConfigError(f"regions_outside: skip left no region ({len(skipped)} skipped, e.g. {skipped[0].region_id!r}: "
+                          f"{skipped[0].reason}); give regions inside the source")
+    return kept, tuple(skipped)
+
+
+def regions_outside_message(outside_lonlat: Sequence[SkippedRegion], outside: Sequence[str], fp: str) -> str:
+    """One line naming every region outside lon/lat or the source's footprint `fp`."""
+    if len(outside_lonlat) == 1 and not outside:
+        return outside_lonlat[0].message
+    if len(outside) == 1 and not outside_lonlat:
+        return (f"regions: region {outside[0]!r} lies outside the source's footprint (lon/lat {fp}); move the "
+                "region, use another source, or set regions_outside: skip")
+    parts = [f"{s.region_id!r} has {s.reason}" for s in outside_lonlat[:LISTED_PROBLEMS]]
+    if len(outside_lonlat) > LISTED_PROBLEMS:
+        parts.append(f"{len(outside_lonlat) - LISTED_PROBLEMS} more outside lon/lat")
+    if outside:
+        names = ", ".join(repr(r) for r in outside[:LISTED_PROBLEMS])
+        more = f" and {len(outside) - LISTED_PROBLEMS} more" if len(outside) > LISTED_PROBLEMS else ""
+        parts.append(f"{names}{more} {'lies' if len(outside) == 1 else 'lie'} outside the source's footprint "
+                     f"(lon/lat {fp})")
+    return (f"regions: {len(outside_lonlat) + len(outside)} regions are outside: " + "; ".join(parts) +
+            "; fix them, or set regions_outside: skip to plan without them")
+
+
+def meets_footprint(region: Region, footprint: tuple[float, float, float, float]) -> bool:
+    """The region meets the lon/lat box, also a region across the antimeridian (lon up to 360)."""
+    box = shapely.box(*footprint)
+    return any(region.geometry.intersects(shapely.affinity.translate(box, xoff=turn)) for turn in (0.0, -360.0, 360.0))
 
 
 def check_output_path(path: str) -> None:
@@ -223,8 +258,9 @@ def prepare_job(config: Config) -> Job:
     """Check the sources, regions, grid and output, and plan every patch; sends no pixel request
     (an Earth Engine layer: a 1x1 px probe)."""
     check_output_path(config.output.path)
+    outside_lonlat: list[SkippedRegion] = []  # reported with the regions outside the source, or skipped
     try:
-        regions = load_regions(config.regions)
+        regions = load_regions(config.regions, skipped=outside_lonlat)
     except RegionError as e:
         raise ConfigError(str(e)) from None
     layers = describe_layers(config, regions)
@@ -232,9 +268,10 @@ def prepare_job(config: Config) -> Job:
     config = record_expressions(config, layers)  # Earth Engine expressions: the ones they ran, fingerprinted
     grid = resolve_grid(config.grid, info)
     grid = dataclasses.replace(grid, center_points=config.sample.centered_on_points)
+    check_grid_units(grid)
     layers = tuple(checked_layer(config, layer, grid) for layer in layers)
     primary = primary_layer(layers)
-    check_regions_inside(regions, info)
+    regions, skipped = regions_inside(regions, info, outside_lonlat, skip=config.regions_outside == "skip")
     projected = project_regions(regions, grid)
     check_plan_size(projected, grid)
     cells = plan_cells(regions, grid)
@@ -249,7 +286,7 @@ def prepare_job(config: Config) -> Job:
     job = Job(config=config, source=primary.source, info=info, regions=regions, grid=grid, cells=cells,
               planned=planned, sample=sample, rules=primary.rules, label_dtype=label_type, layers=layers,
               split_guard=guarded, split_counts={name: by_split.get(name, 0) for name in sample.split.names}
-              if sample is not None and sample.split is not None else None)
+              if sample is not None and sample.split is not None else None, skipped_regions=skipped)
     check_pictures(job)
     try:
         job.requests_per_patch
@@ -354,6 +391,7 @@ def plan_summary(job: Job) -> dict:
     out = {
         "patches": n,
         "regions": len(job.regions),
+        **({"regions_skipped": [s.to_record() for s in job.skipped_regions]} if job.skipped_regions is not None else {}),
         "requests": requests,
         "requests_per_patch": job.requests_per_patch,
         "bytes": n * job.bytes_per_patch,

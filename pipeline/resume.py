@@ -52,6 +52,7 @@ def config_fingerprint(config: Config) -> str:
     regions: a changed region set plans other patches, it does not change a patch)."""
     doc = config.model_dump(mode="json", exclude_defaults=True)  # a new key at its default changes nothing
     doc.pop("regions", None)
+    doc.pop("regions_outside", None)  # like the regions: which are planned, not what a patch holds
     doc.pop("fetch", None)
     for section, keys in NEUTRAL_KEYS.items():
         for key in keys:

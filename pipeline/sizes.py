@@ -7,11 +7,16 @@ minutes of work. Both are one-line ConfigErrors before anything is fetched or wr
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterable, Mapping
 
 from pixelbeam.pipeline.config import ConfigError, FetchConfig
-from pixelbeam.transforms.planning.grid import GridSpec
+from pixelbeam.transforms.planning.grid import GridSpec, is_geographic
+
+log = logging.getLogger(__name__)
+
+METRES_PER_DEGREE = 111_320.0  # along the equator; what "30 m is about 0.00027 degrees" uses
 
 # Patches whose footprints may meet the regions (their bounding boxes) beyond which the plan
 # is refused: a billion patches is more than the whole Earth at 10 m in 256 px patches (8e7).
@@ -72,3 +77,24 @@ def check_plan_size(projected: Mapping[str, Iterable], grid: GridSpec) -> None:
                       f"{largest_id!r} alone {float(largest):.2g}; the plan stops at {MAX_CANDIDATE_PATCHES:,}); "
                       "give grid.scale in the CRS's units (metres for UTM, degrees for EPSG:4326) or a larger "
                       "patch_size")
+
+
+def check_grid_units(grid: GridSpec) -> None:
+    """grid.scale in the CRS's units: on a geographic CRS (degrees) a patch wider than the Earth
+    is refused and a pixel over 1 degree warned about, both saying the unit is degrees (`scale:
+    30` meant as metres); on a projected CRS a pixel under 1 cm is warned about (degrees given
+    as metres)."""
+    (sx, sy), (w, h) = grid.scale, grid.patch_size
+    shown = f"{sx:g}" if sx == sy else f"[{sx:g}, {sy:g}]"
+    if grid.crs.lower() != "utm" and is_geographic(grid.crs):
+        as_degrees = f"{sx / METRES_PER_DEGREE:.2g}"
+        hint = (f"grid.scale: {shown} is in degrees in {grid.crs} (a geographic CRS: its unit is degrees), so a "
+                f"{w}x{h} px patch spans {w * sx:g} x {h * sy:g} degrees; for {shown} m pixels give about "
+                f"{as_degrees} degrees, or crs: utm")
+        if w * sx > 360 or h * sy > 180:
+            raise ConfigError(hint)
+        if max(sx, sy) > 1:
+            log.warning("%s", hint)
+    elif min(sx, sy) < 0.01:
+        log.warning("grid.scale: %s is in the units of %s (metres for UTM): pixels under 1 cm; degrees belong to "
+                    "a geographic CRS such as EPSG:4326", shown, grid.crs)

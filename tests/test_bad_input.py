@@ -102,6 +102,12 @@ def laughs(levels=9, width=9):
     return value
 
 
+def named_features(*pairs):
+    return {"type": "FeatureCollection",
+            "features": [{"type": "Feature", "id": rid, "properties": {}, "geometry": g} for rid, g in pairs]}
+
+
+INSIDE = {"type": "Polygon", "coordinates": [[[-77.9, 24.2], [-77.8, 24.2], [-77.8, 24.3], [-77.9, 24.3], [-77.9, 24.2]]]}
 FAR_AWAY = {"type": "Polygon", "coordinates": [[[10, 10], [11, 10], [11, 11], [10, 11], [10, 10]]]}
 LINE = {"type": "LineString", "coordinates": [[-77.9, 24.2], [-77.8, 24.3]]}
 
@@ -258,6 +264,44 @@ CASES = {
     "alias bomb in an unknown key": (setter("notes", value=laughs()), "notes: YAML aliases (*name) expand the config "
                                                                       "to "),
     "alias bomb in a layer": (with_layers((("layers", "image", "bands"), laughs())), "layers: YAML aliases (*name)"),
+    "every region outside is named": (with_regions(named_features(
+        ("far-a", FAR_AWAY), ("past-180", {"type": "Point", "coordinates": [181.0, 24.3]}), ("inside", INSIDE),
+        ("far-b", {"type": "Point", "coordinates": [0.0, 0.0]}))),
+        "regions: 3 regions are outside: 'past-180' has coordinates (181.0, 24.3, 181.0, 24.3) outside lon [-180, 180] "
+        "/ lat [-90, 90]; 'far-a', 'far-b' lie outside the source's footprint (lon/lat -78.9586, 23.5650, -76.5749, "
+        "25.5509); fix them, or set regions_outside: skip to plan without them"),
+    "every bad region is named": (with_regions(named_features(("no-geometry", None), ("line", LINE), ("inside", INSIDE))),
+                                  "regions (regions.geojson): 2 bad regions: feature 0 ('no-geometry'): has no geometry; "
+                                  "give a Polygon, MultiPolygon, Point or MultiPoint; feature 1 ('line'): geometry type "
+                                  "LineString is not supported; use polygons or points"),
+    "regions_outside skip leaving no region": (lambda cfg, tmp: with_regions(named_features(("far", FAR_AWAY)))(cfg, tmp)
+                                               or cfg.update(regions_outside="skip"),
+                                               "regions_outside: skip left no region (1 skipped, e.g. 'far': outside "
+                                               "the source's footprint"),
+    "regions_outside unknown": (setter("regions_outside", value="drop"), "regions_outside: Input should be 'error' or 'skip'"),
+    "regions_outside skip with a table": (lambda cfg, tmp: cfg.update(regions_outside="skip", table={"times": ["2020-01-01"]}),
+                                          "regions_outside: skip applies to patches; a table: job reads every region"),
+    "empty band list": (setter("source", "bands", value=[]), "source.bands: an empty list selects no band; give 1-based "
+                                                             "indexes or names, or leave bands out for all (got [])"),
+    "empty band list of a layer": (with_layers((("layers", "image", "bands"), [])),
+                                   "layers.image.bands: an empty list selects no band"),
+    "bbox of strings": (setter("regions", value=["-78", "24", "-77", "25"]),
+                        "regions: give a GeoJSON path or a [min_lon, min_lat, max_lon, max_lat] bbox (got ['-78', "),
+    "coordinates as strings": (with_regions(named_features(("quoted", {"type": "Polygon", "coordinates": [[
+        [-77.9, 24.2], ["-77.8", 24.2], [-77.8, 24.3], [-77.9, 24.2]]]}))),
+        "regions (regions.geojson): feature 0 ('quoted'): coordinates must be numbers, not str '-77.8'; write them "
+        "without quotes (RFC 7946)"),
+    "a point of booleans": (with_regions(named_features(("flags", {"type": "Point", "coordinates": [True, False]}))),
+                            "feature 0 ('flags'): coordinates must be numbers, not bool True"),
+    "NUL in a region id": (with_regions(named_features(("andros\x00north", INSIDE))),
+                           "feature 0 ('andros\\x00north'): the region id holds a control character ('\\x00'); give "
+                           "ids of printable characters"),
+    "a newline in a region id": (with_regions(named_features(("two\nlines", INSIDE))),
+                                 "the region id holds a control character ('\\n')"),
+    "30 degree pixels": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:4326", scale=30),
+                         "grid.scale: 30 is in degrees in EPSG:4326 (a geographic CRS: its unit is degrees), so a "
+                         "64x64 px patch spans 1920 x 1920 degrees; for 30 m pixels give about 0.00027 degrees, or "
+                         "crs: utm"),
     "table images_per_request on rasters": (lambda cfg, tmp: cfg.update(table={"times": ["2020-01-01"], "images_per_request": 2}),
                                             "table.images_per_request: applies to Earth Engine"),
 }
@@ -306,6 +350,54 @@ def test_yaml_nested_thousands_deep_is_one_line(tmp_path, capsys):
     assert main(["plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == "pixelbeam: error: job.yaml: the YAML nests lists or mappings thousands deep; a config needs a few levels\n"
+
+
+def test_regions_outside_skip_records_what_it_skipped(tmp_path, capsys):
+    """regions_outside: skip plans the other regions and lists the skipped ones, with reasons,
+    in the plan and in dataset.json; the manifest holds only the planned regions' patches."""
+    cfg = base_config(tmp_path)
+    cfg["regions"] = write_regions(tmp_path, named_features(
+        ("far", FAR_AWAY), ("inside", INSIDE), ("past-180", {"type": "Point", "coordinates": [200.0, 10.0]})))
+    cfg["regions_outside"] = "skip"
+    cfg["output"]["formats"] = ["npy"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    expected = [{"region": "past-180", "reason": "coordinates (200.0, 10.0, 200.0, 10.0) outside lon [-180, 180] / "
+                                                 "lat [-90, 90]"},
+                {"region": "far", "reason": "outside the source's footprint (lon/lat -78.9586, 23.5650, -76.5749, "
+                                            "25.5509)"}]
+    assert main(["plan", "--json", str(path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["regions"] == 1 and plan["regions_skipped"] == expected
+    assert main(["run", str(path)]) == 0
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert dataset["regions_skipped"] == expected and dataset["config"]["regions_outside"] == "skip"
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and {r["region_id"] for r in rows} == {"inside"}
+
+
+def test_pixels_of_degrees_over_1_are_warned_about(tmp_path, caplog):
+    cfg = base_config(tmp_path)
+    cfg["grid"] = {"crs": "EPSG:4326", "scale": 2, "patch_size": 4}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["plan", str(path)]) == 0
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [
+        "grid.scale: 2 is in degrees in EPSG:4326 (a geographic CRS: its unit is degrees), so a 4x4 px patch spans "
+        "8 x 8 degrees; for 2 m pixels give about 1.8e-05 degrees, or crs: utm"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {crs: native, scale: native, patch_size: 64, patch_size: 32}",
+     "job.yaml: grid: the key is given twice: 'patch_size' (line 3); give each key once"),
+    ("grid: {crs: native, scale: native, patch_size: 64}\ngrid: {crs: utm}",
+     "job.yaml: config: the key is given twice: 'grid' (line 4); give each key once"),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, capsys, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"source: {{uri: {LANDSAT}}}\nregions: {REGIONS}\n{text}\noutput: {{path: {tmp_path / 'out'}}}\n")
+    assert main(["plan", str(path)]) == 2
+    assert capsys.readouterr().err == f"pixelbeam: error: {message}\n"
 
 
 def test_the_memory_budget_is_configurable(tmp_path, capsys):

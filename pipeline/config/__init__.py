@@ -8,10 +8,10 @@ paths in a config resolve against the config file's own folder.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import StrictFloat, StrictInt, ValidationError, model_validator
 
 from pixelbeam.pipeline.config.base import REMOTE, ConfigError, Strict, leading_field, resolve
 from pixelbeam.pipeline.config.layers import (SOURCE_LAYER, EarthEngineLayerConfig, LayerConfig, RasterLayerConfig,
@@ -39,7 +39,8 @@ __all__ = [
 class Config(Strict):
     source: Optional[SourceConfig] = None  # one input layer named `image`; or layers:
     layers: Optional[list[LayerConfig]] = None  # several sources on one grid (pipeline/config/layers.py)
-    regions: Union[str, list[float]]
+    regions: Union[str, list[Union[StrictInt, StrictFloat]]]  # a bbox of numbers: "24.5" is refused, not read
+    regions_outside: Literal["error", "skip"] = "error"  # skip: plan without regions outside the source or lon/lat
     grid: GridConfig = GridConfig()
     output: OutputConfig
     fetch: FetchConfig = FetchConfig()
@@ -96,6 +97,8 @@ def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config
     try:
         if config.layers is None and config.source is None:
             raise ConfigError("source: required key is missing; add it (or layers:, several sources on one grid)")
+        if config.table is not None and config.regions_outside == "skip":
+            raise ConfigError("regions_outside: skip applies to patches; a table: job reads every region (remove it)")
         if config.layers is not None:
             top_level_conflicts(config)
             check_layers(config.layers)
