@@ -189,45 +189,43 @@ def raster_lon_west(crs: str, info: SourceInfo) -> float:
     return float(box[0])
 
 
-def regions_inside(regions: list[Region], info: SourceInfo, outside_lonlat: Sequence[SkippedRegion] = (),
-                   skip: bool = False):
-    """(the regions that meet the source's lon/lat footprint, the skipped regions: a tuple with
-    `skip`, else None). `outside_lonlat` are the regions the loader found outside lon/lat.
-    Without `skip` (regions_outside: error) every region outside either is named in one line;
-    with it, they are skipped. Either way at least one region must remain."""
+def regions_inside(regions: list[Region], info: SourceInfo, skipped: Optional[Sequence[SkippedRegion]] = None):
+    """(the regions that meet the source's lon/lat footprint, the skipped regions as a tuple or
+    None). Without a `skipped` list (regions_outside: error) every region wholly outside is
+    named in one line; with it (regions_outside: skip, holding the regions the loader skipped)
+    they are skipped too. Either way at least one region must remain."""
     outside = [] if not info.footprint_lonlat else [r for r in regions if not meets_footprint(r, info.footprint_lonlat)]
     fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat or ())
-    if not skip and (outside or outside_lonlat):
-        raise ConfigError(regions_outside_message(outside_lonlat, [r.region_id for r in outside], fp))
-    if not skip:
+    if outside and skipped is None:
+        raise ConfigError(regions_outside_message([r.region_id for r in outside], fp))
+    if skipped is None:
         return regions, None
-    skipped = list(outside_lonlat) + [SkippedRegion(r.region_id, f"outside the source's footprint (lon/lat {fp})")
-                                      for r in outside]
+    skipped = list(skipped) + [SkippedRegion(r.region_id, f"outside the source's footprint (lon/lat {fp})")
+                               for r in outside]
     gone = {id(r) for r in outside}
     kept = [r for r in regions if id(r) not in gone]
     if not kept:
-        raise ConfigError(f"regions_outside: skip left no region ({len(skipped)} skipped, e.g. {skipped[0].region_id!r}: "
-                          f"{skipped[0].reason}); give regions inside the source")
+        raise ConfigError(no_region_left(skipped))
     return kept, tuple(skipped)
 
 
-def regions_outside_message(outside_lonlat: Sequence[SkippedRegion], outside: Sequence[str], fp: str) -> str:
-    """One line naming every region outside lon/lat or the source's footprint `fp`."""
-    if len(outside_lonlat) == 1 and not outside:
-        return outside_lonlat[0].message
-    if len(outside) == 1 and not outside_lonlat:
+def no_region_left(skipped: Optional[Sequence[SkippedRegion]]) -> str:
+    """The refusal of a plan that skipped every region."""
+    if not skipped:
+        return "regions: the file holds no region; add at least one polygon or point"
+    return (f"regions_outside: skip left no region ({len(skipped)} skipped, e.g. {skipped[0].region_id!r}: "
+            f"{skipped[0].reason}); give regions inside the source")
+
+
+def regions_outside_message(outside: Sequence[str], fp: str) -> str:
+    """One line naming every region outside the source's lon/lat footprint `fp`."""
+    if len(outside) == 1:
         return (f"regions: region {outside[0]!r} lies outside the source's footprint (lon/lat {fp}); move the "
                 "region, use another source, or set regions_outside: skip")
-    parts = [f"{s.region_id!r} has {s.reason}" for s in outside_lonlat[:LISTED_PROBLEMS]]
-    if len(outside_lonlat) > LISTED_PROBLEMS:
-        parts.append(f"{len(outside_lonlat) - LISTED_PROBLEMS} more outside lon/lat")
-    if outside:
-        names = ", ".join(repr(r) for r in outside[:LISTED_PROBLEMS])
-        more = f" and {len(outside) - LISTED_PROBLEMS} more" if len(outside) > LISTED_PROBLEMS else ""
-        parts.append(f"{names}{more} {'lies' if len(outside) == 1 else 'lie'} outside the source's footprint "
-                     f"(lon/lat {fp})")
-    return (f"regions: {len(outside_lonlat) + len(outside)} regions are outside: " + "; ".join(parts) +
-            "; fix them, or set regions_outside: skip to plan without them")
+    names = ", ".join(repr(r) for r in outside[:LISTED_PROBLEMS])
+    more = f" and {len(outside) - LISTED_PROBLEMS} more" if len(outside) > LISTED_PROBLEMS else ""
+    return (f"regions: {len(outside)} regions lie outside the source's footprint (lon/lat {fp}): {names}{more}; "
+            "move them, use another source, or set regions_outside: skip to plan without them")
 
 
 def meets_footprint(region: Region, footprint: tuple[float, float, float, float]) -> bool:
@@ -258,11 +256,14 @@ def prepare_job(config: Config) -> Job:
     """Check the sources, regions, grid and output, and plan every patch; sends no pixel request
     (an Earth Engine layer: a 1x1 px probe)."""
     check_output_path(config.output.path)
-    outside_lonlat: list[SkippedRegion] = []  # reported with the regions outside the source, or skipped
+    skip = config.regions_outside == "skip"
+    outside_lonlat: Optional[list[SkippedRegion]] = [] if skip else None  # else refused with every bad feature
     try:
         regions = load_regions(config.regions, skipped=outside_lonlat)
     except RegionError as e:
         raise ConfigError(str(e)) from None
+    if not regions:  # before a source is asked anything
+        raise ConfigError(no_region_left(outside_lonlat))
     layers = describe_layers(config, regions)
     info = primary_layer(layers).info
     config = record_expressions(config, layers)  # Earth Engine expressions: the ones they ran, fingerprinted
@@ -271,7 +272,7 @@ def prepare_job(config: Config) -> Job:
     check_grid_units(grid)
     layers = tuple(checked_layer(config, layer, grid) for layer in layers)
     primary = primary_layer(layers)
-    regions, skipped = regions_inside(regions, info, outside_lonlat, skip=config.regions_outside == "skip")
+    regions, skipped = regions_inside(regions, info, outside_lonlat)
     projected = project_regions(regions, grid)
     check_plan_size(projected, grid)
     cells = plan_cells(regions, grid)

@@ -265,11 +265,15 @@ CASES = {
                                                                       "to "),
     "alias bomb in a layer": (with_layers((("layers", "image", "bands"), laughs())), "layers: YAML aliases (*name)"),
     "every region outside is named": (with_regions(named_features(
-        ("far-a", FAR_AWAY), ("past-180", {"type": "Point", "coordinates": [181.0, 24.3]}), ("inside", INSIDE),
-        ("far-b", {"type": "Point", "coordinates": [0.0, 0.0]}))),
-        "regions: 3 regions are outside: 'past-180' has coordinates (181.0, 24.3, 181.0, 24.3) outside lon [-180, 180] "
-        "/ lat [-90, 90]; 'far-a', 'far-b' lie outside the source's footprint (lon/lat -78.9586, 23.5650, -76.5749, "
-        "25.5509); fix them, or set regions_outside: skip to plan without them"),
+        ("far-a", FAR_AWAY), ("inside", INSIDE), ("far-b", {"type": "Point", "coordinates": [0.0, 0.0]}))),
+        "regions: 2 regions lie outside the source's footprint (lon/lat -78.9586, 23.5650, -76.5749, 25.5509): "
+        "'far-a', 'far-b'; move them, use another source, or set regions_outside: skip to plan without them"),
+    "every region past 180 is named": (with_regions(named_features(
+        ("past-180", {"type": "Point", "coordinates": [181.0, 24.3]}), ("inside", INSIDE),
+        ("past-90", {"type": "Polygon", "coordinates": [[[-77.9, 89], [-77.8, 89], [-77.8, 91], [-77.9, 89]]]}))),
+        "regions (regions.geojson): 2 bad regions: feature 0 ('past-180'): coordinates (181.0, 24.3, 181.0, 24.3) are "
+        "outside lon [-180, 180] / lat [-90, 90]; GeoJSON must be longitude, latitude in degrees (RFC 7946); "
+        "feature 2 ('past-90'): coordinates (-77.9, 89.0, -77.8, 91.0) are outside"),
     "every bad region is named": (with_regions(named_features(("no-geometry", None), ("line", LINE), ("inside", INSIDE))),
                                   "regions (regions.geojson): 2 bad regions: feature 0 ('no-geometry'): has no geometry; "
                                   "give a Polygon, MultiPolygon, Point or MultiPoint; feature 1 ('line'): geometry type "

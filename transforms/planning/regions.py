@@ -61,11 +61,13 @@ LISTED_PROBLEMS = 20
 
 def combined_error(where: str, problems: Sequence[RegionError]) -> RegionError:
     """One RegionError for every bad feature of a file (each message starts with `where: `)."""
+    hint = ("; or set regions_outside: skip to plan without the regions outside lon/lat"
+            if any(isinstance(p, OutsideLonLat) for p in problems) else "")
     if len(problems) == 1:
-        return problems[0]
+        return RegionError(f"{problems[0]}{hint}")
     shown = [str(p).removeprefix(f"{where}: ") for p in problems[:LISTED_PROBLEMS]]
     more = f"; and {len(problems) - LISTED_PROBLEMS} more" if len(problems) > LISTED_PROBLEMS else ""
-    return RegionError(f"{where}: {len(problems)} bad regions: " + "; ".join(shown) + more)
+    return RegionError(f"{where}: {len(problems)} bad regions: " + "; ".join(shown) + more + hint)
 
 
 @dataclasses.dataclass(frozen=True)
