@@ -164,6 +164,7 @@ def patch_north_vector(spec):
 @example(lon=179.0, lat=-19.0, width=2.0, scale=2000.0)  # the trial's region: 178E to 178W, south
 @example(lon=-180.0, lat=0.0, width=0.5, scale=2000.0)  # on the antimeridian at the equator
 @example(lon=177.5, lat=70.0, width=3.0, scale=10000.0)  # cut at 180, far north
+@example(lon=0.0, lat=-1.0, width=1.0, scale=2000.0)  # found: the far zone folded the region (GEOSException)
 def test_utm_plans_every_zone_and_hemisphere_north_up(lon, lat, width, scale):
     """Over zones and hemispheres, boxes given as RFC 7946 cuts them: the zone lies where the
     region is (its central meridian within 3 degrees plus the box's width), the hemisphere is
