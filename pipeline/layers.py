@@ -63,6 +63,12 @@ class JobLayer:
         h, w = fetch_shape
         return request_bytes(w, h, self.info.band_bytes) * self.images_per_patch
 
+    def memory_bytes(self, fetch_shape: tuple[int, int]) -> int:
+        """Bytes the layer's pixels and validity masks take in memory for one patch as fetched:
+        every image of a collection (held until combined) and the margin (fetch_shape)."""
+        h, w = fetch_shape
+        return h * w * self.images_per_patch * (sum(self.info.band_bytes) + 1)
+
     @property
     def source_kind_name(self) -> str:
         """raster, earthengine or vector (dataset.json `kind`)."""

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import pyproj
 import shapely
+import shapely.affinity
 
 from pixelbeam.pipeline.config import SOURCE_LAYER, Config, ConfigError, GridConfig, MaskConfig
 from pixelbeam.pipeline.config.expression import record_expressions
@@ -23,11 +24,13 @@ from pixelbeam.pipeline.layers import (JobLayer, Reach, check_mask_options, desc
 from pixelbeam.pipeline.layers import make_source as layer_source
 from pixelbeam.pipeline.limits import job_limits
 from pixelbeam.pipeline.outputs import check_outputs
+from pixelbeam.pipeline.sizes import check_grid_units, check_patch_memory, check_plan_size
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
-from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent, regions_lonlat_box
+from pixelbeam.transforms.planning.grid import GridSpec, is_geographic, lonlat_extent, regions_lonlat_box
+from pixelbeam.transforms.planning.orientation import NotNorthUp
 from pixelbeam.transforms.patch import INPUT, PatchSpec
 from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
-from pixelbeam.transforms.planning.regions import Region, RegionError, load_regions
+from pixelbeam.transforms.planning.regions import LISTED_PROBLEMS, Region, RegionError, SkippedRegion, load_regions
 from pixelbeam.transforms.planning.sampling import (Sample, SampleError, class_thresholds, label_dtype, region_labels,
                                                     region_thresholds)
 from pixelbeam.transforms.planning.splits import SplitError, SplitRule, region_split_values
@@ -56,6 +59,7 @@ class Job:
     split_counts: Optional[dict] = None  # planned patches per split (config split:), else None
     split_guard: int = 0  # patches the split guard left out of the plan (transforms/planning/splits.py)
     layers: tuple[JobLayer, ...] = ()
+    skipped_regions: Optional[tuple[SkippedRegion, ...]] = None  # regions_outside: skip; else None
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
@@ -173,19 +177,61 @@ def resolve_grid(cfg: GridConfig, info: SourceInfo) -> GridSpec:
         origin = (info.transform[2], info.transform[5])
     origin = tuple(map(float, origin)) if origin is not None else (0.0, 0.0)
     return GridSpec(crs=crs, scale=scale, origin=origin, patch_size=cfg.patch_sizes, overlap=cfg.overlap,
-                    margin=cfg.margin, min_coverage=cfg.min_coverage)
+                    margin=cfg.margin, min_coverage=cfg.min_coverage, lon_west=raster_lon_west(crs, info))
 
 
-def check_regions_inside(regions: list[Region], info: SourceInfo) -> None:
-    """Refuse regions that lie wholly outside the source's lon/lat footprint."""
-    if not info.footprint_lonlat:
-        return
-    footprint = shapely.box(*info.footprint_lonlat)
-    for region in regions:
-        if not region.geometry.intersects(footprint):
-            fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat)
-            raise ConfigError(f"regions: region {region.region_id!r} lies outside the source's footprint "
-                              f"(lon/lat {fp}); move the region or use another source")
+def raster_lon_west(crs: str, info: SourceInfo) -> float:
+    """Where a geographic grid's longitudes start (degrees): -180, or the source's west edge
+    when it is stored past 180 (a global raster of longitudes 0..360)."""
+    box = info.footprint_lonlat
+    if crs.lower() == "utm" or not box or box[2] <= 180 or not is_geographic(crs):
+        return -180.0
+    return float(box[0])
+
+
+def regions_inside(regions: list[Region], info: SourceInfo, skipped: Optional[Sequence[SkippedRegion]] = None):
+    """(the regions that meet the source's lon/lat footprint, the skipped regions as a tuple or
+    None). Without a `skipped` list (regions_outside: error) every region wholly outside is
+    named in one line; with it (regions_outside: skip, holding the regions the loader skipped)
+    they are skipped too. Either way at least one region must remain."""
+    outside = [] if not info.footprint_lonlat else [r for r in regions if not meets_footprint(r, info.footprint_lonlat)]
+    fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat or ())
+    if outside and skipped is None:
+        raise ConfigError(regions_outside_message([r.region_id for r in outside], fp))
+    if skipped is None:
+        return regions, None
+    skipped = list(skipped) + [SkippedRegion(r.region_id, f"outside the source's footprint (lon/lat {fp})")
+                               for r in outside]
+    gone = {id(r) for r in outside}
+    kept = [r for r in regions if id(r) not in gone]
+    if not kept:
+        raise ConfigError(no_region_left(skipped))
+    return kept, tuple(skipped)
+
+
+def no_region_left(skipped: Optional[Sequence[SkippedRegion]]) -> str:
+    """The refusal of a plan that skipped every region."""
+    if not skipped:
+        return "regions: the file holds no region; add at least one polygon or point"
+    return (f"regions_outside: skip left no region ({len(skipped)} skipped, e.g. {skipped[0].region_id!r}: "
+            f"{skipped[0].reason}); give regions inside the source")
+
+
+def regions_outside_message(outside: Sequence[str], fp: str) -> str:
+    """One line naming every region outside the source's lon/lat footprint `fp`."""
+    if len(outside) == 1:
+        return (f"regions: region {outside[0]!r} lies outside the source's footprint (lon/lat {fp}); move the "
+                "region, use another source, or set regions_outside: skip")
+    names = ", ".join(repr(r) for r in outside[:LISTED_PROBLEMS])
+    more = f" and {len(outside) - LISTED_PROBLEMS} more" if len(outside) > LISTED_PROBLEMS else ""
+    return (f"regions: {len(outside)} regions lie outside the source's footprint (lon/lat {fp}): {names}{more}; "
+            "move them, use another source, or set regions_outside: skip to plan without them")
+
+
+def meets_footprint(region: Region, footprint: tuple[float, float, float, float]) -> bool:
+    """The region meets the lon/lat box, also a region across the antimeridian (lon up to 360)."""
+    box = shapely.box(*footprint)
+    return any(region.geometry.intersects(shapely.affinity.translate(box, xoff=turn)) for turn in (0.0, -360.0, 360.0))
 
 
 def check_output_path(path: str) -> None:
@@ -210,34 +256,44 @@ def prepare_job(config: Config) -> Job:
     """Check the sources, regions, grid and output, and plan every patch; sends no pixel request
     (an Earth Engine layer: a 1x1 px probe)."""
     check_output_path(config.output.path)
+    skip = config.regions_outside == "skip"
+    outside_lonlat: Optional[list[SkippedRegion]] = [] if skip else None  # else refused with every bad feature
     try:
-        regions = load_regions(config.regions)
+        regions = load_regions(config.regions, skipped=outside_lonlat)
     except RegionError as e:
         raise ConfigError(str(e)) from None
+    if not regions:  # before a source is asked anything
+        raise ConfigError(no_region_left(outside_lonlat))
     layers = describe_layers(config, regions)
     info = primary_layer(layers).info
     config = record_expressions(config, layers)  # Earth Engine expressions: the ones they ran, fingerprinted
     grid = resolve_grid(config.grid, info)
     grid = dataclasses.replace(grid, center_points=config.sample.centered_on_points)
+    check_grid_units(grid)
     layers = tuple(checked_layer(config, layer, grid) for layer in layers)
     primary = primary_layer(layers)
-    check_regions_inside(regions, info)
-    cells = plan_cells(regions, grid)
+    regions, skipped = regions_inside(regions, info, outside_lonlat)
     projected = project_regions(regions, grid)
+    check_plan_size(projected, grid)
+    cells = plan_cells(regions, grid)
     sample, label_type = make_sample(config, regions, cells, projected, grid)
-    by_split, guarded = count_by_split(cells, projected, grid, sample)
+    try:
+        by_split, guarded = count_by_split(cells, projected, grid, sample)
+    except NotNorthUp as e:
+        raise ConfigError(str(e)) from None
     planned = sum(by_split.values())
     if not planned:
         raise ConfigError(f"grid: the regions yield no patch (min_coverage {grid.min_coverage}); lower grid.min_coverage")
     job = Job(config=config, source=primary.source, info=info, regions=regions, grid=grid, cells=cells,
               planned=planned, sample=sample, rules=primary.rules, label_dtype=label_type, layers=layers,
               split_guard=guarded, split_counts={name: by_split.get(name, 0) for name in sample.split.names}
-              if sample is not None and sample.split is not None else None)
+              if sample is not None and sample.split is not None else None, skipped_regions=skipped)
     check_pictures(job)
     try:
         job.requests_per_patch
     except RequestTooLarge as e:
         raise ConfigError(f"grid.patch_size: {e}") from None
+    check_patch_memory(layers, job.fetch_shape, config.fetch)
     return job
 
 
@@ -336,6 +392,7 @@ def plan_summary(job: Job) -> dict:
     out = {
         "patches": n,
         "regions": len(job.regions),
+        **({"regions_skipped": [s.to_record() for s in job.skipped_regions]} if job.skipped_regions is not None else {}),
         "requests": requests,
         "requests_per_patch": job.requests_per_patch,
         "bytes": n * job.bytes_per_patch,

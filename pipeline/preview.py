@@ -406,7 +406,7 @@ def write_footprints_png(output_path: str, meta: dict, rows: Sequence[dict],
     regions = []
     if config.get("regions") is not None:
         try:
-            regions = load_regions(config["regions"])
+            regions = load_regions(config["regions"], skipped=[] if config.get("regions_outside") == "skip" else None)
         except RegionError as e:
             log.warning("footprints: regions not drawn (%s)", e)
     pts = np.concatenate([r.reshape(-1, 2) for r in rings])

@@ -52,6 +52,7 @@ def config_fingerprint(config: Config) -> str:
     regions: a changed region set plans other patches, it does not change a patch)."""
     doc = config.model_dump(mode="json", exclude_defaults=True)  # a new key at its default changes nothing
     doc.pop("regions", None)
+    doc.pop("regions_outside", None)  # like the regions: which are planned, not what a patch holds
     doc.pop("fetch", None)
     for section, keys in NEUTRAL_KEYS.items():
         for key in keys:
@@ -97,7 +98,10 @@ class ResumeState:
 def plan_digest(job) -> str:
     """Hash of what decides the set of planned patch ids: the grid and the regions."""
     regions = sorted((r.region_id, r.geometry.wkb_hex) for r in job.regions)
-    doc = json.dumps([dataclasses.asdict(job.grid), regions], sort_keys=True, default=str)
+    grid = dataclasses.asdict(job.grid)
+    if grid["lon_west"] == -180.0:  # the default: digests as before the field existed
+        del grid["lon_west"]
+    doc = json.dumps([grid, regions], sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 

@@ -192,6 +192,7 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),  # a stack's steps
         **({"images": [im.image_id for im in job.info.collection.images]} if job.info.collection else {}),
         **split_entries(job),
+        **skipped_entries(job),
     }
 
 
@@ -218,6 +219,13 @@ def split_entries(job: Job) -> dict:
     return {"split": job.config.split.echo(), "patches_planned_per_split": dict(job.split_counts)}
 
 
+def skipped_entries(job: Job) -> dict:
+    """dataset.json's `regions_skipped` with `regions_outside: skip`: each skipped region and why."""
+    if job.skipped_regions is None:
+        return {}
+    return {"regions_skipped": [s.to_record() for s in job.skipped_regions]}
+
+
 def layered_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (), plan_digest: str = "") -> dict:
     """dataset.json of a `layers:` job: each layer (name, role, kind, bands, dtype, NPY shape
     and files) instead of one `bands`/`dtype`/`npy_shape`, and the `<layer>/` TFRecord features."""
@@ -240,6 +248,7 @@ def layered_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "tfrecord": {**tfrecord_files(job), "features": spec},
         "config": job.config.model_dump(mode="json"),
         **split_entries(job),
+        **skipped_entries(job),
     }
 
 

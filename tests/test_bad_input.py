@@ -93,6 +93,21 @@ DELETE = object()
 EE_LAYER = {"kind": "earthengine", "role": "input", "asset": "a/b", "url": "http://127.0.0.1:9",
             "credentials": "anonymous", "project": "p"}
 
+def laughs(levels=9, width=9):
+    """A billion laughs: nested lists of one shared list, which yaml.safe_dump writes as
+    anchors and aliases (a few hundred bytes standing for width ** levels values)."""
+    value = ["lol"] * width
+    for _ in range(levels - 1):
+        value = [value] * width
+    return value
+
+
+def named_features(*pairs):
+    return {"type": "FeatureCollection",
+            "features": [{"type": "Feature", "id": rid, "properties": {}, "geometry": g} for rid, g in pairs]}
+
+
+INSIDE = {"type": "Polygon", "coordinates": [[[-77.9, 24.2], [-77.8, 24.2], [-77.8, 24.3], [-77.9, 24.3], [-77.9, 24.2]]]}
 FAR_AWAY = {"type": "Polygon", "coordinates": [[[10, 10], [11, 10], [11, 11], [10, 11], [10, 10]]]}
 LINE = {"type": "LineString", "coordinates": [[-77.9, 24.2], [-77.8, 24.3]]}
 
@@ -219,6 +234,78 @@ CASES = {
         (("layers", "ee1"), {**EE_LAYER, "fetch": {"max_concurrent_requests": 4}}),
         (("layers", "ee2"), {**EE_LAYER, "role": "target"})),
         "layers.ee2.fetch: layers 'ee1' and 'ee2' share one Earth Engine project"),
+    # issue 15
+    "grid crs on the other side of the Earth": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:32660", scale=300),
+                                                "grid.crs: EPSG:32660 would write the patches of regions 'andros-central', 'andros-north', "
+                                                "'exuma-sound', 'sample-points' upside down or mirrored"),
+    "patch of 30,000 px over the memory budget": (setter("grid", "patch_size", value=30000),
+                                                  "grid.patch_size: a 30000x30000 px patch (margin included) takes "
+                                                  "3.4 GiB of a worker's memory, over fetch.max_patch_bytes (512 MiB)"),
+    "patch of a million px over the memory budget": (setter("grid", "patch_size", value=10**6),
+                                                     "grid.patch_size: a 1000000x1000000 px patch (margin included) "
+                                                     "takes 3.6 TiB"),
+    "margin counts in the memory budget": (lambda cfg, tmp: cfg["grid"].update(patch_size=64, margin=8) or cfg.update(
+        fetch={"max_patch_bytes": 64 * 64 * 4}), "grid.patch_size: a 80x80 px patch (margin included) takes 25 KiB"),
+    "every image of a collection counts in the memory budget": (lambda cfg, tmp: cfg.update(
+        source={"images": [{"uri": LANDSAT, "time": "2020-01-01"}, {"uri": LANDSAT, "time": "2020-02-01"}],
+                "collection_mode": "stack", "bands": [1, 2, 3]}, fetch={"max_patch_bytes": 20000}),
+        "takes 32 KiB of a worker's memory, over fetch.max_patch_bytes (19.5 KiB)"),
+    "every layer counts in the memory budget": (with_layers((("fetch",), {"max_patch_bytes": 64 * 64 * 4})),
+                                                "takes 24 KiB of a worker's memory; layer 'image' 16 KiB, over "
+                                                "fetch.max_patch_bytes (16 KiB)"),
+    "memory budget of one layer": (with_layers((("layers", "image", "fetch"), {"max_patch_bytes": 10**9})),
+                                   "layers.image.fetch.max_patch_bytes: a patch holds every layer in one worker's "
+                                   "memory; give it in the top-level fetch:"),
+    "memory budget of zero": (setter("fetch", "max_patch_bytes", value=0), "fetch.max_patch_bytes"),
+    "pixels of a nanometre": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:32618", scale=1e-9),
+                              "grid.scale: pixels of 1e-09 CRS units make about 3.3e+24 patches (region 'exuma-sound' "
+                              "alone 1.5e+24; the plan stops at 1,000,000,000); give grid.scale in the CRS's units"),
+    "alias bomb in regions": (setter("regions", value=laughs()), "regions: YAML aliases (*name) expand the config to "),
+    "alias bomb in an unknown key": (setter("notes", value=laughs()), "notes: YAML aliases (*name) expand the config "
+                                                                      "to "),
+    "alias bomb in a layer": (with_layers((("layers", "image", "bands"), laughs())), "layers: YAML aliases (*name)"),
+    "every region outside is named": (with_regions(named_features(
+        ("far-a", FAR_AWAY), ("inside", INSIDE), ("far-b", {"type": "Point", "coordinates": [0.0, 0.0]}))),
+        "regions: 2 regions lie outside the source's footprint (lon/lat -78.9586, 23.5650, -76.5749, 25.5509): "
+        "'far-a', 'far-b'; move them, use another source, or set regions_outside: skip to plan without them"),
+    "every region past 180 is named": (with_regions(named_features(
+        ("past-180", {"type": "Point", "coordinates": [181.0, 24.3]}), ("inside", INSIDE),
+        ("past-90", {"type": "Polygon", "coordinates": [[[-77.9, 89], [-77.8, 89], [-77.8, 91], [-77.9, 89]]]}))),
+        "regions (regions.geojson): 2 bad regions: feature 0 ('past-180'): coordinates (181.0, 24.3, 181.0, 24.3) are "
+        "outside lon [-180, 180] / lat [-90, 90]; GeoJSON must be longitude, latitude in degrees (RFC 7946); "
+        "feature 2 ('past-90'): coordinates (-77.9, 89.0, -77.8, 91.0) are outside"),
+    "every bad region is named": (with_regions(named_features(("no-geometry", None), ("line", LINE), ("inside", INSIDE))),
+                                  "regions (regions.geojson): 2 bad regions: feature 0 ('no-geometry'): has no geometry; "
+                                  "give a Polygon, MultiPolygon, Point or MultiPoint; feature 1 ('line'): geometry type "
+                                  "LineString is not supported; use polygons or points"),
+    "regions_outside skip leaving no region": (lambda cfg, tmp: with_regions(named_features(("far", FAR_AWAY)))(cfg, tmp)
+                                               or cfg.update(regions_outside="skip"),
+                                               "regions_outside: skip left no region (1 skipped, e.g. 'far': outside "
+                                               "the source's footprint"),
+    "regions_outside unknown": (setter("regions_outside", value="drop"), "regions_outside: Input should be 'error' or 'skip'"),
+    "regions_outside skip with a table": (lambda cfg, tmp: cfg.update(regions_outside="skip", table={"times": ["2020-01-01"]}),
+                                          "regions_outside: skip applies to patches; a table: job reads every region"),
+    "empty band list": (setter("source", "bands", value=[]), "source.bands: an empty list selects no band; give 1-based "
+                                                             "indexes or names, or leave bands out for all (got [])"),
+    "empty band list of a layer": (with_layers((("layers", "image", "bands"), [])),
+                                   "layers.image.bands: an empty list selects no band"),
+    "bbox of strings": (setter("regions", value=["-78", "24", "-77", "25"]),
+                        "regions: give a GeoJSON path or a [min_lon, min_lat, max_lon, max_lat] bbox (got ['-78', "),
+    "coordinates as strings": (with_regions(named_features(("quoted", {"type": "Polygon", "coordinates": [[
+        [-77.9, 24.2], ["-77.8", 24.2], [-77.8, 24.3], [-77.9, 24.2]]]}))),
+        "regions (regions.geojson): feature 0 ('quoted'): coordinates must be numbers, not str '-77.8'; write them "
+        "without quotes (RFC 7946)"),
+    "a point of booleans": (with_regions(named_features(("flags", {"type": "Point", "coordinates": [True, False]}))),
+                            "feature 0 ('flags'): coordinates must be numbers, not bool True"),
+    "NUL in a region id": (with_regions(named_features(("andros\x00north", INSIDE))),
+                           "feature 0 ('andros\\x00north'): the region id holds a control character ('\\x00'); give "
+                           "ids of printable characters"),
+    "a newline in a region id": (with_regions(named_features(("two\nlines", INSIDE))),
+                                 "the region id holds a control character ('\\n')"),
+    "30 degree pixels": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:4326", scale=30),
+                         "grid.scale: 30 is in degrees in EPSG:4326 (a geographic CRS: its unit is degrees), so a "
+                         "64x64 px patch spans 1920 x 1920 degrees; for 30 m pixels give about 0.00027 degrees, or "
+                         "crs: utm"),
     "table images_per_request on rasters": (lambda cfg, tmp: cfg.update(table={"times": ["2020-01-01"], "images_per_request": 2}),
                                             "table.images_per_request: applies to Earth Engine"),
 }
@@ -238,6 +325,94 @@ def test_bad_input_is_one_clear_line(name, tmp_path, capsys):
     assert expected in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_alias_bomb_is_counted_not_expanded():
+    """The count is exact and takes time linear in the file: nine levels of nine stand for
+    9^9 strings and 1 + 9 + ... + 9^8 lists, plus the mapping and its key."""
+    from pixelbeam.pipeline.config.yaml_limits import alias_bomb, expanded_sizes
+    text = yaml.safe_dump({"regions": laughs()})
+    assert len(text) < 2000
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    values = 9 ** 9 + sum(9 ** k for k in range(9))
+    assert expanded_sizes(root)[id(root)] == 2 + values
+    assert alias_bomb(root).startswith(f"regions: YAML aliases (*name) expand the config to {2 + values:,} values")
+    assert alias_bomb(yaml.compose(yaml.safe_dump({"regions": laughs(levels=3)}), Loader=yaml.SafeLoader)) is None
+
+
+def test_aliases_that_expand_little_are_fine(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"source: {{uri: &scene {LANDSAT}, bands: &rgb [1, 2, 3]}}\nregions: {REGIONS}\n"
+                    f"grid: {{crs: native, scale: native, patch_size: 64}}\noutput: {{path: {tmp_path / 'out'}}}\n"
+                    "sample: {label_property: name}\n")
+    assert main(["plan", str(path)]) == 0
+
+
+def test_yaml_nested_thousands_deep_is_one_line(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("regions: " + "[" * 50000 + "]" * 50000 + "\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "pixelbeam: error: job.yaml: the YAML nests lists or mappings thousands deep; a config needs a few levels\n"
+
+
+def test_regions_outside_skip_records_what_it_skipped(tmp_path, capsys):
+    """regions_outside: skip plans the other regions and lists the skipped ones, with reasons,
+    in the plan and in dataset.json; the manifest holds only the planned regions' patches."""
+    cfg = base_config(tmp_path)
+    cfg["regions"] = write_regions(tmp_path, named_features(
+        ("far", FAR_AWAY), ("inside", INSIDE), ("past-180", {"type": "Point", "coordinates": [200.0, 10.0]})))
+    cfg["regions_outside"] = "skip"
+    cfg["output"]["formats"] = ["npy"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    expected = [{"region": "past-180", "reason": "coordinates (200.0, 10.0, 200.0, 10.0) outside lon [-180, 180] / "
+                                                 "lat [-90, 90]"},
+                {"region": "far", "reason": "outside the source's footprint (lon/lat -78.9586, 23.5650, -76.5749, "
+                                            "25.5509)"}]
+    assert main(["plan", "--json", str(path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["regions"] == 1 and plan["regions_skipped"] == expected
+    assert main(["run", str(path)]) == 0
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert dataset["regions_skipped"] == expected and dataset["config"]["regions_outside"] == "skip"
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and {r["region_id"] for r in rows} == {"inside"}
+
+
+def test_pixels_of_degrees_over_1_are_warned_about(tmp_path, caplog):
+    cfg = base_config(tmp_path)
+    cfg["grid"] = {"crs": "EPSG:4326", "scale": 2, "patch_size": 4}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["plan", str(path)]) == 0
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [
+        "grid.scale: 2 is in degrees in EPSG:4326 (a geographic CRS: its unit is degrees), so a 4x4 px patch spans "
+        "8 x 8 degrees; for 2 m pixels give about 1.8e-05 degrees, or crs: utm"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {crs: native, scale: native, patch_size: 64, patch_size: 32}",
+     "job.yaml: grid: the key is given twice: 'patch_size' (line 3); give each key once"),
+    ("grid: {crs: native, scale: native, patch_size: 64}\ngrid: {crs: utm}",
+     "job.yaml: config: the key is given twice: 'grid' (line 4); give each key once"),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, capsys, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"source: {{uri: {LANDSAT}}}\nregions: {REGIONS}\n{text}\noutput: {{path: {tmp_path / 'out'}}}\n")
+    assert main(["plan", str(path)]) == 2
+    assert capsys.readouterr().err == f"pixelbeam: error: {message}\n"
+
+
+def test_the_memory_budget_is_configurable(tmp_path, capsys):
+    """fetch.max_patch_bytes decides: a 30,000 px patch plans once the workers have the memory."""
+    cfg = base_config(tmp_path)
+    cfg["grid"]["patch_size"] = 30000
+    cfg["fetch"] = {"max_patch_bytes": 4 * 2**30}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["plan", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["patch_shape"] == [3, 30000, 30000]
 
 
 def test_two_layers_of_one_name_in_a_yaml_mapping(tmp_path, capsys):

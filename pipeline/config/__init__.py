@@ -8,10 +8,10 @@ paths in a config resolve against the config file's own folder.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import StrictFloat, StrictInt, ValidationError, model_validator
 
 from pixelbeam.pipeline.config.base import REMOTE, ConfigError, Strict, leading_field, resolve
 from pixelbeam.pipeline.config.layers import (SOURCE_LAYER, EarthEngineLayerConfig, LayerConfig, RasterLayerConfig,
@@ -24,6 +24,7 @@ from pixelbeam.pipeline.config.sources import (COLLECTION_MODES, HIGH_VOLUME_URL
                                                Reducer, SourceConfig, check_collection)
 from pixelbeam.pipeline.config.stac import StacSourceConfig
 from pixelbeam.pipeline.config.table import TableConfig
+from pixelbeam.pipeline.config.yaml_limits import alias_bomb
 
 __all__ = [
     "Config", "ConfigError", "load_config", "parse_config", "describe_validation_error", "resolve", "resolve_paths",
@@ -38,7 +39,8 @@ __all__ = [
 class Config(Strict):
     source: Optional[SourceConfig] = None  # one input layer named `image`; or layers:
     layers: Optional[list[LayerConfig]] = None  # several sources on one grid (pipeline/config/layers.py)
-    regions: Union[str, list[float]]
+    regions: Union[str, list[Union[StrictInt, StrictFloat]]]  # a bbox of numbers: "24.5" is refused, not read
+    regions_outside: Literal["error", "skip"] = "error"  # skip: plan without regions outside the source or lon/lat
     grid: GridConfig = GridConfig()
     output: OutputConfig
     fetch: FetchConfig = FetchConfig()
@@ -72,9 +74,13 @@ def load_config(path: str, rewrite=None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{name}: not valid YAML{where}: {problem}; fix the syntax", field=None) from None
+    except RecursionError:  # e.g. [[[[... thousands deep: a resource bomb, not a config
+        raise ConfigError(f"{name}: the YAML nests lists or mappings thousands deep; a config needs a few levels",
+                          field=None) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{name}: expected a YAML mapping with source, regions, grid, output, fetch", field=None)
-    duplicate = duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    duplicate = alias_bomb(root) or duplicate_key(root)  # an alias bomb first: the key check walks it
     if duplicate:
         raise ConfigError(f"{name}: {duplicate}", field=leading_field(duplicate))
     doc = rewrite(doc) if rewrite else doc
@@ -91,6 +97,8 @@ def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config
     try:
         if config.layers is None and config.source is None:
             raise ConfigError("source: required key is missing; add it (or layers:, several sources on one grid)")
+        if config.table is not None and config.regions_outside == "skip":
+            raise ConfigError("regions_outside: skip applies to patches; a table: job reads every region (remove it)")
         if config.layers is not None:
             top_level_conflicts(config)
             check_layers(config.layers)

@@ -14,7 +14,7 @@ REMOTE = re.compile(r"^(/vsi|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 # The config's top-level keys (tests/test_api.py checks them against `Config`): a message that
 # starts with one of them, dotted or not, names that field; one that starts with `--option` names
 # the command-line option.
-SECTIONS = ("source", "layers", "regions", "grid", "output", "fetch", "mask", "sample", "split", "table")
+SECTIONS = ("source", "layers", "regions_outside", "regions", "grid", "output", "fetch", "mask", "sample", "split", "table")
 _FIELD = re.compile(r"^(--[A-Za-z0-9_-]+|(?:%s)(?:\.[A-Za-z0-9_]+)*): " % "|".join(SECTIONS))
 _UNSET = object()
 

@@ -133,6 +133,9 @@ def check_layer(layer) -> None:
     if isinstance(layer.mask, MaskConfig) and layer.mask.npy:
         raise ConfigError(f"{where}.mask.npy: mask files are an output option for every layer; set the top-level "
                           "mask.npy instead")
+    if layer.fetch is not None and layer.fetch.max_patch_bytes is not None:
+        raise ConfigError(f"{where}.fetch.max_patch_bytes: a patch holds every layer in one worker's memory; "
+                          "give it in the top-level fetch:")
     if isinstance(layer, VectorLayerConfig):
         for key in ("scaling", "band_ranges", "mask"):
             if getattr(layer, key) is not None:

@@ -184,6 +184,12 @@ class FetchConfig(Strict):
     max_attempts: Optional[int] = Field(None, ge=1)  # default 6
     timeout_s: Optional[float] = Field(None, gt=0)  # default 120 s
     batch_size: int = Field(64, ge=1)
+    max_patch_bytes: Optional[int] = Field(None, ge=1)  # a worker's memory for one patch; default 512 MiB
+
+    @property
+    def patch_bytes(self) -> int:
+        """The most bytes one patch may hold in a worker's memory (DEFAULT_MAX_PATCH_BYTES)."""
+        return self.max_patch_bytes or DEFAULT_MAX_PATCH_BYTES
 
     @property
     def attempts(self) -> int:
@@ -197,3 +203,4 @@ class FetchConfig(Strict):
 
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_PATCH_BYTES = 512 * 2**20  # a patch's pixels and masks as fetched, every layer and image

@@ -60,6 +60,13 @@ class RasterSourceConfig(Strict):
     bands: Optional[list[Union[int, str]]] = None
     resampling: str = "nearest"
 
+    @field_validator("bands")
+    @classmethod
+    def _some_bands(cls, v):
+        if v is not None and not v:
+            raise ValueError("an empty list selects no band; give 1-based indexes or names, or leave bands out for all")
+        return v
+
     @property
     def uris(self) -> tuple[str, ...]:
         if self.images is not None:

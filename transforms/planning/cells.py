@@ -18,6 +18,7 @@ import numpy as np
 import shapely
 
 from pixelbeam.transforms.planning.grid import (GridSpec, _point_cells, kept_patches, make_spec, patch_id, project_lonlat, region_crs)
+from pixelbeam.transforms.planning.orientation import NotNorthUp, north_up
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.planning.regions import Region
 from pixelbeam.transforms.planning.sampling import Sample
@@ -48,7 +49,7 @@ def project_regions(regions: Iterable[Region], grid: GridSpec) -> dict[str, list
     out: dict[str, list[ProjectedRegion]] = {}
     for region in sorted(regions, key=lambda r: r.region_id):
         crs = region_crs(grid, region)
-        geom = project_lonlat(region.geometry, crs)
+        geom = project_lonlat(region.geometry, crs, grid.lon_west)
         shapely.prepare(geom)
         out.setdefault(crs, []).append(ProjectedRegion(region.region_id, geom, region.is_points))
     return out
@@ -171,13 +172,18 @@ def count_patches(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegi
 def count_by_split(cells: Iterable[Cell], projected: dict[str, list[ProjectedRegion]], grid: GridSpec,
                    sample: Optional[Sample] = None) -> tuple[dict, int]:
     """({split or None: patches kept by `sample`}, patches the split guard left out), one cell
-    in memory at a time."""
+    in memory at a time. Raises NotNorthUp (transforms/planning/orientation.py) when some patch
+    would be written flipped or mirrored, naming every region concerned."""
     rule = sample.split if sample is not None else None
     counts: dict = {}
     left_out = 0
+    flipped: dict[str, set] = {}
     for cell in cells:
         rows, cols, owners, splits, dropped = split_cell_patches(cell, projected[cell.crs], grid, rule)
         left_out += dropped
+        wrong = ~north_up(grid, cell.crs, rows, cols)
+        if wrong.any():
+            flipped.setdefault(cell.crs, set()).update(owners[wrong].tolist())
         kept = np.ones(rows.size, bool)
         if sample is not None and sample.thresholds:
             kept = np.array([sample.keeps(patch_id(cell.crs, r, c), o)
@@ -188,6 +194,8 @@ def count_by_split(cells: Iterable[Cell], projected: dict[str, list[ProjectedReg
         names, numbers = np.unique(splits[kept].astype(str), return_counts=True)
         for name, number in zip(names.tolist(), numbers.tolist()):
             counts[name] = counts.get(name, 0) + number
+    for crs, regions in sorted(flipped.items()):
+        raise NotNorthUp(crs, regions)
     return counts, left_out
 
 

@@ -36,7 +36,9 @@ class GridSpec:
 
     `scale` is (x, y) pixel size in CRS units (both positive); `origin` the grid anchor in
     CRS units; `patch_size` (width, height), `overlap` and `margin` in pixels;
-    `min_coverage` the fraction of a patch that must lie inside its region (0..1).
+    `min_coverage` the fraction of a patch that must lie inside its region (0..1). On a
+    geographic CRS, regions are wrapped onto longitudes [lon_west, lon_west + 360) (degrees; a
+    raster stored 0..360 has lon_west 0).
     """
 
     crs: str
@@ -47,6 +49,7 @@ class GridSpec:
     margin: int = 0
     min_coverage: float = 0.0
     center_points: bool = False  # a point keeps the patch whose centre is nearest (else its stride cell's)
+    lon_west: float = -180.0  # a geographic grid's longitudes lie in [lon_west, lon_west + 360) (degrees)
 
     @property
     def stride(self) -> tuple[int, int]:
@@ -100,20 +103,58 @@ def _transformer(src: str, dst: str) -> pyproj.Transformer:
     return pyproj.Transformer.from_crs(src, dst, always_xy=True)
 
 
-def project_lonlat(geometry, crs: str):
+def project_lonlat(geometry, crs: str, lon_west: float = -180.0):
     """A lon/lat geometry in `crs`, densified first so its edges bend as they should.
 
-    A region unwrapped across the antimeridian (longitudes past 180) is also projected cut at
-    180 degrees into two parts; of the two results the smaller is right: a zone-local CRS such
-    as UTM is continuous across the cut, a world CRS (Web Mercator) puts the parts at both ends.
+    On a geographic CRS the longitudes are wrapped into [lon_west, lon_west + 360), so a region
+    across the antimeridian plans patches at both edges of a global raster, not past its edge.
+    Elsewhere a region unwrapped across the antimeridian (longitudes past 180) is also projected
+    cut at 180 degrees into two parts; of the two results the smaller is right: a zone-local CRS
+    such as UTM is continuous across the cut, a world CRS (Web Mercator) puts the parts at both ends.
     """
+    if is_geographic(crs):
+        return _project(wrap_longitudes(geometry, lon_west), crs)
     whole = _project(geometry, crs)
     if geometry.bounds[2] <= 180:
-        return whole
+        return _repaired(whole)
     west = shapely.intersection(geometry, shapely.box(-180, -90, 180, 90))
     east = shapely.affinity.translate(shapely.intersection(geometry, shapely.box(180, -90, 540, 90)), xoff=-360)
-    cut = shapely.union(_project(west, crs), _project(east, crs))
+    cut = _repaired(shapely.union(_project(west, crs), _project(east, crs)))
     return cut if not whole.is_valid or shapely.area(cut) < shapely.area(whole) else whole
+
+
+def _repaired(projected):
+    """A projected polygon made valid where the projection folded it (a CRS used far from its
+    area; the orientation guard then refuses its patches), else as it is."""
+    if projected.geom_type not in ("Polygon", "MultiPolygon") or projected.is_valid:
+        return projected
+    fixed = shapely.make_valid(projected)
+    parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
+@functools.lru_cache(maxsize=64)
+def is_geographic(crs: str) -> bool:
+    """The CRS's coordinates are longitude and latitude (degrees), e.g. EPSG:4326."""
+    return _epsg_code(crs) == 4326 or pyproj.CRS.from_user_input(crs).is_geographic
+
+
+def wrap_longitudes(geometry, lon_west: float = -180.0):
+    """A lon/lat geometry with every part moved by multiples of 360 degrees into longitudes
+    [lon_west, lon_west + 360]; a polygon crossing that range's edge is cut there."""
+    minx, _, maxx, _ = geometry.bounds
+    if geometry.is_empty or (lon_west <= minx and maxx <= lon_west + 360):
+        return geometry
+    if geometry.geom_type in ("Point", "MultiPoint"):
+        return shapely.transform(geometry, lambda xy: np.column_stack([(xy[:, 0] - lon_west) % 360 + lon_west,
+                                                                      xy[:, 1]]))
+    pieces = []
+    for turn in range(math.floor((minx - lon_west) / 360), math.floor((maxx - lon_west) / 360) + 1):
+        west = lon_west + 360 * turn
+        piece = shapely.intersection(geometry, shapely.box(west, -90, west + 360, 90))
+        pieces += [shapely.affinity.translate(p, xoff=-360 * turn) for p in getattr(piece, "geoms", [piece])
+                   if p.geom_type in ("Polygon", "MultiPolygon") and not p.is_empty]
+    return shapely.union_all(pieces)
 
 
 def _project(geometry, crs: str):
@@ -140,7 +181,7 @@ def lonlat_extent(regions: Iterable[Region], grid: GridSpec) -> Optional[tuple[f
         if region.geometry.bounds[0] < -180 or region.geometry.bounds[2] > 180:
             return None
         crs = region_crs(grid, region)
-        minx, miny, maxx, maxy = project_lonlat(region.geometry, crs).bounds
+        minx, miny, maxx, maxy = project_lonlat(region.geometry, crs, grid.lon_west).bounds
         gx = (grid.patch_size[0] + 2 * grid.margin) * grid.scale[0]
         gy = (grid.patch_size[1] + 2 * grid.margin) * grid.scale[1]
         boxes.append(bounds_to_lonlat(crs, (minx - gx, miny - gy, maxx + gx, maxy + gy)))
@@ -248,7 +289,7 @@ def plan_patches(regions: Iterable[Region], grid: GridSpec) -> list[PatchSpec]:
     owner: dict[tuple[str, int, int], str] = {}
     for region in sorted(regions, key=lambda r: r.region_id):
         crs = region_crs(grid, region)
-        rows, cols, _ = region_cells(grid, project_lonlat(region.geometry, crs))
+        rows, cols, _ = region_cells(grid, project_lonlat(region.geometry, crs, grid.lon_west))
         for row, col in zip(rows.tolist(), cols.tolist()):
             owner.setdefault((crs, row, col), region.region_id)
     specs = [make_spec(grid, crs, row, col, rid) for (crs, row, col), rid in owner.items()]
