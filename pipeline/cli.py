@@ -64,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from pixelbeam.pipeline import api  # here, not above: --help and --version stay instant
     from pixelbeam.pipeline.config import ConfigError
+    from pixelbeam.transforms.secrets import hide_secrets_in_logs
+    hide_secrets_in_logs()
     try:
         config = command_config(args)
         if args.command == "plan":
@@ -71,13 +73,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = api.run(config, beam_args=rest, overwrite=getattr(args, "overwrite", False),
                          max_failed_fraction=args.max_failed_fraction)
     except ConfigError as e:
-        print(f"pixelbeam: error: {e}", file=sys.stderr)
+        say(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
     for line in result.lines:
-        print(line)
+        say(line)
     if result.problem:
-        print(result.problem, file=sys.stderr)
+        say(result.problem, file=sys.stderr)
     return result.exit_code
+
+
+def say(line: str, file=None) -> None:
+    """Print a line of the command's output; no URL's credential is ever shown."""
+    from pixelbeam.transforms.secrets import hide_secrets
+    print(hide_secrets(str(line)), file=file or sys.stdout)
 
 
 def command_config(args):
@@ -100,10 +108,14 @@ def load_output_config(output_path: str):
     table), paths already absolute."""
     from pixelbeam.pipeline.config import ConfigError, parse_config
     from pixelbeam.pipeline.resume import STATE_FILE, TABLE_STATE_FILE, read_json
+    from pixelbeam.transforms.secrets import has_redactions
     from pixelbeam.transforms.storage import join
     for name in (STATE_FILE, TABLE_STATE_FILE):
         state = read_json(join(output_path, name))
         if state and "config" in state:
+            if has_redactions(state["config"]):
+                raise ConfigError(f"{output_path}: the config recorded in {name} had a URL's credentials, which pixelbeam "
+                                  "never stores; rerun it with `pixelbeam run CONFIG` (it resumes the same way)", field=None)
             return parse_config(state["config"], name=f"{output_path}/{name}")
     raise ConfigError(f"{output_path}: no dataset.json or table.json with a config; "
                       "give an output folder of a finished run", field=None)
@@ -131,7 +143,7 @@ def print_plan(plan, as_json: bool, footprints: Optional[str] = None) -> int:
     """`pixelbeam plan`: the footprints written (patch jobs), then the plan printed."""
     if footprints and plan.unit == "patches":
         plan.write_footprints(footprints)
-    print(json.dumps(plan.summary, indent=2) if as_json else str(plan))
+    say(json.dumps(plan.summary, indent=2) if as_json else str(plan))
     return 0
 
 
