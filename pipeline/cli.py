@@ -1,7 +1,7 @@
 """The `pixelbeam` command: run, plan, retry-failed, demo, preview, emulate.
 
 `pixelbeam run CONFIG [Beam options]` runs the job (Beam options such as --runner pass straight
-through); `pixelbeam plan CONFIG` plans it and sends nothing. Bad input is one line on stderr
+through; an option neither pixelbeam nor Beam knows is refused); `pixelbeam plan CONFIG` plans it and sends nothing. Bad input is one line on stderr
 and exit status 2; a run whose failed fraction exceeds --max_failed_fraction exits 1. The
 commands call the Python API (pipeline/api.py) and print what it returns.
 """
@@ -67,6 +67,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pixelbeam.transforms.secrets import hide_secrets_in_logs
     hide_secrets_in_logs()
     try:
+        if rest:  # Beam's options; anything else (a typo of --overwrite) is refused, not dropped
+            from pixelbeam.pipeline.runner import check_options
+            check_options(rest, own_options(parser, args.command))
         config = command_config(args)
         if args.command == "plan":
             return print_plan(api.plan(config), as_json=args.json, footprints=args.footprints)
@@ -86,6 +89,12 @@ def say(line: str, file=None) -> None:
     """Print a line of the command's output; no URL's credential is ever shown."""
     from pixelbeam.transforms.secrets import hide_secrets
     print(hide_secrets(str(line)), file=file or sys.stdout)
+
+
+def own_options(parser: argparse.ArgumentParser, command: str) -> list[str]:
+    """The option strings of one of pixelbeam's commands (for a typo's suggestion)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices  # noqa: SLF001
+    return [o for action in commands[command]._actions for o in action.option_strings]  # noqa: SLF001
 
 
 def command_config(args):
