@@ -28,6 +28,7 @@ from pixelbeam.pipeline.config import Config, ConfigError, load_config, parse_co
 from pixelbeam.pipeline.results import PATCHES, ROWS, RunResult
 from pixelbeam.transforms.loaders.common import join_path, read_bytes
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN, PatchSpec
+from pixelbeam.transforms.secrets import hide_secrets_in, hide_secrets_in_logs
 
 ConfigLike = Union[str, "os.PathLike[str]", Mapping[str, Any], Config]
 
@@ -42,6 +43,7 @@ def load(config: ConfigLike, rewrite=None) -> Config:
     file's folder), a mapping with the YAML's shape or a `Config` (relative paths against the
     current folder). `rewrite` (mapping -> mapping) changes the document before validation.
     Raises ConfigError."""
+    hide_secrets_in_logs()  # from here on no log line shows a URL's credential
     if isinstance(config, Config):
         if rewrite:
             config = parse_config(rewrite(config.model_dump(mode="json", exclude_defaults=True)), name="config")
@@ -79,9 +81,9 @@ class Plan:
     @classmethod
     def of(cls, job) -> "Plan":
         if job.config.table is not None:
-            return cls(job.config, job.summary(), job)
+            return cls(job.config, hide_secrets_in(job.summary()), job)
         from pixelbeam.pipeline.plan import plan_summary
-        return cls(job.config, plan_summary(job), job)
+        return cls(job.config, hide_secrets_in(plan_summary(job)), job)  # what is printed names no credential
 
     @property
     def unit(self) -> str:

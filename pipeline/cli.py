@@ -1,7 +1,7 @@
 """The `pixelbeam` command: run, plan, retry-failed, demo, preview, emulate.
 
 `pixelbeam run CONFIG [Beam options]` runs the job (Beam options such as --runner pass straight
-through); `pixelbeam plan CONFIG` plans it and sends nothing. Bad input is one line on stderr
+through; an option neither pixelbeam nor Beam knows is refused); `pixelbeam plan CONFIG` plans it and sends nothing. Bad input is one line on stderr
 and exit status 2; a run whose failed fraction exceeds --max_failed_fraction exits 1. The
 commands call the Python API (pipeline/api.py) and print what it returns.
 """
@@ -64,20 +64,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from pixelbeam.pipeline import api  # here, not above: --help and --version stay instant
     from pixelbeam.pipeline.config import ConfigError
+    from pixelbeam.transforms.secrets import hide_secrets_in_logs
+    hide_secrets_in_logs()
     try:
+        if rest:  # Beam's options; anything else (a typo of --overwrite) is refused, not dropped
+            from pixelbeam.pipeline.runner import check_options
+            check_options(rest, own_options(parser, args.command))
         config = command_config(args)
         if args.command == "plan":
             return print_plan(api.plan(config), as_json=args.json, footprints=args.footprints)
         result = api.run(config, beam_args=rest, overwrite=getattr(args, "overwrite", False),
                          max_failed_fraction=args.max_failed_fraction)
     except ConfigError as e:
-        print(f"pixelbeam: error: {e}", file=sys.stderr)
+        say(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
     for line in result.lines:
-        print(line)
+        say(line)
     if result.problem:
-        print(result.problem, file=sys.stderr)
+        say(result.problem, file=sys.stderr)
     return result.exit_code
+
+
+def say(line: str, file=None) -> None:
+    """Print a line of the command's output; no URL's credential is ever shown."""
+    from pixelbeam.transforms.secrets import hide_secrets
+    print(hide_secrets(str(line)), file=file or sys.stdout)
+
+
+def own_options(parser: argparse.ArgumentParser, command: str) -> list[str]:
+    """The option strings of one of pixelbeam's commands (for a typo's suggestion)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices  # noqa: SLF001
+    return [o for action in commands[command]._actions for o in action.option_strings]  # noqa: SLF001
 
 
 def command_config(args):
@@ -100,10 +117,14 @@ def load_output_config(output_path: str):
     table), paths already absolute."""
     from pixelbeam.pipeline.config import ConfigError, parse_config
     from pixelbeam.pipeline.resume import STATE_FILE, TABLE_STATE_FILE, read_json
+    from pixelbeam.transforms.secrets import has_redactions
     from pixelbeam.transforms.storage import join
     for name in (STATE_FILE, TABLE_STATE_FILE):
         state = read_json(join(output_path, name))
         if state and "config" in state:
+            if has_redactions(state["config"]):
+                raise ConfigError(f"{output_path}: the config recorded in {name} had a URL's credentials, which pixelbeam "
+                                  "never stores; rerun it with `pixelbeam run CONFIG` (it resumes the same way)", field=None)
             return parse_config(state["config"], name=f"{output_path}/{name}")
     raise ConfigError(f"{output_path}: no dataset.json or table.json with a config; "
                       "give an output folder of a finished run", field=None)
@@ -131,7 +152,7 @@ def print_plan(plan, as_json: bool, footprints: Optional[str] = None) -> int:
     """`pixelbeam plan`: the footprints written (patch jobs), then the plan printed."""
     if footprints and plan.unit == "patches":
         plan.write_footprints(footprints)
-    print(json.dumps(plan.summary, indent=2) if as_json else str(plan))
+    say(json.dumps(plan.summary, indent=2) if as_json else str(plan))
     return 0
 
 

@@ -48,7 +48,7 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
     rules = job.patch_rules
     if not rules.is_identity:  # unmask, scaling, fill_value: one place for every source
         patches = patches | "MaskAndScale" >> beam.Map(rules)
-    judged = patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio)).with_outputs(
+    judged = patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio, out.keep_empty)).with_outputs(
         FILTERED, main="keep")
     written_rows, write_failures, written = judged.keep | "WritePatches" >> WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, file_options=job_file_options(job),

@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.config import Config, ConfigError
 from pixelbeam.transforms.patch import FILTERED, WRITTEN
+from pixelbeam.transforms.secrets import hide_secrets_in
 from pixelbeam.transforms.storage import join
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def new_run_id(now: Optional[float] = None) -> str:
 def config_fingerprint(config: Config) -> str:
     """Hash of everything in the config that decides a patch's pixels and status (not the
     regions: a changed region set plans other patches, it does not change a patch)."""
-    doc = config.model_dump(mode="json", exclude_defaults=True)  # a new key at its default changes nothing
+    # a new key at its default changes nothing; nor does a URL's credential (a signed URL's new token)
+    doc = hide_secrets_in(config.model_dump(mode="json", exclude_defaults=True))
     doc.pop("regions", None)
     doc.pop("regions_outside", None)  # like the regions: which are planned, not what a patch holds
     doc.pop("fetch", None)

@@ -3,6 +3,8 @@ share the job's request limits (which sets each process's fetch settings, layer 
 
 from __future__ import annotations
 
+import argparse
+import difflib
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -21,12 +23,44 @@ MAX_THREADS_PER_WORKER = 64
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     """Beam's options from the command line's leftover arguments; no runner (or DirectRunner)
-    means the local FnApiRunner."""
+    means the local FnApiRunner. An argument Beam does not know is a ConfigError (Beam would
+    drop it with a warning: a typo of an option would change nothing, silently)."""
+    check_options(beam_args)
     options = PipelineOptions(list(beam_args))
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner"):
         standard.runner = LOCAL_RUNNER
     return options
+
+
+def beam_option_parser() -> argparse.ArgumentParser:
+    """A parser of every option Beam's PipelineOptions classes define (as Beam builds it)."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        try:
+            cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own way to list its options
+        except argparse.ArgumentError:  # a class defined twice (e.g. in a notebook): its options are there
+            pass
+    return parser
+
+
+def check_options(args: Sequence[str], known: Sequence[str] = ()) -> None:
+    """Raises ConfigError naming the first of `args` that is neither a Beam option nor one of
+    `known` (the command's own options, for the suggestion)."""
+    parser = beam_option_parser()
+    _, unknown = parser.parse_known_args(list(args))
+    if not unknown:
+        return
+    from pixelbeam.pipeline.config import ConfigError
+    arg = unknown[0]
+    if not arg.startswith("-"):
+        raise ConfigError(f"{arg!r}: an unexpected argument; give the config, then options (--name value)", field=None)
+    name = arg.split("=", 1)[0]
+    options = list(known) + [o for action in parser._actions for o in action.option_strings]  # noqa: SLF001
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"did you mean {close[0]}?" if close else "see pixelbeam run --help, and Beam's pipeline options"
+    raise ConfigError(f"{name}: neither a pixelbeam option nor a Beam pipeline option; {hint}")
 
 
 def worker_count(options: PipelineOptions) -> int:

@@ -20,6 +20,7 @@ from pixelbeam.transforms.formats.encode import LAYER_SEPARATOR, feature_spec, l
 from pixelbeam.transforms.formats.files import npy_shape
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
 from pixelbeam.transforms.sinks import TFRECORD_SUFFIX, tfrecord_prefix
+from pixelbeam.transforms.secrets import hide_secrets_in
 from pixelbeam.transforms.storage import join, write_atomically
 
 
@@ -277,7 +278,7 @@ def write_dataset_json(job: Job, fingerprint: str = "", runs: Sequence[str] = ()
     path = join(job.config.output.path, "dataset.json")
     doc = dataset_description(job, fingerprint, runs, plan_digest)
     doc.update(recorded_stats(job.config.output.path, runs, job.split_names))  # stats, class_counts (issue 14)
-    write_atomically(path, json.dumps(doc, indent=2).encode("utf-8"))
+    write_atomically(path, json.dumps(hide_secrets_in(doc), indent=2).encode("utf-8"))  # no credential
     return path
 
 

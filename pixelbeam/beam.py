@@ -11,8 +11,9 @@ pixel sources they fetch from and the data that flows between them (docs/beam.md
 - `FetchPatches(source, info, FetchSettings(...))`: PatchSpecs -> `Patch`es (`.patches`) and
   `FailedPatch`es (`.failed`), throttled and retried; `info = source.describe()`.
   `FetchSettings` limits are per worker process.
-- `JudgePatches(max_masked_ratio)`: a DoFn whose main output keeps patches and whose
-  `FILTERED` output holds the manifest rows of patches with too many masked pixels.
+- `JudgePatches(max_masked_ratio, keep_empty=False)`: a DoFn whose main output keeps patches
+  and whose `FILTERED` output holds the manifest rows of patches with too many masked pixels
+  (and, unless `keep_empty`, of patches with no valid pixel).
 - `WritePatches(output_path, formats)`: Patches -> files (TFRecord shards, NPY, GeoTIFF,
   PNG, JPEG); returns (manifest rows, FailedPatches).
 - `WriteReports(output_path)`: `(rows, failed)` -> manifest.jsonl and failed.jsonl.

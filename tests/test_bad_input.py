@@ -494,3 +494,30 @@ def test_antimeridian_region_is_planned_not_rejected(tmp_path):
         elsewhere = len(plan_patches(regions_from_geojson(same_shape), grid))
         # read naively, the crossing polygon spans the globe (about 50,000 patches here)
         assert abs(crossing - elsewhere) <= 0.1 * elsewhere, (crs, crossing, elsewhere)
+
+
+# issue 15: options that neither pixelbeam nor Beam knows are refused, not handed to Beam
+@pytest.mark.parametrize("args, expected", [
+    (["--ovrwrite"], "pixelbeam: error: --ovrwrite: neither a pixelbeam option nor a Beam pipeline option; "
+                     "did you mean --overwrite?"),
+    (["--direct_num_workerz=2"], "--direct_num_workerz: neither a pixelbeam option nor a Beam pipeline option; "
+                                 "did you mean --direct_num_workers?"),
+    (["--max_failed_fractoin", "0.5"], "did you mean --max_failed_fraction?"),
+    (["stray"], "'stray': an unexpected argument"),
+])
+def test_unknown_options_are_refused(args, expected, tmp_path, capsys):
+    cfg = base_config(tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_beam_options_are_refused_by_the_api(tmp_path):
+    import pixelbeam
+    from pixelbeam.pipeline.config import ConfigError
+    with pytest.raises(ConfigError, match="--ovrwrite: neither a pixelbeam option nor a Beam pipeline option"):
+        pixelbeam.run(base_config(tmp_path), beam_args=["--ovrwrite"])
+    assert not (tmp_path / "out").exists()

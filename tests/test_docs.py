@@ -150,3 +150,34 @@ def test_outputs_reference_names_every_key(tmp_path):
     features = [k for k, v in meta["tfrecord"]["features"].items() if v["role"] != "band"]
     missing = [k for k in [*meta, *row, *features, *failed_keys, *meta["tfrecord"]] if f"`{k}`" not in text]
     assert not missing, f"docs/outputs.md does not describe {missing}; add them to its tables"
+
+
+def readme_config_block():
+    """The README's reference config block (the first ```yaml block under "## Config"), parsed."""
+    import yaml
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start = text.index("```yaml\n", text.index("\n## Config\n")) + len("```yaml\n")
+    block = text[start:text.index("```", start)]
+    return yaml.safe_load(block), block
+
+
+def test_readme_config_block_shows_the_true_defaults():
+    """Every key the README's config block gives, except those it marks required (no default),
+    has the value pixelbeam uses when the key is left out."""
+    from pixelbeam.pipeline.config import FetchConfig, GridConfig, MaskConfig, OutputConfig, SampleConfig
+    from pixelbeam.pipeline.config.sources import RasterSourceConfig
+    doc, block = readme_config_block()
+    required = {line.split(":")[0].strip() for line in block.splitlines() if "# required" in line}
+    assert required == {"uri", "regions", "path"}, required
+    defaults = {"source": RasterSourceConfig(uri="x"), "grid": GridConfig(), "output": OutputConfig(path="x"),
+                "fetch": FetchConfig(), "mask": MaskConfig(), "sample": SampleConfig()}
+    checked = 0
+    for section, model in defaults.items():
+        for key, shown in doc[section].items():
+            if key in required:
+                continue
+            actual = getattr(model, key)
+            actual = list(actual) if isinstance(actual, tuple) else actual
+            assert shown == actual, f"README config block: {section}.{key} shows {shown!r}; the default is {actual!r}"
+            checked += 1
+    assert doc["split"] is None and checked >= 30

@@ -16,7 +16,8 @@ FOLDERS = {"pixelbeam": "pixelbeam", "pipeline": "pixelbeam.pipeline", "transfor
 CORE = ("pixelbeam.transforms.planning", "pixelbeam.transforms.pixels", "pixelbeam.transforms.fetching",
         "pixelbeam.transforms.sources", "pixelbeam.transforms.formats", "pixelbeam.transforms.loaders",
         "pixelbeam.transforms.tables",
-        "pixelbeam.transforms.patch", "pixelbeam.transforms.outcomes", "pixelbeam.transforms.storage")
+        "pixelbeam.transforms.patch", "pixelbeam.transforms.outcomes", "pixelbeam.transforms.storage",
+        "pixelbeam.transforms.secrets")
 BEAM_IO = ("apache_beam.io.filesystems", "apache_beam.io.filesystem")
 
 

@@ -90,7 +90,8 @@ def test_manifest_accounts_for_every_planned_patch(native_run):
     assert statuses <= {"written", "filtered", "failed"} and "written" in statuses and "filtered" in statuses
     for r in rows:
         if r["status"] == "filtered":
-            assert "max_masked_ratio" in r["reason"] and r["valid_fraction"] < 0.1
+            assert (r["valid_fraction"] < 0.1 and "max_masked_ratio" in r["reason"]
+                    or r["valid_fraction"] == 0 and r["reason"].startswith("no valid pixel")), r
             assert not os.path.exists(os.path.join(out, "npy", f"{r['patch_id']}.npy"))
         lon0, lat0, lon1, lat1 = r["bounds_lonlat"]
         assert -79.5 < lon0 < lon1 < -76 and 23 < lat0 < lat1 < 26
@@ -98,6 +99,25 @@ def test_manifest_accounts_for_every_planned_patch(native_run):
     written = {r["patch_id"] for r in rows if r["status"] == "written"}
     assert {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(out, "npy", "*.npy"))} == written
     assert not glob.glob(os.path.join(out, "npy", ".tmp-*"))
+
+
+@pytest.mark.parametrize("keep_empty", [False, True])
+def test_patches_without_a_valid_pixel_are_filtered_by_default(tmp_path, keep_empty):
+    """The default max_masked_ratio (1.0, Earth Engine's meaning: masked fraction above it) keeps
+    every patch with a valid pixel; a patch with none is written only with output.keep_empty."""
+    output = {"keep_empty": True} if keep_empty else {}
+    cfg = write_config(tmp_path, output=output, grid={"overlap": 0, "margin": 0})
+    assert main(["run", cfg]) == 0
+    rows = read_jsonl(os.path.join(str(tmp_path / "out"), "manifest.jsonl"))
+    empty = [r for r in rows if r["valid_fraction"] == 0]
+    assert empty and any(0 < r["valid_fraction"] < 1 for r in rows)  # the scene's edge: both kinds
+    assert all(r["status"] == "written" for r in rows if r["valid_fraction"] > 0)
+    for r in empty:
+        path = os.path.join(str(tmp_path / "out"), "npy", f"{r['patch_id']}.npy")
+        if keep_empty:
+            assert r["status"] == "written" and not np.load(path).any()
+        else:
+            assert r["status"] == "filtered" and r["reason"].startswith("no valid pixel") and not os.path.exists(path)
 
 
 def test_tfrecords_parse_with_tensorflow_and_match_npy(native_run):

@@ -68,9 +68,17 @@ def failed_row(failed: FailedPatch) -> dict:
                         attempts=failed.attempts)
 
 
-def filter_reason(patch: Patch, max_masked_ratio: float) -> Optional[str]:
-    """Why a fetched patch is not written, or None to keep it (Earth Engine's maxMaskedRatio)."""
-    masked = 1.0 - patch.valid_fraction
+NO_VALID_PIXEL = "no valid pixel (output.keep_empty: true writes such patches)"
+
+
+def filter_reason(patch: Patch, max_masked_ratio: float, keep_empty: bool = False) -> Optional[str]:
+    """Why a fetched patch is not written, or None to keep it: a patch whose masked fraction is
+    above `max_masked_ratio` (Earth Engine's maxMaskedRatio), and, unless `keep_empty`, a patch
+    without a single valid pixel (whatever the ratio)."""
+    valid = patch.valid_fraction
+    if valid <= 0.0 and not keep_empty:
+        return NO_VALID_PIXEL
+    masked = 1.0 - valid
     if masked > max_masked_ratio:
         return f"masked ratio {masked:.4f} > max_masked_ratio {max_masked_ratio}"
     return None

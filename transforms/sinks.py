@@ -37,13 +37,14 @@ def patch_files(templates, patch_id: str, split: Optional[str] = None) -> list[s
 
 
 class JudgePatches(beam.DoFn):
-    """Main output: patches to write; FILTERED: manifest rows of patches filtered out."""
+    """Main output: patches to write; FILTERED: manifest rows of patches filtered out (masked
+    fraction above `max_masked_ratio`, or no valid pixel at all unless `keep_empty`)."""
 
-    def __init__(self, max_masked_ratio: float):
-        self.max_masked_ratio = max_masked_ratio
+    def __init__(self, max_masked_ratio: float = 1.0, keep_empty: bool = False):
+        self.max_masked_ratio, self.keep_empty = max_masked_ratio, keep_empty
 
     def process(self, patch: Patch):
-        reason = filter_reason(patch, self.max_masked_ratio)
+        reason = filter_reason(patch, self.max_masked_ratio, self.keep_empty)
         if reason is None:
             yield patch
         else:

@@ -9,6 +9,8 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from pixelbeam.transforms.secrets import hide_secrets
+
 
 def join(base: str, relpath: str) -> str:
     return FileSystems.join(base, *relpath.split("/"))
@@ -24,4 +26,5 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def to_json_line(row: dict) -> str:
-    return json.dumps(row, separators=(",", ":"), sort_keys=False)
+    """A manifest or dead-letter line: `row` as compact JSON, credentials in URLs redacted."""
+    return hide_secrets(json.dumps(row, separators=(",", ":"), sort_keys=False))

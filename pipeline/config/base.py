@@ -9,6 +9,8 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from pixelbeam.transforms.secrets import hide_secrets
+
 REMOTE = re.compile(r"^(/vsi|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 
 # The config's top-level keys (tests/test_api.py checks them against `Config`): a message that
@@ -27,6 +29,7 @@ class ConfigError(ValueError):
     (not found, not YAML). Given or, by default, read from the message's start."""
 
     def __init__(self, message: str, field: Optional[str] = _UNSET):  # type: ignore[assignment]
+        message = hide_secrets(message)  # a URL's token or password is never shown
         super().__init__(message)
         self.field: Optional[str] = leading_field(message) if field is _UNSET else field
 

@@ -67,11 +67,14 @@ class VisualizationConfig(Strict):
 
 
 class OutputConfig(Strict):
-    """Where and how patches are written; `max_masked_ratio` filters mostly masked patches."""
+    """Where and how patches are written; `max_masked_ratio` filters mostly masked patches (Earth
+    Engine's maxMaskedRatio: masked fraction above it), and a patch with no valid pixel is
+    filtered unless `keep_empty`."""
 
     path: str
     formats: list[Literal["tfrecord", "npy", "geotiff", "png", "jpeg"]] = ["tfrecord", "npy"]
     max_masked_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    keep_empty: bool = False  # also write patches with no valid pixel at all
     tfrecord_shards: int = Field(0, ge=0)
     bands_axis: Literal[0, -1] = 0  # NPY layout: 0 (C, H, W) or -1 (H, W, C)
     visualization: Optional[VisualizationConfig] = None  # for png / jpeg

@@ -21,6 +21,7 @@ from pixelbeam.pipeline.summary import beam_metrics
 from pixelbeam.pipeline.tables.graph import build_table_pipeline, count_outputs, table_description
 from pixelbeam.pipeline.tables.plan import TableJob
 from pixelbeam.pipeline.tables.resume import delete_doomed, plan_table_resume
+from pixelbeam.transforms.secrets import hide_secrets_in
 from pixelbeam.transforms.storage import join, write_atomically
 
 
@@ -62,7 +63,7 @@ def run_table_job(job: TableJob, beam_args: Sequence[str], max_failed_fraction: 
     remove_staging(stage_to)
     rows, lost, files = count_outputs(job)
     write_atomically(join(out, resume.TABLE_STATE_FILE),
-                     json.dumps(table_description(job, rows, lost, files, state), indent=2).encode())
+                     json.dumps(hide_secrets_in(table_description(job, rows, lost, files, state)), indent=2).encode())
     resume.clear_running(out)
     seconds = time.monotonic() - started
     lines = (f"rows {rows} of {job.rows} planned | failed {lost} | images {len(job.images)} | pixels {job.pixels} | "

@@ -27,6 +27,7 @@ from pixelbeam.transforms.planning.grid import bounds_to_lonlat
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.fetching.sizing import RequestPart
 from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInfo
+from pixelbeam.transforms.secrets import hide_secrets_in_logs
 from pixelbeam.transforms.sources.handles import ThreadHandles
 
 # Names users know from GDAL/rasterio and Earth Engine, mapped to rasterio's Resampling.
@@ -127,6 +128,7 @@ class RasterReader:
     def __init__(self, source: RasterSource, info: SourceInfo):
         self.source, self.info = source, info
         self.resampling = resampling_method(source.resampling)
+        hide_secrets_in_logs()  # GDAL's log lines name the URLs it reads (on every worker)
         self._handles = ThreadHandles(self._open)
 
     def _open(self, uri: str):

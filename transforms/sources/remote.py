@@ -11,23 +11,22 @@ out of every message. Pure, Beam-free.
   Planetary Computer's SDK (`planetary_computer.sign`), a SAS token (a query string) appended,
   or a function `module:function` (href -> URL). Signing happens where the file is opened
   (worker threads), so tokens are fresh; a handle that fails is reopened with a new signature.
-- `hide_secrets(text, secrets)`: `text` with every URL's query string and userinfo, and the
-  given secret strings, replaced by `REDACTED`; what pixelbeam writes or prints about a remote
-  file passes through it (the launcher's errors, dead letters, GDAL's own log lines).
+- `hide_secrets` (transforms/secrets.py, the one place that redacts credentials): what
+  pixelbeam writes or prints about a remote file passes through it (the launcher's errors, dead
+  letters, GDAL's own log lines).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import logging
 import re
-import threading
 from typing import Callable, Optional
 
+from pixelbeam.transforms.secrets import REDACTED, Secret, hide_secrets  # noqa: F401 - re-exported
+from pixelbeam.transforms.secrets import hide_secrets_in_logs as _hide_secrets_in_logs
 from pixelbeam.transforms.sources.base import SourceError
 
-REDACTED = "REDACTED"
 GDAL_HTTP_DEFAULTS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # a COG is one file: no listing of its folder
     "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2: a patch's range requests share one connection
@@ -36,10 +35,6 @@ GDAL_HTTP_DEFAULTS = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
 }
 SIGN_KINDS = ("none", "planetary_computer", "query", "hook")
-
-_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@'\"<>]*@)?"
-                  r"(?P<rest>[^\s?'\"<>]*)(?P<query>\?[^\s'\"<>]*)?")
-
 
 def gdal_http_options(overrides: Optional[dict] = None, timeout_s: Optional[float] = None) -> dict[str, str]:
     """GDAL config options for remote reads: the defaults, the fetch timeout, then `overrides`."""
@@ -50,41 +45,6 @@ def gdal_http_options(overrides: Optional[dict] = None, timeout_s: Optional[floa
     for key, value in (overrides or {}).items():
         options[str(key)] = ("YES" if value else "NO") if isinstance(value, bool) else str(value)
     return options
-
-
-def hide_secrets(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` with URL query strings and userinfo, and each of `secrets`, replaced (module doc)."""
-    if not isinstance(text, str) or not text:
-        return text
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return _URL.sub(lambda m: (m["scheme"] + (f"{REDACTED}@" if m["userinfo"] else "") + m["rest"]
-                               + (f"?{REDACTED}" if m["query"] and len(m["query"]) > 1 else "")), text)
-
-
-class Secret:
-    """A string that never shows in a repr, a str() or a log line (it still pickles)."""
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret('{REDACTED}')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __reduce__(self):
-        return (Secret, (self._value,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,27 +167,11 @@ def forget_remote_files() -> None:
         lib.VSICurlClearCache()
 
 
-_log_filter_lock = threading.Lock()
-_filtered: set = set()
 GDAL_LOGGERS = ("rasterio._err", "rasterio._env", "rasterio._base", "rasterio._io", "rasterio._filepath",
                 "rasterio.env", "pystac_client.stac_api_io")
-
-
-class _HideSecrets(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record: leave it to logging
-            return True
-        record.msg, record.args = hide_secrets(message), None
-        return True
 
 
 def hide_secrets_in_logs(loggers: tuple[str, ...] = GDAL_LOGGERS) -> None:
     """Rewrite GDAL's (and pystac-client's) log lines, which carry the URLs they read, without
     their query strings; once per process, on the launcher and every worker."""
-    with _log_filter_lock:
-        for name in loggers:
-            if name not in _filtered:
-                logging.getLogger(name).addFilter(_HideSecrets())
-                _filtered.add(name)
+    _hide_secrets_in_logs(loggers)
