@@ -37,6 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
     retry.add_argument("output", help="an output folder written by pixelbeam run (its dataset.json or table.json has the config)")
     retry.add_argument("--max_failed_fraction", type=float, default=0.0)
     for sub_parser in (run, retry):
+        sub_parser.add_argument("--wait", action="store_true",
+                                help="DataflowRunner: wait for the job and print the summary (default: return once "
+                                     "it is submitted; the job records its own completion)")
         sub_parser.add_argument("--ee_emulator", metavar="URL",
                                 help="send Earth Engine requests to a local emulator at URL (anonymous credentials)")
     plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")
@@ -69,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "plan":
             return print_plan(api.plan(config), as_json=args.json, footprints=args.footprints)
         result = api.run(config, beam_args=rest, overwrite=getattr(args, "overwrite", False),
-                         max_failed_fraction=args.max_failed_fraction)
+                         max_failed_fraction=args.max_failed_fraction, wait=getattr(args, "wait", False))
     except ConfigError as e:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2

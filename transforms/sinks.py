@@ -88,6 +88,7 @@ class WritePatches(beam.PTransform):
 
     def __post_init__(self):
         super().__init__()
+        self.finalized = []  # after expand: PCollections of the shard files once finalized (a run's last stage waits on them)
 
     def expand(self, patches):
         pipeline = patches.pipeline
@@ -114,11 +115,11 @@ class WritePatches(beam.PTransform):
         return (rows, pipeline | "NoWriteFailures" >> beam.Create([])) + ((patches,) if self.with_written else ())
 
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
-        _ = (patches
+        self.finalized.append(patches
              | f"EncodeExamples{label}" >> beam.Map(encode_record, self.layers)
              | f"WriteTFRecord{label}" >> beam.io.WriteToTFRecord(
                  join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
-                 compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
+                 compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))  # -> the shard names
 
 
 def encode_record(patch: Patch, layers: tuple[str, ...] = ()) -> bytes:
@@ -136,6 +137,7 @@ class WriteReports(beam.PTransform):
 
     def __post_init__(self):
         super().__init__()
+        self.finalized = []  # after expand: PCollections of manifest.jsonl and failed.jsonl's names once finalized
 
     def expand(self, inputs):
         rows, failed, *carried = inputs  # carried: rows of patches done by earlier runs, kept as they were
@@ -143,12 +145,13 @@ class WriteReports(beam.PTransform):
         new_rows = ((rows, failed_rows) | "NewRows" >> beam.Flatten()
                     | "StampRunId" >> beam.Map(lambda row, run=self.run_id: {**row, "run_id": run}))
         all_rows = (new_rows, *carried) | "AllRows" >> beam.Flatten()
-        _ = (all_rows
+        manifest = (all_rows
              | "ManifestJson" >> beam.Map(to_json_line)
              | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),
                                                      shard_name_template="", num_shards=1))
-        _ = (failed
+        dead_letters = (failed
              | "DeadLetterJson" >> beam.Map(lambda f: to_json_line(f.to_record()))
              | "WriteDeadLetters" >> beam.io.WriteToText(join(self.output_path, "failed.jsonl"),
                                                         shard_name_template="", num_shards=1))
+        self.finalized += [manifest, dead_letters]
         return all_rows
