@@ -12,8 +12,10 @@ usage: run_dataflow.sh CONFIG [--dry_run] [extra Beam or pixelbeam options]
 Runs `python -m pixelbeam run CONFIG --runner DataflowRunner ...` with the project, region,
 temp/staging locations, service account and worker packaging (--setup_file ./setup.py) set,
 and a fixed pool of workers sized from the config's fetch limits (the Earth Engine quota), so
-that the job as a whole cannot exceed them. Waits until the job finishes, then writes
-dataset.json and prints the summary, as a local run does.
+that the job as a whole cannot exceed them. Returns once the job is submitted, printing the
+job id, its console page and `pixelbeam status OUT`: the job records its own completion
+(OUT/runs/<run_id>.json, dataset.json), so the launcher may exit. --wait waits until the job
+finishes and prints the summary, as a local run does.
 
 Environment:
   PROJECT          Cloud project that runs the job (required)
@@ -33,6 +35,7 @@ Environment:
 Options:
   --dry_run        build and translate the job for DataflowRunner (--dry_run=True) without
                    submitting it or touching the output; skips the credential check
+  --wait           wait for the job to finish and print the summary
   -h, --help       this text
 Anything else is passed on, after the derived options (so it wins): Beam options such as
 --subnetwork=... --no_use_public_ips, or pixelbeam's --overwrite, --max_failed_fraction.
