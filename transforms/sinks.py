@@ -36,6 +36,14 @@ def patch_files(templates, patch_id: str, split: Optional[str] = None) -> list[s
     return [t.format(patch_id=patch_id, split=split) for t in templates]
 
 
+def shared_files(patch: Patch, templates) -> list[str]:
+    """The shared files (TFRecord shards) that hold a patch's record: this run's, or for a patch
+    refetched only for a missing per-patch file, those of the run that wrote its example."""
+    if patch.spec.in_tfrecord:
+        return list(patch.spec.tfrecord_files)
+    return patch_files(templates, patch.spec.patch_id, patch.spec.split)
+
+
 class JudgePatches(beam.DoFn):
     """Main output: patches to write; FILTERED: manifest rows of patches filtered out."""
 
@@ -68,7 +76,7 @@ class WritePatchFiles(beam.DoFn):
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
             yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
             return
-        yield written_row(patch, files + patch_files(self.shared, patch.spec.patch_id, patch.spec.split))
+        yield written_row(patch, files + shared_files(patch, self.shared))
         yield beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)
 
 
@@ -111,7 +119,7 @@ class WritePatches(beam.PTransform):
                     FAILED, WRITTEN_PATCHES, main="rows")
             return (written.rows, written[FAILED]) + ((written[WRITTEN_PATCHES],) if self.with_written else ())
         rows = patches | "ManifestRows" >> beam.Map(
-            lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id, p.spec.split)))
+            lambda p, t=tuple(files): written_row(p, shared_files(p, t)))
         return (rows, pipeline | "NoWriteFailures" >> beam.Create([])) + ((patches,) if self.with_written else ())
 
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
