@@ -259,7 +259,10 @@ def job_info(options, result) -> dict:
     """The submitted Dataflow job: {"id", "project", "region"} (id None where the runner has none)."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
     cloud = options.view_as(GoogleCloudOptions)
-    job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    try:  # a Flex Template's launcher writes the job to --template_location: no id here
+        job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    except Exception:
+        job_id = None
     return {"id": job_id, "project": cloud.project, "region": cloud.region}
 
 
