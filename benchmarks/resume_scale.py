@@ -3,13 +3,15 @@
 
 A synthetic output folder (TFRecord output, so no per-patch file listing: dataset.json, a
 manifest.jsonl in the layout `pixelbeam run` writes, ~450 bytes a row, every planned patch
-done: 90% written, 10% filtered by two completed runs) is planned for a rerun by
-`resume.check_fingerprint` + `resume.plan_resume` (what the launcher does before anything
-else), each variant in a fresh process that reports its peak RSS:
+done: 90% written, 10% filtered by two completed runs) is rerun by `pixelbeam.pipeline.run.submit`
+up to its "nothing to do" (fingerprint check, resume state, the counts it reports: everything
+the launcher does before a Beam pipeline exists), each variant in a fresh process that reports
+its peak RSS:
   record - the last run's completion record (runs/<run_id>.json, written by the job's last
            stage): the manifest's counts, trusted when its size matches the manifest's;
   rows   - an output without records (written before them, still resumable): every manifest
-           row parsed with json.loads (skipped above 2*10^6 rows: about a minute at 10^7).
+           row parsed with json.loads, then the counts streamed from it (skipped above 2*10^6
+           rows: over a minute at 10^7).
 Both must find "nothing to do" with the same count. The folder is temporary and deleted.
 The job's own plan (cells, regions) is the demo's and is not what is measured here (issue 17
 items 3 and 5 plan 10^6+ patches on the workers).
@@ -91,16 +93,19 @@ def write_output(folder: str, rows: int, record: bool) -> dict:
 def child(folder: str, planned: int) -> dict:
     """Runs in a fresh process: plan the rerun, then report time and peak RSS (MB)."""
     sys.path.insert(0, ROOT)
-    from pixelbeam.pipeline import resume
     from pixelbeam.pipeline.plan import prepare_job
+    from pixelbeam.pipeline.results import RunResult
+    from pixelbeam.pipeline.run import submit
+    from pixelbeam.pipeline.runner import pipeline_options
     job = Scaled(prepare_job(demo_config(folder)), planned)
     imported_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started, cpu = time.perf_counter(), time.process_time()
-    resume.check_fingerprint(job.config, folder, overwrite=False)
-    state = resume.plan_resume(job, resume.new_run_id(), overwrite=False)
+    result = submit(job, pipeline_options([]))  # what `pixelbeam run` does before a Beam pipeline exists
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    nothing = isinstance(result, RunResult) and result.lines[0].startswith("nothing to do")
     return {"seconds": seconds, "cpu_s": cpu_s, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "imports_mb": imported_mb, "nothing_to_do": state.nothing_to_do, "done": state.done_before}
+            "imports_mb": imported_mb, "nothing_to_do": nothing,
+            "done": result.written + result.filtered if nothing else None}
 
 
 def in_child(*args: str) -> dict:

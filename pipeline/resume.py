@@ -1,8 +1,9 @@
 """Reruns: finish exactly what is missing, never mix outputs of different configs, and never
 leave a patch twice or half-written.
 
-An output folder records its state in `dataset.json`: the config fingerprint and the ids of the
-runs that completed. Each run writes its TFRecord shards under its own run id, and its manifest
+An output folder records its state in `dataset.json` (the config fingerprint and the ids of the
+runs that completed) and in `runs/<run_id>.json`, the record each run's last stage writes once
+its files are in place (pipeline/records.py); the completed runs are those of either. Each run writes its TFRecord shards under its own run id, and its manifest
 rows carry it. A patch is *done* when the latest manifest says `written` or `filtered` by a
 completed run (and, for NPY output, its file exists); everything else is fetched again. A run
 that was killed leaves shards of a run id that never completed: they are deleted when the next
@@ -92,6 +93,7 @@ class ResumeState:
     previous_manifest: Optional[str] = None
     nothing_to_do: bool = False
     done_before: int = 0  # rows of done patches in the previous manifest
+    manifest_counts: Optional[dict] = None  # {status: rows} of that manifest, from its run's record (if it has one)
 
 
 def plan_digest(job) -> str:
@@ -154,11 +156,13 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
     if not completed or not FileSystems.exists(manifest):
         return ResumeState(run_id, completed)
     latest = latest_record(completed, records)
-    done, written = recorded_done(latest, manifest) or count_done_rows(manifest, completed)
+    recorded = recorded_done(latest, manifest)
+    done, written = recorded or count_done_rows(manifest, completed)
     digest = state.get("plan_digest") or (latest or {}).get("plan_digest")
     nothing = digest == plan_digest(job) and done == job.planned and all(
         file_count(out, folder, suffix, others) >= written for folder, suffix, others in per_patch_files(job))
-    return ResumeState(run_id, completed, manifest, nothing, done)
+    counts = {k: v for k, v in latest["manifest"].items() if k not in ("rows", "bytes")} if recorded else None
+    return ResumeState(run_id, completed, manifest, nothing, done, counts)
 
 
 def recorded_done(record: Optional[dict], manifest: str) -> Optional[tuple[int, int]]:

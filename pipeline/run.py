@@ -1,6 +1,8 @@
-"""Running a planned patch job: resume, the Beam graph on the chosen runner, the summary and
-dataset.json, and the Dataflow dry run. `pixelbeam.run` (pipeline/api.py) calls `run_job`, and
-the CLI prints the `RunResult` it returns."""
+"""Running a planned patch job: resume, the Beam graph on the chosen runner (whose last stage
+records the run: runs/<run_id>.json and dataset.json, pipeline/records.py), the summary, and the
+Dataflow dry run. On DataflowRunner `run_job` returns once the job is submitted unless asked to
+wait. `pixelbeam.run` (pipeline/api.py) calls `run_job`, and the CLI prints the `RunResult` it
+returns."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pixelbeam.pipeline import resume
@@ -22,8 +25,9 @@ from pixelbeam.pipeline.records import RunEnd
 from pixelbeam.pipeline.results import Requests, RunResult
 from pixelbeam.pipeline.runner import describe_process_limits, pipeline_options
 from pixelbeam.pipeline.stats import with_recorded_stats
-from pixelbeam.pipeline.summary import dataset_description, manifest_outcomes, summarize
+from pixelbeam.pipeline.summary import dataset_description, manifest_outcomes, summarize, write_dataset_json
 from pixelbeam.transforms.planning.staged import stage
+from pixelbeam.transforms.storage import join
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
 
 
@@ -66,7 +70,9 @@ def submit(job, options, overwrite: bool = False, stage_to=None):
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)
     state = resume.plan_resume(job, resume.new_run_id(), overwrite)
     if state.nothing_to_do:
-        counts, _ = manifest_outcomes(out)
+        counts = state.manifest_counts or manifest_outcomes(out)[0]
+        if not FileSystems.exists(join(out, resume.STATE_FILE)):  # a job that recorded itself, then died
+            write_dataset_json(job, fingerprint, state.completed_runs, resume.plan_digest(job))
         return RunResult(output_path=out, planned=job.planned, written=counts.get(WRITTEN, 0),
                          filtered=counts.get(FILTERED, 0), failed=counts.get(FAILED, 0), carried=job.planned,
                          lines=(f"nothing to do: all {job.planned} planned patches are done in {out} "

@@ -176,3 +176,33 @@ def test_a_killed_table_job_leaves_no_record(tmp_path):
     assert main(["run", cfg]) == 0
     desc = audit_table(out, files, times, cells)
     assert desc["runs"] == list(records.read_records(out))
+
+
+def test_a_job_that_died_between_its_record_and_dataset_json_is_done(tmp_path, capsys):
+    """The record is the commit point: dataset.json is written again from it, nothing refetched."""
+    cfg = raster_config(tmp_path)
+    out = str(tmp_path / "out")
+    assert main(["run", cfg]) == 0
+    expected = json.load(open(os.path.join(out, "dataset.json")))
+    os.remove(os.path.join(out, "dataset.json"))
+    capsys.readouterr()
+    assert main(["run", cfg]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    again = json.load(open(os.path.join(out, "dataset.json")))
+    assert again["runs"] == expected["runs"] and again["fingerprint"] == expected["fingerprint"]
+    assert again["stats"] == expected["stats"]
+    audit(cfg)
+
+
+def test_a_table_job_that_died_before_table_json_is_done(tmp_path, capsys):
+    files, profile = write_collection(tmp_path, 2)
+    cfg, times = write_config(tmp_path, files, write_points(tmp_path, profile, SPREAD[:6]), group_size=8)
+    out = str(tmp_path / "out")
+    assert main(["run", cfg]) == 0
+    expected = json.load(open(os.path.join(out, "table.json")))
+    os.remove(os.path.join(out, "table.json"))
+    capsys.readouterr()
+    assert main(["run", cfg]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "table.json"))) == expected
+    audit_table(out, files, times, SPREAD[:6])

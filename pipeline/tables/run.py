@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pixelbeam.pipeline import resume
@@ -23,7 +25,7 @@ from pixelbeam.pipeline.tables.graph import build_table_pipeline, count_outputs,
 from pixelbeam.pipeline.tables.plan import TableJob
 from pixelbeam.pipeline.tables.resume import TableResume, delete_doomed, plan_table_resume
 from pixelbeam.transforms.planning.staged import stage
-from pixelbeam.transforms.storage import join
+from pixelbeam.transforms.storage import join, write_atomically
 
 
 def run_table_job(job: TableJob, beam_args: Sequence[str], max_failed_fraction: float = 0.0,
@@ -51,7 +53,11 @@ def run_table_job(job: TableJob, beam_args: Sequence[str], max_failed_fraction: 
     todo = state.todo(job.groups)
     details = {"images": len(job.images), "pixels": job.pixels, "groups": len(job.groups), "groups_fetched": len(todo)}
     if not todo:
-        rows, lost, _ = count_outputs(job)
+        rows, lost, files = count_outputs(job)
+        if state.completed_runs and not FileSystems.exists(join(out, resume.TABLE_STATE_FILE)):
+            # a job that recorded itself, then died before table.json
+            write_atomically(join(out, resume.TABLE_STATE_FILE), json.dumps(
+                {**table_description(job, rows, lost, files, state), "runs": state.completed_runs}, indent=2).encode())
         return RunResult(output_path=out, planned=job.rows, written=rows, failed=lost, unit=ROWS, carried=job.rows,
                          details=details,
                          lines=(f"nothing to do: all {job.rows} planned rows are in {out} (--overwrite redoes them)",))
