@@ -270,9 +270,11 @@ def launch_lines(options, result, output_path: str, run_id: str, planned: str) -
     """What `pixelbeam run` prints after submitting a Dataflow job and leaving it: the job id,
     its console page and the command that shows progress."""
     info = job_info(options, result)
-    return [f"submitted: Dataflow job {info['id']} (run {run_id}, {planned}); it records its own completion in "
-            f"{output_path}/runs/{run_id}.json, so this launcher may exit",
-            f"console: {CONSOLE_JOB_URL.format(region=info['region'], job_id=info['id'], project=info['project'])}",
+    console = (CONSOLE_JOB_URL.format(region=info["region"], job_id=info["id"], project=info["project"]) if info["id"]
+               else f"https://console.cloud.google.com/dataflow/jobs?project={info['project']}")  # a template's launcher
+    return [f"submitted: Dataflow job {info['id'] or '(its id: see the console)'} (run {run_id}, {planned}); it records "
+            f"its own completion in {output_path}/runs/{run_id}.json, so this launcher may exit",
+            f"console: {console}",
             f"progress: pixelbeam status {output_path}   (waiting here instead: add --wait)"]
 
 

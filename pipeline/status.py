@@ -112,5 +112,10 @@ def main(output_path: str) -> int:
     except FileNotFoundError as e:
         print(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # e.g. gs:// without credentials or access: one line, not a traceback
+        detail = str(e).splitlines()[0][:200] if str(e) else "no detail"
+        print(f"pixelbeam: error: {output_path}: cannot read the output folder ({type(e).__name__}: {detail})",
+              file=sys.stderr)
+        return 2
     print("\n".join(lines))
     return 0 if complete else 1

@@ -125,3 +125,12 @@ def test_status_without_credentials_still_reads_the_folder(tmp_path):
     assert not complete
     assert "dataflow job: j1 (project p, region r): state unknown (RuntimeError: could not find default " \
            "credentials)" in lines
+
+
+def test_status_of_an_unreadable_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    def refuse(path):
+        raise PermissionError("403 Forbidden: caller does not have storage.objects.get access")
+    monkeypatch.setattr(status, "read_json", refuse)
+    assert main(["status", "gs://somebody-elses-bucket/out"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the output folder (PermissionError: 403 Forbidden" in err
