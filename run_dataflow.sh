@@ -7,13 +7,15 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 usage() {
   cat <<'EOF'
-usage: run_dataflow.sh CONFIG [--dry_run] [extra Beam or pixelbeam options]
+usage: run_dataflow.sh CONFIG [--dry_run] [--wait] [--template] [extra Beam or pixelbeam options]
 
 Runs `python -m pixelbeam run CONFIG --runner DataflowRunner ...` with the project, region,
 temp/staging locations, service account and worker packaging (--setup_file ./setup.py) set,
 and a fixed pool of workers sized from the config's fetch limits (the Earth Engine quota), so
-that the job as a whole cannot exceed them. Waits until the job finishes, then writes
-dataset.json and prints the summary, as a local run does.
+that the job as a whole cannot exceed them. Returns once the job is submitted, printing the
+job id, its console page and `pixelbeam status OUT`: the job records its own completion
+(OUT/runs/<run_id>.json, dataset.json), so the launcher may exit. --wait waits until the job
+finishes and prints the summary, as a local run does.
 
 Environment:
   PROJECT          Cloud project that runs the job (required)
@@ -28,11 +30,20 @@ Environment:
   ONE_PROCESS_PER_WORKER=1   one SDK process per VM (--experiments=no_use_multiple_sdk_containers)
   SDK_CONTAINER_IMAGE        a worker image with the dependencies preinstalled (optional)
   JOB_NAME         Dataflow job name (default pixelbeam-CONFIGNAME-UTCTIME)
+  TEMPLATE_FILE    --template: the Flex Template spec built from dataflow/ (default
+                   $BUCKET/pixelbeam/templates/pixelbeam.json; docs/dataflow.md builds it)
+  IMAGE            --template: the template's image, also run by the workers (optional:
+                   the spec names it; given, it is passed as sdk_container_image)
   PYTHON           interpreter with pixelbeam[gcp,ee] installed (default .venv/bin/python)
 
 Options:
   --dry_run        build and translate the job for DataflowRunner (--dry_run=True) without
                    submitting it or touching the output; skips the credential check
+  --wait           wait for the job to finish and print the summary
+  --template       launch the Flex Template instead (gcloud dataflow flex-template run): the
+                   config is copied to $BUCKET/pixelbeam/configs/ and passed as `config`, the
+                   derived worker options as parameters; with --dry_run, the template's entry
+                   point (dataflow/main.py) translates the job here and prints the gcloud command
   -h, --help       this text
 Anything else is passed on, after the derived options (so it wins): Beam options such as
 --subnetwork=... --no_use_public_ips, or pixelbeam's --overwrite, --max_failed_fraction.
@@ -47,11 +58,13 @@ CONFIG=$1; shift
 [[ -f $CONFIG ]] || die "$CONFIG: no such config file"
 
 DRY_RUN=0
+TEMPLATE=0
 EXTRA=()
 for arg in "$@"; do
   case $arg in
     -h|--help) usage; exit 0;;
     --dry_run|--dry_run=True|--dry_run=true) DRY_RUN=1;;
+    --template) TEMPLATE=1;;
     *) EXTRA+=("$arg");;
   esac
 done
@@ -93,6 +106,51 @@ if [[ -z ${JOB_NAME:-} ]]; then
   name=$(basename "$CONFIG"); name=${name%.*}
   name=$(tr '[:upper:]' '[:lower:]' <<<"$name" | tr -c 'a-z0-9\n' '-')
   JOB_NAME="pixelbeam-${name}-$(date -u +%Y%m%d-%H%M%S)"
+fi
+
+if [[ $TEMPLATE == 1 ]]; then  # the Flex Template (dataflow/): parameters as its metadata.json declares them
+  TEMPLATE_FILE=${TEMPLATE_FILE:-$BUCKET/pixelbeam/templates/pixelbeam.json}
+  CONFIG_URI="$BUCKET/pixelbeam/configs/$JOB_NAME.yaml"
+  PARAMS=("config=$CONFIG_URI")
+  GCLOUD_EXTRA=()
+  for opt in "${DERIVED[@]}"; do
+    case $opt in
+      --machine_type=*|--num_workers=*|--max_num_workers=*|--autoscaling_algorithm=*) opt=${opt#--}; PARAMS+=("$opt");;
+      --experiments=*) GCLOUD_EXTRA+=("--additional-experiments=${opt#--experiments=}");;
+      --requirements_file=*|--requirements_cache=*) ;;  # the image has pixelbeam[gcp,ee] installed
+    esac
+  done
+  [[ -n ${IMAGE:-} ]] && PARAMS+=("sdk_container_image=$IMAGE")
+  for arg in ${EXTRA[@]+"${EXTRA[@]}"}; do
+    case $arg in
+      --overwrite) PARAMS+=("overwrite=true");;
+      --max_failed_fraction=*) PARAMS+=("max_failed_fraction=${arg#--max_failed_fraction=}");;
+      --wait) die "--wait: a Flex Template's launcher returns once the job is submitted; follow it with: pixelbeam status OUTPUT";;
+      *) GCLOUD_EXTRA+=("$arg");;
+    esac
+  done
+  joined=$(IFS='~'; echo "${PARAMS[*]}")
+  RUN=(gcloud dataflow flex-template run "$JOB_NAME" --project "$PROJECT" --region "$REGION"
+       --template-file-gcs-location "$TEMPLATE_FILE"
+       --temp-location "$BUCKET/pixelbeam/temp" --staging-location "$BUCKET/pixelbeam/staging"
+       --parameters "^~^$joined")  # ^~^: gcloud's escape for values holding commas
+  [[ -n ${SERVICE_ACCOUNT:-} ]] && RUN+=(--service-account-email "$SERVICE_ACCOUNT")
+  RUN+=(${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"})
+  if [[ $DRY_RUN == 1 ]]; then  # the template's entry point translates the job here; nothing is sent
+    ENTRY=("$PYTHON" "$HERE/dataflow/main.py" "--config=$CONFIG" --runner=DataflowRunner
+           --project "$PROJECT" --region "$REGION" --temp_location "$BUCKET/pixelbeam/temp" --dry_run=True
+           "${DERIVED[@]}")
+    echo "run_dataflow.sh: ${ENTRY[*]}" >&2
+    PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "${ENTRY[@]}"
+    echo "run_dataflow.sh: would run: gcloud storage cp $CONFIG $CONFIG_URI && ${RUN[*]}"
+    exit 0
+  fi
+  gcloud storage cp "$CONFIG" "$CONFIG_URI" --project "$PROJECT" >&2
+  echo "run_dataflow.sh: ${RUN[*]}" >&2
+  "${RUN[@]}"
+  OUT=$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c 'import sys; from pixelbeam.pipeline.config import load_config; print(load_config(sys.argv[1]).output.path)' "$CONFIG")
+  echo "run_dataflow.sh: the job records its own completion; progress: pixelbeam status $OUT"
+  exit 0
 fi
 
 CMD=("$PYTHON" -m pixelbeam run "$CONFIG"

@@ -171,7 +171,7 @@ def plan(config: ConfigLike, *, image: Any = None, collection: Any = None) -> Pl
 
 
 def run(config: ConfigLike, *, beam_args: Union[Sequence[str], str] = (), overwrite: bool = False,
-        max_failed_fraction: float = 0.0, image: Any = None, collection: Any = None) -> RunResult:
+        max_failed_fraction: float = 0.0, image: Any = None, collection: Any = None, wait: bool = False) -> RunResult:
     """Run the job (`pixelbeam run`), resuming what an earlier run of the same config left
     undone, and return its `RunResult` (printed, it is the summary table).
 
@@ -181,22 +181,24 @@ def run(config: ConfigLike, *, beam_args: Union[Sequence[str], str] = (), overwr
     planned patches failed; patches that failed are in the manifest and failed.jsonl, and a rerun
     retries them. `image` (an `ee.Image`) or `collection` (an `ee.ImageCollection`) is the Earth
     Engine image to fetch, in place of the config's asset, collection or expression (the config's
-    `source` keeps its other keys: bands, mask, collection_mode, project, url, ...). Raises
-    ConfigError, before anything is written, for bad input."""
+    `source` keeps its other keys: bands, mask, collection_mode, project, url, ...). On
+    DataflowRunner it returns once the job is submitted (the job records its own completion;
+    `pixelbeam status OUT` shows progress) unless `wait`. Raises ConfigError, before anything is
+    written, for bad input."""
     return run_planned(planned_job(config, image, collection), beam_args, overwrite=overwrite,
-                       max_failed_fraction=max_failed_fraction)
+                       max_failed_fraction=max_failed_fraction, wait=wait)
 
 
 def run_planned(job, beam_args: Union[Sequence[str], str] = (), overwrite: bool = False,
-                max_failed_fraction: float = 0.0) -> RunResult:
+                max_failed_fraction: float = 0.0, wait: bool = False) -> RunResult:
     """`run` of an already prepared job (a `Plan.job`)."""
     args = shlex.split(beam_args) if isinstance(beam_args, str) else list(beam_args)
     with quiet_expected_warnings():
         if job.config.table is not None:
             from pixelbeam.pipeline.tables.run import run_table_job
-            return run_table_job(job, args, max_failed_fraction, overwrite=overwrite)
+            return run_table_job(job, args, max_failed_fraction, overwrite=overwrite, wait=wait)
         from pixelbeam.pipeline.run import run_job
-        return run_job(job, args, max_failed_fraction, overwrite=overwrite)
+        return run_job(job, args, max_failed_fraction, overwrite=overwrite, wait=wait)
 
 
 # Beam warns each time a rerun replaces manifest.jsonl / failed.jsonl, and in Jupyter that its

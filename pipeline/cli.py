@@ -1,4 +1,4 @@
-"""The `pixelbeam` command: run, plan, retry-failed, demo, preview, emulate.
+"""The `pixelbeam` command: run, plan, status, retry-failed, demo, preview, emulate.
 
 `pixelbeam run CONFIG [Beam options]` runs the job (Beam options such as --runner pass straight
 through; an option neither pixelbeam nor Beam knows is refused); `pixelbeam plan CONFIG` plans it and sends nothing. Bad input is one line on stderr
@@ -37,6 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
     retry.add_argument("output", help="an output folder written by pixelbeam run (its dataset.json or table.json has the config)")
     retry.add_argument("--max_failed_fraction", type=float, default=0.0)
     for sub_parser in (run, retry):
+        sub_parser.add_argument("--wait", action="store_true",
+                                help="DataflowRunner: wait for the job and print the summary (default: return once "
+                                     "it is submitted; the job records its own completion)")
         sub_parser.add_argument("--ee_emulator", metavar="URL",
                                 help="send Earth Engine requests to a local emulator at URL (anonymous credentials)")
     plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")
@@ -44,6 +47,8 @@ def make_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--footprints", metavar="FILE.geojson", help="also write the patch footprints (lon/lat GeoJSON)")
     plan.add_argument("--ee_emulator", metavar="URL", help="as for run")
+    status = sub.add_parser("status", help="what an output folder holds: completed runs, done, failed, complete or not")
+    status.add_argument("output", help="the output.path of a run (also of a Dataflow job launched and left)")
     sub.add_parser("emulate", help="start a local Earth Engine REST emulator (see --help)", add_help=False)
     sub.add_parser("preview", help="write preview.png and footprints.png of an output (see --help)", add_help=False)
     return parser
@@ -58,6 +63,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "preview":
         from pixelbeam.pipeline.preview import main as preview
         return preview(list(rest))
+    if args.command == "status":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from pixelbeam.pipeline.status import main as status
+        return status(args.output)
     if args.command == "plan" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -74,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "plan":
             return print_plan(api.plan(config), as_json=args.json, footprints=args.footprints)
         result = api.run(config, beam_args=rest, overwrite=getattr(args, "overwrite", False),
-                         max_failed_fraction=args.max_failed_fraction)
+                         max_failed_fraction=args.max_failed_fraction, wait=getattr(args, "wait", False))
     except ConfigError as e:
         say(f"pixelbeam: error: {e}", file=sys.stderr)
         return 2

@@ -252,6 +252,32 @@ def remove_staging(stage_to) -> None:
         FileSystems.delete([m.path for m in found])
 
 
+CONSOLE_JOB_URL = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
+
+
+def job_info(options, result) -> dict:
+    """The submitted Dataflow job: {"id", "project", "region"} (id None where the runner has none)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    cloud = options.view_as(GoogleCloudOptions)
+    try:  # a Flex Template's launcher writes the job to --template_location: no id here
+        job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    except Exception:
+        job_id = None
+    return {"id": job_id, "project": cloud.project, "region": cloud.region}
+
+
+def launch_lines(options, result, output_path: str, run_id: str, planned: str) -> list[str]:
+    """What `pixelbeam run` prints after submitting a Dataflow job and leaving it: the job id,
+    its console page and the command that shows progress."""
+    info = job_info(options, result)
+    console = (CONSOLE_JOB_URL.format(region=info["region"], job_id=info["id"], project=info["project"]) if info["id"]
+               else f"https://console.cloud.google.com/dataflow/jobs?project={info['project']}")  # a template's launcher
+    return [f"submitted: Dataflow job {info['id'] or '(its id: see the console)'} (run {run_id}, {planned}); it records "
+            f"its own completion in {output_path}/runs/{run_id}.json, so this launcher may exit",
+            f"console: {console}",
+            f"progress: pixelbeam status {output_path}   (waiting here instead: add --wait)"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m pixelbeam.pipeline.dataflow worker-options CONFIG ...`: the Beam options run_dataflow.sh
     adds for a config, one per line; the plan in words on stderr."""

@@ -8,6 +8,7 @@ import apache_beam as beam
 
 from pixelbeam.pipeline.outputs import job_file_options
 from pixelbeam.pipeline.plan import Job
+from pixelbeam.pipeline.records import RecordRun, RunEnd
 from pixelbeam.pipeline.resume import ResumeState
 from pixelbeam.pipeline.runner import fetch_layers, fetch_settings
 from pixelbeam.pipeline.stats import layer_roles
@@ -21,10 +22,13 @@ from pixelbeam.transforms.tiling import TilePatches
 
 
 def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeState] = None,
-                   progress_dir: Optional[str] = None, stage_to: Optional[StageTo] = None) -> beam.Pipeline:
+                   progress_dir: Optional[str] = None, stage_to: Optional[StageTo] = None,
+                   end: Optional[RunEnd] = None) -> beam.Pipeline:
     """Adds every step of the job to `pipeline` and returns it. With `resume` naming a previous
     manifest, the patches it records as done are carried over instead of fetched. With
-    `stage_to`, the plan (cells, regions, sample) goes to files there instead of into the graph."""
+    `stage_to`, the plan (cells, regions, sample) goes to files there instead of into the graph.
+    With `end`, the last stage records the run's completion once every sink has finalized
+    (pipeline/records.py)."""
     out = job.config.output
     resume = resume or ResumeState(run_id="")
     cells, regions, sample = job.cells, job.regions, job.sample
@@ -50,12 +54,27 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
         patches = patches | "MaskAndScale" >> beam.Map(rules)
     judged = patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio, out.keep_empty)).with_outputs(
         FILTERED, main="keep")
-    written_rows, write_failures, written = judged.keep | "WritePatches" >> WritePatches(
+    writer = WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, file_options=job_file_options(job),
         splits=job.split_names, layers=tuple(layer.name for layer in job.layers) if job.layered else (),
         with_written=True)
-    _ = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
+    written_rows, write_failures, written = judged.keep | "WritePatches" >> writer
+    stats = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()
-    _ = (rows, failures, carried) | "WriteReports" >> WriteReports(out.path, resume.run_id)
+    reports = WriteReports(out.path, resume.run_id)
+    manifest_rows = (rows, failures, carried) | "WriteReports" >> reports
+    if end is not None:
+        finalized = {"shards": writer.finalized, "reports": reports.finalized, "stats": [stats]}
+        waits = {name: tuple(pcolls) | f"Finalized{name.title()}" >> beam.Flatten()
+                 for name, pcolls in finalized.items() if pcolls}
+        counts = manifest_rows | "CountRows" >> beam.FlatMap(row_counts, end.run_id)
+        _ = {"counts": counts, **waits} | "RecordRun" >> RecordRun(end)
     return pipeline
+
+
+def row_counts(row: dict, run_id: str):
+    """("manifest.<status>", 1) for every manifest row, and ("this_run.<status>" or
+    "this_run.carried", 1): the counts a run records (pipeline/records.py)."""
+    yield f"manifest.{row['status']}", 1
+    yield (f"this_run.{row['status']}" if row.get("run_id") == run_id else "this_run.carried"), 1

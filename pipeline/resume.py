@@ -1,8 +1,9 @@
 """Reruns: finish exactly what is missing, never mix outputs of different configs, and never
 leave a patch twice or half-written.
 
-An output folder records its state in `dataset.json`: the config fingerprint and the ids of the
-runs that completed. Each run writes its TFRecord shards under its own run id, and its manifest
+An output folder records its state in `dataset.json` (the config fingerprint and the ids of the
+runs that completed) and in `runs/<run_id>.json`, the record each run's last stage writes once
+its files are in place (pipeline/records.py); the completed runs are those of either. Each run writes its TFRecord shards under its own run id, and its manifest
 rows carry it. A patch is *done* when the latest manifest says `written` or `filtered` by a
 completed run (and, for NPY output, its file exists); everything else is fetched again. A run
 that was killed leaves shards of a run id that never completed: they are deleted when the next
@@ -24,6 +25,7 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.config import Config, ConfigError
+from pixelbeam.pipeline.records import RUNNING_FILE, RUNS_FOLDER, completed_runs, latest_record, read_records
 from pixelbeam.transforms.patch import FILTERED, WRITTEN
 from pixelbeam.transforms.secrets import hide_secrets_in
 from pixelbeam.transforms.storage import join
@@ -32,7 +34,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "dataset.json"
 TABLE_STATE_FILE = "table.json"  # the state of a point table (pipeline/tables/resume.py)
-RUNNING_FILE = "_running.json"
 DONE_STATUSES = (WRITTEN, FILTERED)
 PER_PATCH_FOLDERS = ("npy", "geotiff", "png", "jpeg")  # one file per written patch in each
 # Config keys that do not change any patch's pixels or status (where to write, how fast, who).
@@ -95,6 +96,7 @@ class ResumeState:
     previous_manifest: Optional[str] = None
     nothing_to_do: bool = False
     done_before: int = 0  # rows of done patches in the previous manifest
+    manifest_counts: Optional[dict] = None  # {status: rows} of that manifest, from its run's record (if it has one)
 
 
 def plan_digest(job) -> str:
@@ -114,8 +116,11 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
     if overwrite:
         return fingerprint
     current = "a table" if getattr(config, "table", None) is not None else "patches"
-    for name, holds in ((STATE_FILE, "patches"), (TABLE_STATE_FILE, "a table"), (RUNNING_FILE, current)):
-        state = read_json(join(output_path, name)) or {}
+    records = read_records(output_path)  # runs that recorded themselves (pipeline/records.py)
+    states = [(holds, read_json(join(output_path, name)) or {}) for name, holds in (
+        (STATE_FILE, "patches"), (TABLE_STATE_FILE, "a table"), (RUNNING_FILE, current))]
+    states += [(current, records[max(records)])] if records else []
+    for holds, state in states:
         old = state.get("fingerprint")
         if old and old != fingerprint:
             field = changed_expression(state.get("config"), config)
@@ -150,15 +155,35 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
     if overwrite:
         return ResumeState(run_id)
     state = read_json(join(out, STATE_FILE)) or {}
-    completed = list(state.get("runs", []))
-    check_collection_images(job, state)
+    records = read_records(out)
+    completed = completed_runs(state, records)
+    check_collection_images(job, {**state, "runs": completed})
     manifest = join(out, "manifest.jsonl")
     if not completed or not FileSystems.exists(manifest):
         return ResumeState(run_id, completed)
-    done, written = count_done_rows(manifest, completed)
-    nothing = state.get("plan_digest") == plan_digest(job) and done == job.planned and all(
+    latest = latest_record(completed, records)
+    recorded = recorded_done(latest, manifest)
+    done, written = recorded or count_done_rows(manifest, completed)
+    digest = state.get("plan_digest") or (latest or {}).get("plan_digest")
+    nothing = digest == plan_digest(job) and done == job.planned and all(
         file_count(out, folder, suffix, others) >= written for folder, suffix, others in per_patch_files(job))
-    return ResumeState(run_id, completed, manifest, nothing, done)
+    counts = {k: v for k, v in latest["manifest"].items() if k not in ("rows", "bytes")} if recorded else None
+    return ResumeState(run_id, completed, manifest, nothing, done, counts)
+
+
+def recorded_done(record: Optional[dict], manifest: str) -> Optional[tuple[int, int]]:
+    """(done rows, written rows) of the manifest from the last completed run's record, without
+    reading the manifest (issue 17: resume at 10^7 rows); None when there is no record or the
+    manifest is not the one it finalized (its size differs, e.g. a later run that was killed
+    after its manifest was written): then the manifest is counted row by row."""
+    counts = (record or {}).get("manifest")
+    if not isinstance(counts, dict) or counts.get("bytes") is None:
+        return None
+    from pixelbeam.pipeline.records import file_size
+    if file_size(manifest) != counts["bytes"]:
+        return None
+    written = int(counts.get(WRITTEN, 0))
+    return written + int(counts.get(FILTERED, 0)), written
 
 
 PATCH_ID = "\x00"  # stands for the patch id in the file templates
@@ -239,6 +264,10 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
     if overwrite:
         doomed += [join(output_path, n) for n in ("manifest.jsonl", "failed.jsonl", STATE_FILE)
                    if FileSystems.exists(join(output_path, n))]
+        doomed += [join(output_path, f"{RUNS_FOLDER}/{name}") for name in existing_files(output_path, RUNS_FOLDER)]
+    else:  # temporary files of a record's atomic write
+        doomed += [join(output_path, f"{RUNS_FOLDER}/{name}") for name in existing_files(output_path, RUNS_FOLDER)
+                   if name.startswith(".tmp-")]
     if doomed:
         FileSystems.delete(sorted(set(doomed)))
         log.info("removed %d leftover files", len(doomed))
@@ -282,13 +311,14 @@ def shard_run_id(name: str, prefix: str = "patches-") -> Optional[str]:
     return "-".join(parts[:2]) if len(parts) >= 4 else None
 
 
-def mark_running(output_path: str, run_id: str, fingerprint: str) -> None:
+def mark_running(output_path: str, run_id: str, fingerprint: str, job: Optional[dict] = None) -> None:
+    """`_running.json`: the run that started (and, once submitted to Dataflow, its job: id,
+    project, region), until its last stage records its completion (pipeline/records.py)."""
     from pixelbeam.transforms.storage import write_atomically
-    write_atomically(join(output_path, RUNNING_FILE),
-                     json.dumps({"run_id": run_id, "fingerprint": fingerprint}).encode())
+    doc = {"run_id": run_id, "fingerprint": fingerprint, **({"job": job} if job else {})}
+    write_atomically(join(output_path, RUNNING_FILE), json.dumps(doc).encode())
 
 
 def clear_running(output_path: str) -> None:
-    path = join(output_path, RUNNING_FILE)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+    from pixelbeam.pipeline.records import clear_running as clear
+    clear(output_path)

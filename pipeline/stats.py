@@ -84,3 +84,9 @@ def recorded_stats(output_path: str, runs: Sequence[str], splits: Sequence[str] 
     """dataset.json's `stats` (and `class_counts`) over the completed runs, or {}."""
     merged = merged_layer_stats(output_path, runs)
     return {} if merged is None else stats_entries(merged, splits)
+
+
+def with_recorded_stats(output_path: str, splits: Sequence[str], doc: dict, runs: Sequence[str]) -> dict:
+    """dataset.json `doc` with the statistics merged over `runs` (a run's last stage completes
+    the document it was given with this, pipeline/records.py)."""
+    return {**doc, **recorded_stats(output_path, runs, splits)}

@@ -99,11 +99,12 @@ def test_outputs_on_cloud_storage_equal_outputs_in_a_local_folder(gcs, both):
     local_names = {os.path.relpath(os.path.join(d, f), local).replace(os.sep, "/")
                    for d, _, files in os.walk(local) for f in files}
     assert {"manifest.jsonl", "failed.jsonl", "dataset.json", "preview.png", "footprints.png"} <= names
-    # the same files (TFRecord shard and stats file names carry the run id), nothing staged or temporary left
-    per_run = ("tfrecord/", "stats/")
+    # the same files (TFRecord shard, stats file and run record names carry the run id), nothing staged or temporary left
+    per_run = ("tfrecord/", "stats/", "runs/")
     not_shards = {n for n in names if not n.startswith(per_run)}
     assert not_shards == {n for n in local_names if not n.startswith(per_run)}
     assert len([n for n in names if n.startswith("stats/")]) == len([n for n in local_names if n.startswith("stats/")]) == 1
+    assert len([n for n in names if n.startswith("runs/")]) == len([n for n in local_names if n.startswith("runs/")]) == 1
     assert len([n for n in names if n.startswith("tfrecord/patches-")]) == len(
         [n for n in local_names if n.startswith("tfrecord/")])
     copy = download(gcs, "job", tmp / "downloaded")

@@ -214,3 +214,28 @@ def test_a_missing_png_is_written_again_without_a_second_tfrecord_example(tmp_pa
     ids = [tf.train.Example.FromString(r.numpy()).features.feature["patch_id"].bytes_list.value[0]
            for r in tf.data.TFRecordDataset(glob.glob(str(tmp_path / "out" / "tfrecord" / "*")), compression_type="GZIP")]
     assert len(ids) == len(set(ids)) == len(pngs)
+
+
+def test_a_refetched_patch_names_the_shard_that_holds_its_record(tmp_path):
+    """Issue 15 item 7: a patch refetched because its NPY file was deleted keeps its TFRecord
+    example in the first run's shard, and its new manifest row says so."""
+    tf = pytest.importorskip("tensorflow")
+    cfg = raster_config(tmp_path)
+    out = str(tmp_path / "out")
+    assert main(["run", cfg]) == 0
+    lost = sorted(glob.glob(os.path.join(out, "npy", "*.npy")))[:2]
+    for path in lost:
+        os.remove(path)
+    assert main(["run", cfg]) == 0
+    rows = {r["patch_id"]: r for r in audit(cfg)}
+    refetched = [os.path.basename(p)[:-4] for p in lost]
+    runs = json.load(open(os.path.join(out, "dataset.json")))["runs"]
+    assert len(runs) == 2 and all(rows[i]["run_id"] == runs[1] for i in refetched)
+    for row in rows.values():
+        if row["status"] != "written":
+            continue
+        (pattern,) = [f for f in row["files"] if "*" in f]
+        shards = glob.glob(os.path.join(out, pattern))
+        ids = {tf.train.Example.FromString(raw.numpy()).features.feature["patch_id"].bytes_list.value[0].decode()
+               for raw in tf.data.TFRecordDataset(shards, compression_type="GZIP")}
+        assert row["patch_id"] in ids, (row["patch_id"], pattern)

@@ -40,6 +40,7 @@ class PatchSpec:
     start: Optional[str] = None  # ISO date, inclusive (collections)
     end: Optional[str] = None  # ISO date, exclusive (collections)
     in_tfrecord: bool = False  # a rerun refetching a patch whose example a completed run wrote
+    tfrecord_files: tuple[str, ...] = ()  # with in_tfrecord: the earlier row's entries naming the shards that hold it
     label: Optional[Union[int, float, str]] = None  # the owner region's label (sample.label_property)
     split: Optional[str] = None  # train / val / test ... (config split:, transforms/planning/splits.py)
 

@@ -36,6 +36,14 @@ def patch_files(templates, patch_id: str, split: Optional[str] = None) -> list[s
     return [t.format(patch_id=patch_id, split=split) for t in templates]
 
 
+def shared_files(patch: Patch, templates) -> list[str]:
+    """The shared files (TFRecord shards) that hold a patch's record: this run's, or for a patch
+    refetched only for a missing per-patch file, those of the run that wrote its example."""
+    if patch.spec.in_tfrecord:
+        return list(patch.spec.tfrecord_files)
+    return patch_files(templates, patch.spec.patch_id, patch.spec.split)
+
+
 class JudgePatches(beam.DoFn):
     """Main output: patches to write; FILTERED: manifest rows of patches filtered out (masked
     fraction above `max_masked_ratio`, or no valid pixel at all unless `keep_empty`)."""
@@ -69,7 +77,7 @@ class WritePatchFiles(beam.DoFn):
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
             yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
             return
-        yield written_row(patch, files + patch_files(self.shared, patch.spec.patch_id, patch.spec.split))
+        yield written_row(patch, files + shared_files(patch, self.shared))
         yield beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)
 
 
@@ -89,6 +97,7 @@ class WritePatches(beam.PTransform):
 
     def __post_init__(self):
         super().__init__()
+        self.finalized = []  # after expand: PCollections of the shard files once finalized (a run's last stage waits on them)
 
     def expand(self, patches):
         pipeline = patches.pipeline
@@ -111,15 +120,15 @@ class WritePatches(beam.PTransform):
                     FAILED, WRITTEN_PATCHES, main="rows")
             return (written.rows, written[FAILED]) + ((written[WRITTEN_PATCHES],) if self.with_written else ())
         rows = patches | "ManifestRows" >> beam.Map(
-            lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id, p.spec.split)))
+            lambda p, t=tuple(files): written_row(p, shared_files(p, t)))
         return (rows, pipeline | "NoWriteFailures" >> beam.Create([])) + ((patches,) if self.with_written else ())
 
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
-        _ = (patches
+        self.finalized.append(patches
              | f"EncodeExamples{label}" >> beam.Map(encode_record, self.layers)
              | f"WriteTFRecord{label}" >> beam.io.WriteToTFRecord(
                  join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
-                 compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
+                 compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))  # -> the shard names
 
 
 def encode_record(patch: Patch, layers: tuple[str, ...] = ()) -> bytes:
@@ -137,6 +146,7 @@ class WriteReports(beam.PTransform):
 
     def __post_init__(self):
         super().__init__()
+        self.finalized = []  # after expand: PCollections of manifest.jsonl and failed.jsonl's names once finalized
 
     def expand(self, inputs):
         rows, failed, *carried = inputs  # carried: rows of patches done by earlier runs, kept as they were
@@ -144,12 +154,13 @@ class WriteReports(beam.PTransform):
         new_rows = ((rows, failed_rows) | "NewRows" >> beam.Flatten()
                     | "StampRunId" >> beam.Map(lambda row, run=self.run_id: {**row, "run_id": run}))
         all_rows = (new_rows, *carried) | "AllRows" >> beam.Flatten()
-        _ = (all_rows
+        manifest = (all_rows
              | "ManifestJson" >> beam.Map(to_json_line)
              | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),
                                                      shard_name_template="", num_shards=1))
-        _ = (failed
+        dead_letters = (failed
              | "DeadLetterJson" >> beam.Map(lambda f: to_json_line(f.to_record()))
              | "WriteDeadLetters" >> beam.io.WriteToText(join(self.output_path, "failed.jsonl"),
                                                         shard_name_template="", num_shards=1))
+        self.finalized += [manifest, dead_letters]
         return all_rows

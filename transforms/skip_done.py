@@ -5,7 +5,8 @@ launcher never holds either in memory. A patch is done when a completed run's ma
 `written` or `filtered` and, for a written patch, every per-patch file the row lists (NPY,
 GeoTIFF, PNG, JPEG) still exists (checked on the worker just before fetching would start). Done
 patches keep their manifest rows; a written patch with a missing file is fetched again but not
-added to the TFRecords, which already hold it.
+added to the TFRecords, which already hold it: its new row names the shards of the run that
+wrote its example (issue 15 item 7), not this run's.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def decide(spec: PatchSpec, row: Optional[dict], output_path: str, exists=FileSy
         return spec, None
     if row["status"] == WRITTEN and not all(
             exists(FileSystems.join(output_path, *f.split("/"))) for f in per_patch_files(row)):
-        return dataclasses.replace(spec, in_tfrecord=True), None  # a file went missing: write it again
+        held_by = tuple(f for f in row.get("files", ()) if "*" in f)  # the shards of the run that wrote it
+        return dataclasses.replace(spec, in_tfrecord=True, tfrecord_files=held_by), None  # a file went missing
     return None, row
 
 

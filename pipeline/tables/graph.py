@@ -66,9 +66,11 @@ def write_shard(out, shard, shards, keyed_tables, formats, schema, run_id) -> li
 
 
 def build_table_pipeline(job: TableJob, pipeline: beam.Pipeline, settings, groups: Optional[list] = None,
-                         run_id: str = "", stage_to=None) -> beam.Pipeline:
+                         run_id: str = "", stage_to=None, end=None) -> beam.Pipeline:
     """Fetches `groups` (default every planned group) and writes them as shards of run `run_id`;
-    with `stage_to` (pipeline/graph.StageTo) the groups go to files there, not into the graph."""
+    with `stage_to` (pipeline/graph.StageTo) the groups go to files there, not into the graph;
+    with `end` (pipeline/records.RunEnd) the last stage records the run once every shard and
+    the dead letters are written."""
     from pixelbeam.transforms.fetch import FetchPatches
     out = job.config.output.path
     schema = table_sink.arrow_schema(job.bands, job.dtype)
@@ -86,23 +88,40 @@ def build_table_pipeline(job: TableJob, pipeline: beam.Pipeline, settings, group
     joined = {"patch": patches, "failed": failures, "pixels": keyed_pixels} | "JoinPixels" >> beam.CoGroupByKey()
     formats, shards = tuple(job.config.table.formats), shard_count(job, todo)
     images = job.images  # what the lambdas below need, not the whole job (the graph pickles it)
-    _ = (joined | "Rows" >> beam.ParDo(GroupRows(job.images, job.bands, job.dtype, shards))
-         | "ByShard" >> beam.GroupByKey()
-         | "WriteShards" >> beam.Map(lambda kv: write_shard(out, kv[0], shards, kv[1], formats, schema, run_id)))
-    _ = (joined | "FailedGroups" >> beam.Filter(lambda kv: bool(kv[1]["failed"]))
-         | "DeadLetter" >> beam.Map(lambda kv: to_json_line(failed_group_record(kv, images)))
-         | "WriteDeadLetters" >> beam.io.WriteToText(join(out, "failed.jsonl"), shard_name_template=""))
+    shard_files = (joined | "Rows" >> beam.ParDo(GroupRows(job.images, job.bands, job.dtype, shards))
+                   | "ByShard" >> beam.GroupByKey()
+                   | "WriteShards" >> beam.Map(lambda kv: write_shard(out, kv[0], shards, kv[1], formats, schema, run_id)))
+    dead_letters = (joined | "FailedGroups" >> beam.Filter(lambda kv: bool(kv[1]["failed"]))
+                    | "DeadLetter" >> beam.Map(lambda kv: to_json_line(failed_group_record(kv, images)))
+                    | "WriteDeadLetters" >> beam.io.WriteToText(join(out, "failed.jsonl"), shard_name_template=""))
+    if end is not None:
+        from pixelbeam.pipeline.records import RecordRun
+        counts = ((fetched.patches | "CountWritten" >> beam.Map(lambda _: ("this_run.groups_written", 1)),
+                   fetched[FAILED] | "CountFailed" >> beam.Map(lambda _: ("this_run.groups_failed", 1)))
+                  | "Counts" >> beam.Flatten())
+        _ = ({"counts": counts, "shards": shard_files | "ShardFiles" >> beam.FlatMap(list), "reports": dead_letters}
+             | "RecordRun" >> RecordRun(end))
     return pipeline
 
 
 def count_outputs(job: TableJob) -> tuple[int, int, list[str]]:
     """(rows written, values lost in failed groups, files), read back from the outputs."""
+    return count_table_files(job.config.output.path, job.config.table.formats[0])
+
+
+def with_table_counts(out: str, fmt: str, doc: dict, runs: Sequence[str]) -> dict:
+    """table.json `doc` with the rows, failed rows and files counted over the outputs (a table
+    run's last stage completes the document it was given with this, pipeline/records.py)."""
+    rows, lost, files = count_table_files(out, fmt)
+    return {**doc, "rows": rows, "failed_rows": lost, "files": files}
+
+
+def count_table_files(out: str, fmt: str) -> tuple[int, int, list[str]]:
+    """`count_outputs` of the output folder `out` whose table's first format is `fmt`."""
     from apache_beam.io.filesystems import FileSystems
-    out = job.config.output.path
     files = sorted(m.path for result in FileSystems.match([join(out, f"{folder}/part-*") for folder in FOLDERS.values()])
                    for m in result.metadata_list)
     rows = 0
-    fmt = job.config.table.formats[0]
     for path in files:
         if fmt == "parquet" and path.endswith(".parquet"):
             import pyarrow.parquet as pq

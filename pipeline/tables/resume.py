@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline import resume
 from pixelbeam.pipeline.config import ConfigError
+from pixelbeam.pipeline.records import RUNS_FOLDER, completed_runs, latest_record, read_records
 from pixelbeam.transforms.storage import join
 from pixelbeam.transforms.tables.sink import FOLDERS, GROUPS_PREFIX, SHARD_PREFIX
 
@@ -70,10 +71,13 @@ def plan_table_resume(job, overwrite: bool) -> TableResume:
     if overwrite:
         doomed = [join(out, f) for f in table_files(out)]
         doomed += [join(out, n) for n in ("failed.jsonl", resume.TABLE_STATE_FILE) if FileSystems.exists(join(out, n))]
+        doomed += [join(out, f"{RUNS_FOLDER}/{name}") for name in resume.existing_files(out, RUNS_FOLDER)]
         return TableResume(run_id, fingerprint, digest, doomed=doomed + staging_and_temporary(out))
     state = resume.read_json(join(out, resume.TABLE_STATE_FILE)) or {}
-    completed = list(state.get("runs", []))
-    if completed and state.get("plan_digest") != digest:
+    records = read_records(out)  # runs that recorded themselves (pipeline/records.py)
+    completed = completed_runs(state, records)
+    recorded_digest = state.get("plan_digest") or (latest_record(completed, records) or {}).get("plan_digest")
+    if completed and recorded_digest != digest:
         raise ConfigError(
             f"output.path: {out!r} holds a table of other points or images (the regions or the images changed); "
             "use a new output.path, or --overwrite to replace it")
@@ -129,8 +133,11 @@ def read_groups_record(out: str, stem: str) -> Optional[dict]:
 
 
 def staging_and_temporary(out: str) -> list[str]:
-    """Beam's staging folders (failed.jsonl) and temporary files of atomic writes (table.json)."""
-    return resume.beam_staging_folders(out) + resume.temporary_files(out)
+    """Beam's staging folders (failed.jsonl) and temporary files of atomic writes (table.json,
+    run records)."""
+    records = [join(out, f"{RUNS_FOLDER}/{name}") for name in resume.existing_files(out, RUNS_FOLDER)
+               if name.startswith(".tmp-")]
+    return resume.beam_staging_folders(out) + resume.temporary_files(out) + records
 
 
 def delete_doomed(doomed: list[str]) -> int:
