@@ -77,14 +77,14 @@ def scene_regions(path: str) -> str:
     return path
 
 
-def case_config(workdir: str, case: str, quick: bool) -> tuple[str, dict]:
+def case_config(workdir: str, case: str, stride: int) -> tuple[str, dict]:
     """(config path, the config as a dict) of one case, outputs under workdir/out."""
     regions = os.path.join(ROOT, "data", "regions.geojson")
     if case == "demo":
         grid = {"patch_size": 64, "overlap": 0}
     elif case == "scene":
         regions = scene_regions(os.path.join(workdir, "scene.geojson"))
-        grid = {"patch_size": 128, "overlap": 96 if quick else 120}
+        grid = {"patch_size": 128, "overlap": 128 - stride}
     else:
         raise SystemExit(f"unknown case {case!r}; use demo or scene")
     doc = {"source": {"kind": "raster", "uri": SCENE, "bands": [1, 2, 3]}, "regions": regions,
@@ -151,10 +151,10 @@ def folder_digest(folder: str) -> str:
     return digest.hexdigest()
 
 
-def measure(case: str, repeat: int, quick: bool, jobs: list[str]) -> dict:
+def measure(case: str, repeat: int, stride: int, jobs: list[str]) -> dict:
     workdir = tmpfs_dir()
     try:
-        path, doc = case_config(workdir, case, quick)
+        path, doc = case_config(workdir, case, stride)
         job = prepare_job(load_config(path))
         runs: dict[str, list[dict]] = {name: [] for name in ["raw", *jobs]}
         same = None
@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each job (median), interleaved")
     parser.add_argument("--cases", default="demo,scene")
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"pixelbeam jobs to run, of {','.join(JOBS)}")
+    parser.add_argument("--stride", type=int, default=0, help="the scene case's stride in px (default 8; --quick 32)")
     parser.add_argument("--quick", action="store_true", help="smoke run: the scene case alone, at stride 32, one repeat")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     args = parser.parse_args(argv)
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     print(f"load average before: {os.getloadavg()[0]:.2f} | {os.cpu_count()} cores", flush=True)
     results = []
     for case in args.cases.split(","):
-        results.append(measure(case, args.repeat, args.quick, jobs))
+        results.append(measure(case, args.repeat, args.stride or (32 if args.quick else 8), jobs))
         print_case(results[-1])
         sys.stdout.flush()
     if args.json:

@@ -50,6 +50,9 @@ class FetchSettings:
     threads: int = 40
     progress_dir: Optional[str] = None  # local runs: where worker processes report progress
     quota_pool: str = ""  # layers naming the same pool share one throttler (an Earth Engine project)
+    # each call on a helper thread that the caller abandons after 1.5 x timeout_s (a hung HTTP
+    # request); off for local files, where that hand-off per read costs more than the read
+    abandon_hung_calls: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +139,7 @@ class _WorkerFetcher:
                 throttler=throttler, adaptive=adaptive, policy=RetryPolicy(max_attempts=settings.max_attempts),
                 stats=self.stats, clock=clock, sleep=sleep,
                 # a backstop: sources also set their own transport deadline to timeout_s
-                attempt_timeout_s=settings.timeout_s * 1.5)
+                attempt_timeout_s=settings.timeout_s * 1.5 if settings.abandon_hung_calls else None)
             self.layers.append((layer, reader, runner))
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="pixelbeam-fetch")
         self.progress = ProgressFile(progress_dir)
