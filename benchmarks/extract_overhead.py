@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 import rasterio
@@ -77,7 +78,7 @@ def scene_regions(path: str) -> str:
     return path
 
 
-def case_config(workdir: str, case: str, stride: int) -> tuple[str, dict]:
+def case_config(workdir: str, case: str, stride: int, tfrecord_level: Optional[int] = None) -> tuple[str, dict]:
     """(config path, the config as a dict) of one case, outputs under workdir/out."""
     regions = os.path.join(ROOT, "data", "regions.geojson")
     if case == "demo":
@@ -90,6 +91,8 @@ def case_config(workdir: str, case: str, stride: int) -> tuple[str, dict]:
     doc = {"source": {"kind": "raster", "uri": SCENE, "bands": [1, 2, 3]}, "regions": regions,
            "grid": {"crs": "native", "scale": "native", "min_coverage": 0.0, **grid},
            "output": {"path": os.path.join(workdir, "out"), "formats": ["npy"], "max_masked_ratio": 1.0}}
+    if tfrecord_level is not None:
+        doc["output"]["tfrecord_compression_level"] = tfrecord_level
     path = os.path.join(workdir, f"{case}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)
@@ -151,10 +154,10 @@ def folder_digest(folder: str) -> str:
     return digest.hexdigest()
 
 
-def measure(case: str, repeat: int, stride: int, jobs: list[str]) -> dict:
+def measure(case: str, repeat: int, stride: int, jobs: list[str], tfrecord_level: Optional[int] = None) -> dict:
     workdir = tmpfs_dir()
     try:
-        path, doc = case_config(workdir, case, stride)
+        path, doc = case_config(workdir, case, stride, tfrecord_level)
         job = prepare_job(load_config(path))
         runs: dict[str, list[dict]] = {name: [] for name in ["raw", *jobs]}
         same = None
@@ -200,6 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default="demo,scene")
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"pixelbeam jobs to run, of {','.join(JOBS)}")
     parser.add_argument("--stride", type=int, default=0, help="the scene case's stride in px (default 8; --quick 32)")
+    parser.add_argument("--tfrecord-level", type=int, help="output.tfrecord_compression_level (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="smoke run: the scene case alone, at stride 32, one repeat")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     args = parser.parse_args(argv)
@@ -212,7 +216,7 @@ def main(argv=None) -> int:
     print(f"load average before: {os.getloadavg()[0]:.2f} | {os.cpu_count()} cores", flush=True)
     results = []
     for case in args.cases.split(","):
-        results.append(measure(case, args.repeat, args.stride or (32 if args.quick else 8), jobs))
+        results.append(measure(case, args.repeat, args.stride or (32 if args.quick else 8), jobs, args.tfrecord_level))
         print_case(results[-1])
         sys.stdout.flush()
     if args.json:

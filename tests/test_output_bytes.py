@@ -67,6 +67,7 @@ def demo_like(tmp_path, **changes):
     doc["output"]["path"] = str(tmp_path / "out")
     for section, values in changes.items():
         doc[section] = {**doc.get(section, {}), **values}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
@@ -111,6 +112,26 @@ JOBS = {
         mask={"fill_value": 0, "npy": True}),
     "segmentation": segmentation,
 }
+
+
+def test_tfrecord_examples_are_the_same_at_every_gzip_level(tmp_path):
+    """output.tfrecord_compression_level changes the gzip stream, never an example."""
+    sizes = {}
+    for level in (0, 9):
+        config = demo_like(tmp_path / str(level), output={"formats": ["tfrecord"], "tfrecord_compression_level": level})
+        assert main(["run", config]) == 0
+        out = str(tmp_path / str(level) / "out")
+        assert output_hashes(out)["tfrecord"] == PINNED["demo"]["tfrecord"]
+        sizes[level] = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out, "tfrecord", "*.gz")))
+    assert sizes[9] < sizes[0] / 3
+
+
+def test_a_gzip_level_out_of_range_is_one_line_naming_the_field(tmp_path, capsys):
+    config = demo_like(tmp_path, output={"tfrecord_compression_level": 10})
+    assert main(["run", config]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "output.tfrecord_compression_level" in err
+    assert not os.path.exists(tmp_path / "out")
 
 
 @pytest.mark.parametrize("name", sorted(JOBS))
