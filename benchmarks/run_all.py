@@ -182,7 +182,20 @@ def local_limits_rows(doc: dict) -> list[Row]:
              f"{fitted['run_seconds']:.2f} s", layers["run_seconds"] / fitted["run_seconds"], "time, lower")]
 
 
+def startup_rows(doc: dict) -> list[Row]:
+    c, parts = doc["commands"], doc["run_parts"]
+    beam = c["python -c 'import apache_beam'"]
+    rows = [(name, f"{c[name]['seconds']:.2f} s, {c[name]['cpu_s']:.2f} CPU s", "python -c 'import apache_beam'",
+             f"{beam['seconds']:.2f} s, {beam['cpu_s']:.2f} CPU s", c[name]["seconds"] / beam["seconds"], "time, lower")
+            for name in ("pixelbeam --help", "pixelbeam plan", "pixelbeam run (43 patches)")]
+    rows.append(("pixelbeam run (43 patches): pictures after the run", f"{parts.get('pictures', 0):.2f} s",
+                 "the pipeline itself", f"{parts['pipeline']:.2f} s", parts.get("pictures", 0) / parts["pipeline"],
+                 "time, lower"))
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
+    "startup": startup_rows,
     "ee_expression": ee_expression_rows,
     "local_limits": local_limits_rows,
     "extract_overhead": extract_overhead_rows,
