@@ -37,6 +37,7 @@ from pixelbeam.transforms.sources.base import PixelReader, PixelSource, SourceIn
 from pixelbeam.transforms.fetching.throttle import AdaptiveThrottler, Throttler
 
 METRICS_NAMESPACE = "pixelbeam"
+REPORT_EVERY = 64  # patches between two reports of the request stats (and always at the end of a bundle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +168,7 @@ class FetchLayersDoFn(beam.DoFn):
 
     def start_bundle(self):
         self.pending: set[concurrent.futures.Future] = set()
+        self._unreported = 0
 
     def process(self, spec: PatchSpec):
         self.pending.add(self.worker.submit(spec))
@@ -178,7 +180,10 @@ class FetchLayersDoFn(beam.DoFn):
         for future in [f for f in self.pending if f.done()]:  # in completion, not arrival, order
             self.pending.discard(future)
             yield self._output(future.result())
-        self._report_metrics()
+        self._unreported += 1
+        if self._unreported >= REPORT_EVERY:  # request stats to Beam's counters in batches, not per patch
+            self._unreported = 0
+            self._report_metrics()
 
     def finish_bundle(self):
         for future in concurrent.futures.as_completed(self.pending):
