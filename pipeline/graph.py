@@ -57,7 +57,7 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
     writer = WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, file_options=job_file_options(job),
         splits=job.split_names, layers=tuple(layer.name for layer in job.layers) if job.layered else (),
-        with_written=True)
+        with_written=True, tfrecord_level=out.tfrecord_compression_level)
     written_rows, write_failures, written = judged.keep | "WritePatches" >> writer
     stats = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()

@@ -56,6 +56,7 @@ class Limits:
     concurrent_field: str = ""  # the config field that set max_concurrent ("" for the default)
     rate_field: str = ""  # the config field that set max_requests_per_second ("" for the default)
     pool: str = ""
+    local: bool = False  # a local raster file: no server, reads cost this machine's CPU
 
     def describe(self) -> str:
         scope = {JOB: "for the whole job", MACHINE: "per machine", PROCESS: "per worker process"}[self.shared_by]
@@ -108,7 +109,8 @@ def layer_limits(config, src, name: str = SOURCE_LAYER, in_layers: bool = False)
     attempts = next((f.max_attempts for _, f in fetches if f.max_attempts), DEFAULT_MAX_ATTEMPTS)
     timeout = next((f.timeout_s for _, f in fetches if f.timeout_s), DEFAULT_TIMEOUT_S)
     pool = f"earthengine {src.url} {src.project or ''}".strip() if kind == "earthengine" else ""
-    return Limits(concurrent, shared_by, rate, attempts, timeout, why, concurrent_field, rate_field, pool)
+    return Limits(concurrent, shared_by, rate, attempts, timeout, why, concurrent_field, rate_field, pool,
+                  local=kind == "local")
 
 
 def fetch_section_limits(fetch: FetchConfig) -> Limits:

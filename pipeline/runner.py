@@ -97,9 +97,10 @@ def process_settings(limits: Limits, options: PipelineOptions, progress_dir: Opt
         share = machine_process_count(options) if limits.shared_by == MACHINE else 1
         concurrent = max(1, limits.max_concurrent // share)
         rate = None if rate is None else rate / workers
+    local = limits.local  # a local file: as many threads as reads at once, no hand-off to abandon a hung call
     return FetchSettings(max_concurrent=concurrent, max_requests_per_second=rate, max_attempts=limits.max_attempts,
-                         timeout_s=limits.timeout_s, threads=fetch_threads(concurrent), progress_dir=progress_dir,
-                         quota_pool=limits.pool)
+                         timeout_s=limits.timeout_s, threads=concurrent if local else fetch_threads(concurrent),
+                         progress_dir=progress_dir, quota_pool=limits.pool, abandon_hung_calls=not local)
 
 
 def layer_fetch_settings(job, options: PipelineOptions,

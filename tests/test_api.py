@@ -203,3 +203,15 @@ def test_a_user_folder_with_its_own_pipeline_and_transforms_modules(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = sum(r["status"] == "written" for r in manifest(str(tmp_path / "out")))
     assert proc.stdout.split() == [str(written), "(4,", "3,", "64,", "64)", str(written)]
+
+
+def test_plan_loads_no_heavy_library(tmp_path):
+    """`pixelbeam plan` plans on the launcher without Beam, matplotlib, TensorFlow or torch (issue 16)."""
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(demo_doc(str(tmp_path / "out"))))
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pixelbeam", "plan", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "patches:" in proc.stdout
+    loaded = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "rasterio" in loaded and not loaded & {"apache_beam", "tensorflow", "torch", "matplotlib"}

@@ -18,8 +18,9 @@ def test_run_all_quick_extract_overhead_prints_one_table():
     lines = proc.stdout.splitlines()
     assert any(line.startswith("benchmark") and "ratio" in line for line in lines)
     rows = [line.split("|") for line in lines if line.startswith("extract_overhead")]
-    assert len(rows) == 4  # 2 patch sizes x (NPY only, full job)
+    assert len(rows) == 6  # the scene case: 4 jobs against the raw loop, 2 processes / 1, NPY + TFRecord / NPY
     assert all(float(r[5]) > 0 for r in rows)
+    assert all("754 patches of 128 px, stride 32" in r[1] for r in rows)
 
 
 def test_run_all_quick_summary_scale_compares_streaming_with_the_list_of_dicts():

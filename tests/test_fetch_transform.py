@@ -94,3 +94,23 @@ def test_job_limits_are_divided_over_workers():
     multi = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     assert worker_count(multi) == 2 and fetch_settings(FakeJob, multi).max_concurrent == 20
     assert worker_count(PipelineOptions([])) == 1
+
+
+def test_request_counters_add_up_when_reported_in_batches():
+    """Issue 16: request stats reach Beam's counters every REPORT_EVERY patches and at the end of
+    a bundle, not per patch; the totals are the same (a count that is not a multiple of it)."""
+    from pixelbeam.transforms.fetch import REPORT_EVERY
+    CALLS.clear()
+    n = 2 * REPORT_EVERY + 7
+    grid = GridSpec("EPSG:32618", (10.0, 10.0), patch_size=(8, 8))
+    many = [make_spec(grid, "EPSG:32618", row, 3, "r") for row in range(n)]  # col 3: no fault
+    info = SourceInfo(band_names=("a",), dtypes=("uint16",), limits=RequestLimits(max_bytes=1 << 20))
+    settings = FetchSettings(max_concurrent=2, max_requests_per_second=None, max_attempts=3, threads=2)
+    pipeline = TestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    with pipeline as p:
+        out = p | beam.Create(many) | FetchPatches(FakeSource(info), info, settings)
+        assert_that(out.patches | beam.combiners.Count.Globally(), equal_to([n]))
+    counters = {c.key.metric.name: c.committed for c in pipeline.result.metrics().query()["counters"]}
+    assert counters["requests"] == n and counters["successes"] == n and counters["patches_fetched"] == n
+    dists = {d.key.metric.name: d.committed for d in pipeline.result.metrics().query()["distributions"]}
+    assert dists["request_latency_ms"].count == n

@@ -201,3 +201,17 @@ def test_each_layer_keeps_its_own_limit_and_a_failing_layer_names_itself():
     assert (throttlers["slow"].max_concurrent, throttlers["wide"].max_concurrent) == (2, 6)
     assert throttlers["slow"] is not throttlers["wide"] and throttlers["same"] is throttlers["pooled"]
     worker.pool.shutdown()
+
+
+def test_local_files_are_read_without_a_hand_off_per_call_and_remote_ones_keep_it(tmp_path):
+    """Issue 16: a local read runs on the fetch thread itself (no helper thread per call to
+    abandon a hung HTTP request), with as many threads as reads at once; Earth Engine and remote
+    rasters keep the helper thread and spare threads for retry backoffs."""
+    doc = yaml.safe_load(open(mixed_config(tmp_path, "http://127.0.0.1:9")))
+    doc["layers"]["cog"] = {"kind": "raster", "role": "input", "uri": "/vsicurl/https://example.com/a.tif"}
+    doc["layers"]["ee"].pop("fetch")
+    settings = layer_fetch_settings(type("J", (), {"config": parse_config(doc)}), PipelineOptions([]))
+    scene, ee, cog = settings["scene"], settings["ee"], settings["cog"]
+    assert not scene.abandon_hung_calls and scene.threads == scene.max_concurrent == local_concurrency()
+    assert ee.abandon_hung_calls and ee.threads > ee.max_concurrent
+    assert cog.abandon_hung_calls and cog.threads > cog.max_concurrent

@@ -37,6 +37,7 @@ from pixelbeam.transforms.sources.base import PixelReader, PixelSource, SourceIn
 from pixelbeam.transforms.fetching.throttle import AdaptiveThrottler, Throttler
 
 METRICS_NAMESPACE = "pixelbeam"
+REPORT_EVERY = 64  # patches between two reports of the request stats (and always at the end of a bundle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,9 @@ class FetchSettings:
     threads: int = 40
     progress_dir: Optional[str] = None  # local runs: where worker processes report progress
     quota_pool: str = ""  # layers naming the same pool share one throttler (an Earth Engine project)
+    # each call on a helper thread that the caller abandons after 1.5 x timeout_s (a hung HTTP
+    # request); off for local files, where that hand-off per read costs more than the read
+    abandon_hung_calls: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +140,7 @@ class _WorkerFetcher:
                 throttler=throttler, adaptive=adaptive, policy=RetryPolicy(max_attempts=settings.max_attempts),
                 stats=self.stats, clock=clock, sleep=sleep,
                 # a backstop: sources also set their own transport deadline to timeout_s
-                attempt_timeout_s=settings.timeout_s * 1.5)
+                attempt_timeout_s=settings.timeout_s * 1.5 if settings.abandon_hung_calls else None)
             self.layers.append((layer, reader, runner))
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="pixelbeam-fetch")
         self.progress = ProgressFile(progress_dir)
@@ -164,6 +168,7 @@ class FetchLayersDoFn(beam.DoFn):
 
     def start_bundle(self):
         self.pending: set[concurrent.futures.Future] = set()
+        self._unreported = 0
 
     def process(self, spec: PatchSpec):
         self.pending.add(self.worker.submit(spec))
@@ -175,7 +180,10 @@ class FetchLayersDoFn(beam.DoFn):
         for future in [f for f in self.pending if f.done()]:  # in completion, not arrival, order
             self.pending.discard(future)
             yield self._output(future.result())
-        self._report_metrics()
+        self._unreported += 1
+        if self._unreported >= REPORT_EVERY:  # request stats to Beam's counters in batches, not per patch
+            self._unreported = 0
+            self._report_metrics()
 
     def finish_bundle(self):
         for future in concurrent.futures.as_completed(self.pending):

@@ -100,7 +100,7 @@ class LayerPixels:
 
     @property
     def valid_fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
+        return valid_fraction(self.mask)
 
 
 @dataclasses.dataclass
@@ -157,8 +157,16 @@ class Patch:
     @property
     def valid_fraction(self) -> float:
         """The valid fraction of the input layers' pixels (0..1)."""
-        mask = self.input_mask
-        return float(mask.mean()) if mask.size else 0.0
+        return valid_fraction(self.input_mask)
+
+
+def valid_fraction(mask: np.ndarray) -> float:
+    """The fraction (0..1) of True in a boolean mask; the same float as `mask.mean()` (a count of
+    ones is exact in float64), without mean's conversion of every pixel to float."""
+    mask = np.asarray(mask)
+    if not mask.size:
+        return 0.0
+    return np.count_nonzero(mask) / mask.size if mask.dtype == bool else float(mask.mean())
 
 
 @dataclasses.dataclass(frozen=True)

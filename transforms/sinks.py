@@ -11,13 +11,13 @@ import dataclasses
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 
 from pixelbeam.transforms.formats.encode import layers_to_example, patch_to_example
 from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, per_patch_formats
 from pixelbeam.transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
 from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch
 from pixelbeam.transforms.storage import join, to_json_line, write_atomically
+from pixelbeam.transforms.tfrecord_sink import DEFAULT_LEVEL, WriteTFRecordShards
 
 TFRECORD_PREFIX = "tfrecord/patches"
 TFRECORD_SUFFIX = ".tfrecord.gz"
@@ -94,6 +94,7 @@ class WritePatches(beam.PTransform):
     splits: tuple[str, ...] = ()  # split names: shards <split>-<run_id>-SSSSS-of-NNNNN per split
     layers: tuple[str, ...] = ()  # with layers: their order in each TFRecord example (`<layer>/<band>` features)
     with_written: bool = False  # also return the written Patches (e.g. for PatchStatistics)
+    tfrecord_level: int = DEFAULT_LEVEL  # gzip level of the TFRecord shards (output.tfrecord_compression_level)
 
     def __post_init__(self):
         super().__init__()
@@ -126,9 +127,9 @@ class WritePatches(beam.PTransform):
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
         self.finalized.append(patches
              | f"EncodeExamples{label}" >> beam.Map(encode_record, self.layers)
-             | f"WriteTFRecord{label}" >> beam.io.WriteToTFRecord(
-                 join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
-                 compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))  # -> the shard names
+             | f"WriteTFRecord{label}" >> WriteTFRecordShards(
+                 join(self.output_path, prefix), TFRECORD_SUFFIX, self.tfrecord_shards,
+                 self.tfrecord_level))  # -> the shard names
 
 
 def encode_record(patch: Patch, layers: tuple[str, ...] = ()) -> bytes:

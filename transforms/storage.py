@@ -5,6 +5,7 @@ apart from `apache_beam.io.filesystems`."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -18,6 +19,23 @@ def join(base: str, relpath: str) -> str:
 
 def write_atomically(path: str, data: bytes) -> None:
     """Write `data` to `path` so that a reader sees the whole file or none of it."""
+    if "://" not in path:  # local: Beam's LocalFileSystem steps, its folder made only when missing
+        directory = os.path.dirname(path)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            f = open(tmp, "wb")
+        try:
+            with f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return
     directory, name = FileSystems.split(path)
     tmp = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
     with FileSystems.create(tmp) as f:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pixelbeam.pipeline.config.base import Strict
+from pixelbeam.transforms.formats.gzip_stream import DEFAULT_LEVEL as TFRECORD_GZIP_LEVEL  # README: TFRecord compression
 
 FORMATS = ("tfrecord", "npy", "geotiff", "png", "jpeg")
 
@@ -76,6 +77,7 @@ class OutputConfig(Strict):
     max_masked_ratio: float = Field(1.0, ge=0.0, le=1.0)
     keep_empty: bool = False  # also write patches with no valid pixel at all
     tfrecord_shards: int = Field(0, ge=0)
+    tfrecord_compression_level: int = Field(TFRECORD_GZIP_LEVEL, ge=0, le=9)  # gzip level, 1 fastest .. 9 smallest
     bands_axis: Literal[0, -1] = 0  # NPY layout: 0 (C, H, W) or -1 (H, W, C)
     visualization: Optional[VisualizationConfig] = None  # for png / jpeg
     scaling: Optional[Union[str, list[Any], dict[str, Any]]] = None  # Descartes Labs' scaling (transforms/pixels/scaling.py)

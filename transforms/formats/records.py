@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterator, Union
 import google_crc32c
 import numpy as np
 
-__all__ = ["iter_records", "iter_examples", "parse_example", "RecordError"]
+__all__ = ["iter_records", "iter_examples", "parse_example", "frame_record", "RecordError"]
 
 _MASK_DELTA = 0xA282EAD8
 
@@ -33,6 +33,12 @@ class RecordError(ValueError):
 def _masked_crc(data: bytes) -> int:
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord record: length, masked CRC32C of the length, `data`, masked CRC32C of `data`."""
+    length = struct.pack("<Q", len(data))
+    return b"".join((length, struct.pack("<I", _masked_crc(length)), data, struct.pack("<I", _masked_crc(data))))
 
 
 def _open(path: str) -> BinaryIO:

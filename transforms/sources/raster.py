@@ -12,6 +12,7 @@ thread opens its own dataset handles once (GDAL handles are not thread-safe).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Optional, Sequence
 
 import numpy as np
@@ -229,18 +230,58 @@ def _band_masks(ds, indexes, window: Window, ignore: frozenset) -> np.ndarray:
 def _window_read(ds, indexes, window: Window, ignore: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
     """A window read that may reach past the file's edges: outside pixels are nodata/0, masked."""
     h, w = int(window.height), int(window.width)
-    fill = ds.nodata if ds.nodata is not None else 0
-    data = np.full((len(indexes), h, w), fill, dtype=np.result_type(*[ds.dtypes[i - 1] for i in indexes]))
+    dtype, fill, nodata = _read_facts(ds, tuple(indexes), ignore)
+    row_off, col_off = int(window.row_off), int(window.col_off)
+    r0, c0 = max(row_off, 0), max(col_off, 0)
+    r1, c1 = min(row_off + h, ds.height), min(col_off + w, ds.width)
+    if (r0, c0, r1, c1) == (row_off, col_off, row_off + h, col_off + w):  # inside the file: no padding
+        data = ds.read(indexes, window=Window(c0, r0, w, h)).astype(dtype, copy=False)
+        mask = (np.all(data != nodata, axis=0) if nodata is not None
+                else np.all(_band_masks(ds, indexes, Window(c0, r0, w, h), ignore) > 0, axis=0))
+        return data, mask
+    data = np.full((len(indexes), h, w), fill, dtype=dtype)
     mask = np.zeros((h, w), dtype=bool)
-    r0, c0 = max(int(window.row_off), 0), max(int(window.col_off), 0)
-    r1, c1 = min(int(window.row_off) + h, ds.height), min(int(window.col_off) + w, ds.width)
     if r0 < r1 and c0 < c1:
         inner = Window(c0, r0, c1 - c0, r1 - r0)
-        rows = slice(r0 - int(window.row_off), r1 - int(window.row_off))
-        cols = slice(c0 - int(window.col_off), c1 - int(window.col_off))
-        data[:, rows, cols] = ds.read(indexes, window=inner)
-        mask[rows, cols] = np.all(_band_masks(ds, indexes, inner, ignore) > 0, axis=0)
+        rows, cols = slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off)
+        inside = ds.read(indexes, window=inner)
+        data[:, rows, cols] = inside
+        if nodata is not None:  # GDAL's nodata mask is `value != nodata`: computed here, not read again
+            mask[rows, cols] = np.all(inside != nodata, axis=0)
+        else:
+            mask[rows, cols] = np.all(_band_masks(ds, indexes, inner, ignore) > 0, axis=0)
     return data, mask
+
+
+_FACTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # dataset -> {(indexes, ignore): facts}
+
+
+def _read_facts(ds, indexes: tuple[int, ...], ignore: frozenset):
+    """(dtype of the read, fill value past the edges, nodata value of the mask or None), asked of
+    GDAL once per open dataset and bands rather than once per patch."""
+    per_ds = _FACTS.setdefault(ds, {})
+    key = (indexes, ignore)
+    if key not in per_ds:
+        dtype = np.result_type(*[ds.dtypes[i - 1] for i in indexes])
+        per_ds[key] = (dtype, ds.nodata if ds.nodata is not None else 0, _nodata_mask_value(ds, indexes, ignore))
+    return per_ds[key]
+
+
+def _nodata_mask_value(ds, indexes, ignore: frozenset):
+    """The nodata value when every read band of an integer file is masked by exactly that nodata
+    value (GDAL's nodata mask: valid where `value != nodata`, exact for integers), else None."""
+    from rasterio.enums import MaskFlags
+    if "nodata" in ignore or ds.nodata is None:
+        return None
+    dtypes = {ds.dtypes[i - 1] for i in indexes}
+    if len(dtypes) != 1 or np.dtype(next(iter(dtypes))).kind not in "iu":
+        return None
+    info, nodata = np.iinfo(next(iter(dtypes))), float(ds.nodata)
+    if not nodata.is_integer() or not info.min <= nodata <= info.max:
+        return None
+    if any(list(ds.mask_flag_enums[i - 1]) != [MaskFlags.nodata] for i in indexes):
+        return None
+    return int(nodata)
 
 
 def _first_line(e: Exception) -> str:
