@@ -9,6 +9,7 @@ import apache_beam as beam
 from pixelbeam.pipeline.outputs import job_file_options
 from pixelbeam.pipeline.plan import Job
 from pixelbeam.pipeline.resume import ResumeState
+from pixelbeam.pipeline.shards import job_shard_naming
 from pixelbeam.pipeline.runner import fetch_layers, fetch_settings
 from pixelbeam.pipeline.stats import layer_roles
 from pixelbeam.transforms.fetch import FAILED, FetchLayers, FetchPatches
@@ -53,7 +54,7 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
     written_rows, write_failures, written = judged.keep | "WritePatches" >> WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, file_options=job_file_options(job),
         splits=job.split_names, layers=tuple(layer.name for layer in job.layers) if job.layered else (),
-        with_written=True)
+        with_written=True, shards=job_shard_naming(job, resume.run_id))
     _ = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
     failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()

@@ -19,6 +19,7 @@ from pixelbeam.pipeline.stats import recorded_stats
 from pixelbeam.transforms.formats.encode import LAYER_SEPARATOR, feature_spec, layers_feature_spec
 from pixelbeam.transforms.formats.files import npy_shape
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
+from pixelbeam.pipeline.shards import webdataset_entry
 from pixelbeam.transforms.sinks import TFRECORD_SUFFIX, tfrecord_prefix
 from pixelbeam.transforms.storage import join, write_atomically
 
@@ -192,6 +193,7 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         **({"times": list(job.info.collection.step_times)} if job.time_steps else {}),  # a stack's steps
         **({"images": [im.image_id for im in job.info.collection.images]} if job.info.collection else {}),
         **split_entries(job),
+        **webdataset_entry(job),
     }
 
 
@@ -240,6 +242,7 @@ def layered_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "tfrecord": {**tfrecord_files(job), "features": spec},
         "config": job.config.model_dump(mode="json"),
         **split_entries(job),
+        **webdataset_entry(job),
     }
 
 

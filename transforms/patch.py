@@ -42,6 +42,7 @@ class PatchSpec:
     in_tfrecord: bool = False  # a rerun refetching a patch whose example a completed run wrote
     label: Optional[Union[int, float, str]] = None  # the owner region's label (sample.label_property)
     split: Optional[str] = None  # train / val / test ... (config split:, transforms/planning/splits.py)
+    shard: Optional[str] = None  # a rerun refetching a patch that this completed run's WebDataset shard holds
 
     @property
     def fetch_width(self) -> int:

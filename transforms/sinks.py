@@ -1,8 +1,10 @@
 """Sinks: NPY files, TFRecord shards, manifest and dead letters, through Beam's filesystems
 (so a local folder and gs://bucket/prefix work alike).
 
-Per-patch files (NPY, GeoTIFF, PNG, JPEG) are written atomically (a temporary name, then a rename); TFRecord shards, the
-manifest and the dead letters use Beam's file sinks, which finalize by renaming whole files.
+Per-patch files (NPY, GeoTIFF, PNG, JPEG) appear whole or not at all (`storage.open_once`: on
+Cloud Storage one upload straight to the final name, locally a temporary name and a rename);
+TFRecord shards, the manifest and the dead letters use Beam's file sinks, which finalize by
+renaming whole files; WebDataset shards are written by transforms/shards.py.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from apache_beam.io.filesystem import CompressionTypes
 
 from pixelbeam.transforms.formats.encode import layers_to_example, patch_to_example
 from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, per_patch_formats
+from pixelbeam.transforms.formats.webdataset import ShardNaming
 from pixelbeam.transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
-from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch
+from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch, PatchSpec
+from pixelbeam.transforms.shards import WriteShards
 from pixelbeam.transforms.storage import join, to_json_line, write_atomically
 
 TFRECORD_PREFIX = "tfrecord/patches"
@@ -34,6 +38,35 @@ def tfrecord_prefix(run_id: str = "", split: Optional[str] = None) -> str:
 def patch_files(templates, patch_id: str, split: Optional[str] = None) -> list[str]:
     """The files a patch was written to, relative to the output path."""
     return [t.format(patch_id=patch_id, split=split) for t in templates]
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedFiles:
+    """The files many patches share that a patch's manifest row lists: TFRecord shard patterns
+    (`templates`) and, with `shards`, the one WebDataset shard holding the patch (the completed
+    run's `spec.shard` when a rerun refetched it for another missing file)."""
+
+    templates: tuple[str, ...] = ()
+    shards: Optional[ShardNaming] = None
+
+    def __call__(self, spec: PatchSpec) -> list[str]:
+        out = patch_files(self.templates, spec.patch_id, spec.split)
+        if self.shards is not None:
+            out.append(spec.shard or self.shards.relpath(spec.patch_id, spec.split))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRow:
+    """The manifest row (as WriteReports writes it) stored in a patch's shard sample."""
+
+    per_patch: tuple[str, ...]  # per-patch file templates with {patch_id}
+    shared: SharedFiles
+    run_id: str = ""
+
+    def __call__(self, patch: Patch) -> dict:
+        files = [t.format(patch_id=patch.spec.patch_id) for t in self.per_patch] + self.shared(patch.spec)
+        return {**written_row(patch, files), "run_id": self.run_id}
 
 
 class JudgePatches(beam.DoFn):
@@ -56,7 +89,7 @@ class WritePatchFiles(beam.DoFn):
     TFRecord shards), FAILED the FailedPatch of an encoding or write that raised, WRITTEN_PATCHES
     the patch itself once its files are written."""
 
-    def __init__(self, output_path: str, options: PatchFileOptions, shared: tuple[str, ...] = ()):
+    def __init__(self, output_path: str, options: PatchFileOptions, shared: SharedFiles = SharedFiles()):
         self.output_path, self.options, self.shared = output_path, options, shared
 
     def process(self, patch: Patch):
@@ -68,7 +101,7 @@ class WritePatchFiles(beam.DoFn):
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
             yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
             return
-        yield written_row(patch, files + patch_files(self.shared, patch.spec.patch_id, patch.spec.split))
+        yield written_row(patch, files + self.shared(patch.spec))
         yield beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)
 
 
@@ -85,6 +118,7 @@ class WritePatches(beam.PTransform):
     splits: tuple[str, ...] = ()  # split names: shards <split>-<run_id>-SSSSS-of-NNNNN per split
     layers: tuple[str, ...] = ()  # with layers: their order in each TFRecord example (`<layer>/<band>` features)
     with_written: bool = False  # also return the written Patches (e.g. for PatchStatistics)
+    shards: Optional[ShardNaming] = None  # with "webdataset" in formats: which shard each patch goes to
 
     def __post_init__(self):
         super().__init__()
@@ -104,14 +138,21 @@ class WritePatches(beam.PTransform):
                 files.append(f"{tfrecord_prefix(self.run_id)}-*{TFRECORD_SUFFIX}")
                 self._write_tfrecord(new, tfrecord_prefix(self.run_id))
         options = self.file_options or PatchFileOptions(formats=per_patch_formats(self.formats))
+        if "webdataset" in self.formats and self.shards is None:
+            raise ValueError("the webdataset format needs `shards` (which shard each patch goes to)")
+        shared = SharedFiles(tuple(files), self.shards if "webdataset" in self.formats else None)
         if options.formats:
             written = patches | "WritePatchFiles" >> beam.ParDo(
-                WritePatchFiles(self.output_path, options, tuple(files))).with_outputs(
-                    FAILED, WRITTEN_PATCHES, main="rows")
-            return (written.rows, written[FAILED]) + ((written[WRITTEN_PATCHES],) if self.with_written else ())
-        rows = patches | "ManifestRows" >> beam.Map(
-            lambda p, t=tuple(files): written_row(p, patch_files(t, p.spec.patch_id, p.spec.split)))
-        return (rows, pipeline | "NoWriteFailures" >> beam.Create([])) + ((patches,) if self.with_written else ())
+                WritePatchFiles(self.output_path, options, shared)).with_outputs(FAILED, WRITTEN_PATCHES, main="rows")
+            rows, failures, done = written.rows, written[FAILED], written[WRITTEN_PATCHES]
+        else:
+            rows = patches | "ManifestRows" >> beam.Map(lambda p, listed=shared: written_row(p, listed(p.spec)))
+            failures, done = pipeline | "NoWriteFailures" >> beam.Create([]), patches
+        if shared.shards is not None:  # after the per-patch files: a shard holds only written patches
+            _ = done | "WriteShards" >> WriteShards(self.output_path, shared.shards,
+                                                    ShardRow(options.templates, shared, self.run_id),
+                                                    options.layers, options.bands_axis)
+        return (rows, failures) + ((done,) if self.with_written else ())
 
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
         _ = (patches

@@ -8,7 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pixelbeam.pipeline.config.base import Strict
 
-FORMATS = ("tfrecord", "npy", "geotiff", "png", "jpeg")
+FORMATS = ("tfrecord", "npy", "geotiff", "png", "jpeg", "webdataset")
 
 
 class GridConfig(Strict):
@@ -70,9 +70,10 @@ class OutputConfig(Strict):
     """Where and how patches are written; `max_masked_ratio` filters mostly masked patches."""
 
     path: str
-    formats: list[Literal["tfrecord", "npy", "geotiff", "png", "jpeg"]] = ["tfrecord", "npy"]
+    formats: list[Literal["tfrecord", "npy", "geotiff", "png", "jpeg", "webdataset"]] = ["tfrecord", "npy"]
     max_masked_ratio: float = Field(1.0, ge=0.0, le=1.0)
     tfrecord_shards: int = Field(0, ge=0)
+    shard_size_mb: float = Field(256.0, gt=0)  # webdataset: the target size of a tar shard (MB, 10^6 bytes)
     bands_axis: Literal[0, -1] = 0  # NPY layout: 0 (C, H, W) or -1 (H, W, C)
     visualization: Optional[VisualizationConfig] = None  # for png / jpeg
     scaling: Optional[Union[str, list[Any], dict[str, Any]]] = None  # Descartes Labs' scaling (transforms/pixels/scaling.py)
