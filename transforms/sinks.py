@@ -14,6 +14,7 @@ from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pixelbeam.transforms.formats.encode import layers_to_example, patch_to_example
 from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, per_patch_formats
@@ -21,7 +22,8 @@ from pixelbeam.transforms.formats.webdataset import ShardNaming
 from pixelbeam.transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
 from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch, PatchSpec
 from pixelbeam.transforms.shards import WriteShards
-from pixelbeam.transforms.storage import join, to_json_line, write_atomically
+from pixelbeam.transforms.storage import is_object_store, join, to_json_line, write_atomically
+from pixelbeam.transforms.uploads import UPLOAD_THREADS, UploadPool
 
 TFRECORD_PREFIX = "tfrecord/patches"
 TFRECORD_SUFFIX = ".tfrecord.gz"
@@ -85,24 +87,59 @@ class JudgePatches(beam.DoFn):
 
 class WritePatchFiles(beam.DoFn):
     """Writes each per-patch file (NPY, GeoTIFF, PNG, JPEG; see transforms/formats/files.py)
-    atomically; main output the patch's manifest row listing them and then `shared` (e.g. the
-    TFRecord shards), FAILED the FailedPatch of an encoding or write that raised, WRITTEN_PATCHES
-    the patch itself once its files are written."""
+    whole or not at all; main output the patch's manifest row listing them and then `shared`
+    (e.g. the TFRecord shards), FAILED the FailedPatch of an encoding or write that raised,
+    WRITTEN_PATCHES the patch itself once its files are written. On an object store (gs://) each
+    file is one upload to its final name, from a bounded pool (transforms/uploads.py), so the
+    worker encodes the next patch while the last ones upload."""
 
-    def __init__(self, output_path: str, options: PatchFileOptions, shared: SharedFiles = SharedFiles()):
+    def __init__(self, output_path: str, options: PatchFileOptions, shared: SharedFiles = SharedFiles(),
+                 upload_threads: int = UPLOAD_THREADS):
         self.output_path, self.options, self.shared = output_path, options, shared
+        self.upload_threads = upload_threads
 
-    def process(self, patch: Patch):
-        files = []
+    def setup(self):
+        self.pool = UploadPool(self.upload_threads) if is_object_store(self.output_path) else None
+
+    def teardown(self):
+        if getattr(self, "pool", None) is not None:
+            self.pool.close()
+
+    def process(self, patch: Patch, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         try:
-            for relpath, data in encode_patch_files(patch, self.options):
-                write_atomically(join(self.output_path, relpath), data)
-                files.append(relpath)
+            encoded = [(join(self.output_path, relpath), relpath, data)
+                       for relpath, data in encode_patch_files(patch, self.options)]
+            if self.pool is None:
+                for path, _, data in encoded:
+                    write_atomically(path, data)
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
-            yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
+            yield self._failed(patch, e)
             return
-        yield written_row(patch, files + self.shared(patch.spec))
-        yield beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)
+        if self.pool is None:
+            yield from self._outputs(patch, [relpath for _, relpath, _ in encoded])
+            return
+        finished = self.pool.submit((patch, [r for _, r, _ in encoded], window, timestamp),
+                                    [(path, data) for path, _, data in encoded])
+        for (done, files, _, _), error in finished:
+            yield from ([self._failed(done, error)] if error is not None else self._outputs(done, files))
+
+    def finish_bundle(self):
+        if self.pool is None:
+            return
+        for (patch, files, window, timestamp), error in self.pool.drain():
+            outputs = [self._failed(patch, error)] if error is not None else self._outputs(patch, files)
+            for out in outputs:
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, timestamp, [window]))
+                else:
+                    yield WindowedValue(out, timestamp, [window])
+
+    def _outputs(self, patch: Patch, files: list[str]) -> list:
+        return [written_row(patch, files + self.shared(patch.spec)), beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)]
+
+    @staticmethod
+    def _failed(patch: Patch, e: BaseException):
+        return beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
 
 
 @dataclasses.dataclass

@@ -55,15 +55,17 @@ def open_once(path: str) -> Iterator[BinaryIO]:
 
 
 def abandon(f) -> None:
-    """Cancel an unfinished upload instead of finishing it (google-cloud-storage's BlobWriter
-    `terminate()` deletes the resumable upload session; a session never closed creates no
-    object either way)."""
-    terminate = getattr(f, "terminate", None)
-    if terminate is not None:
-        try:
-            terminate()
-        except Exception:  # noqa: BLE001 - the object is not created either way; keep the first error
-            pass
+    """Cancel an unfinished upload instead of finishing it: google-cloud-storage's BlobWriter
+    `terminate()` deletes the resumable upload session; when that fails, its buffer is closed so
+    that nothing (not `close()`, not garbage collection) finishes the upload, and a session never
+    finished creates no object."""
+    try:
+        f.terminate()
+    except Exception:  # noqa: BLE001 - e.g. a server that cannot cancel: leave the session unfinished
+        pass
+    buffer = getattr(f, "_buffer", None)  # closed, so neither close() nor garbage collection finishes the upload
+    if buffer is not None and not buffer.closed:
+        buffer.close()
 
 
 def write_atomically(path: str, data: bytes) -> None:
