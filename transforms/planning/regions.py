@@ -79,6 +79,10 @@ def regions_from_vector_file(path: str, where: str = "regions") -> list[Region]:
     if table.crs is None:
         raise RegionError(f"{label}: the file declares no CRS; give it one (e.g. ogr2ogr -a_srs EPSG:4326)")
     geometries = table.geometries if is_lonlat(table.crs) else to_crs(table.geometries, table.crs, "EPSG:4326")
+    from pixelbeam.transforms.planning.region_loading import point_table_to_regions
+    bulk = point_table_to_regions(geometries, table.properties)  # many points: in bulk, same Regions
+    if bulk is not None:
+        return [Region(*fields) for fields in bulk]
     features = [{"type": "Feature", "properties": table.properties(i),
                  "geometry": None if g is None else shapely.geometry.mapping(g)} for i, g in enumerate(geometries)]
     return regions_from_geojson({"type": "FeatureCollection", "features": features}, where=label)
@@ -97,6 +101,11 @@ def regions_from_geojson(doc: Any, where: str = "regions") -> list[Region]:
         features = [{"type": "Feature", "geometry": doc, "properties": {}}]
     if not features:
         raise RegionError(f"{where}: the FeatureCollection has no features; add at least one polygon or point")
+    if crs is None and isinstance(features, list):  # many points: in bulk (region_loading.py), same Regions
+        from pixelbeam.transforms.planning.region_loading import point_features_to_regions
+        bulk = point_features_to_regions(features)
+        if bulk is not None:
+            return [Region(*fields) for fields in bulk]
     out, seen = [], set()
     for index, feature in enumerate(features):
         region = _region_from_feature(feature, index, where, crs)
