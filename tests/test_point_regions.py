@@ -13,7 +13,7 @@ from pixelbeam.pipeline.config import load_config
 from pixelbeam.pipeline.plan import prepare_job
 from pixelbeam.transforms.planning import cells, region_loading
 from pixelbeam.transforms.planning.point_regions import ProjectedPoints
-from pixelbeam.transforms.planning.regions import RegionError, load_regions, regions_from_vector_file
+from pixelbeam.transforms.planning.regions import RegionError, load_regions, regions_from_geojson, regions_from_vector_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -114,3 +114,30 @@ def test_a_vector_file_of_points_loads_in_bulk_as_geojson_does(tmp_path):
                       geometry_type="Point", crs="EPSG:4326", driver="GPKG")
     again = regions_from_vector_file(gpkg)
     assert [(r.region_id, r.geometry.wkb) for r in again] == [(r.region_id, r.geometry.wkb) for r in regions]
+
+
+def test_streamed_geojson_falls_back_for_anything_it_does_not_read_plainly(tmp_path, monkeypatch):
+    """A legacy crs member after the features, members in another order, malformed JSON: the
+    whole-file path reads them (or refuses them with its own message), as before."""
+    from pixelbeam.transforms.planning.region_loading import NotPlain, stream_features
+    path = point_file(tmp_path, n=200)
+    doc = json.load(open(path))
+    monkeypatch.setattr(region_loading, "CHUNK", 1000)  # many reads, features split across them
+    assert list(stream_features(path)) == doc["features"]
+    features_first = tmp_path / "first.geojson"
+    features_first.write_text(json.dumps({"features": doc["features"], "type": "FeatureCollection"}))
+    assert list(stream_features(str(features_first))) == doc["features"]
+    legacy = tmp_path / "legacy.geojson"
+    legacy.write_text(json.dumps({"type": "FeatureCollection", "features": doc["features"],
+                                  "crs": {"type": "name", "properties": {"name": "EPSG:3857"}}}))
+    with pytest.raises(NotPlain):
+        list(stream_features(str(legacy)))
+    reprojected = load_regions(str(legacy))  # the whole-file path: coordinates in EPSG:3857 metres
+    assert abs(reprojected[0].geometry.x) < 0.01
+    broken = tmp_path / "broken.geojson"
+    broken.write_text(json.dumps(doc)[:-500])
+    with pytest.raises(RegionError, match="is not readable GeoJSON"):
+        load_regions(str(broken))
+    loaded = load_regions(path)
+    assert [(r.region_id, r.geometry.wkb, r.properties) for r in loaded] == \
+        [(r.region_id, r.geometry.wkb, r.properties) for r in regions_from_geojson(doc)]

@@ -7,11 +7,18 @@ file, as GeoJSON-like dicts) and returns each Region's (id, shapely Point, prope
 numeric lon/lat in range and the ids are unique; the caller then takes the feature-by-feature
 path, which gives the exact one-line error for the first bad feature. So a file either loads
 here to the very Regions the slow path gives, or is handled exactly as before.
+
+`stream_point_regions(path)` does the same for a GeoJSON file without loading the document:
+features are decoded one at a time (`stream_features`), so a file of 10^6 points never holds
+its ~1 GB of parsed JSON at once, only the Regions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import json
+import re
+from array import array
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import shapely
@@ -21,13 +28,19 @@ MIN_BULK = 64  # fewer features: the feature-by-feature path is as fast
 
 
 def point_features_to_regions(features: Sequence[Any]) -> Optional[list[tuple[str, Any, dict]]]:
-    """(id, point, properties) of all-Point features (module doc), or None to take the feature-by-feature path."""
-    n = len(features)
-    if n < MIN_BULK:
+    """(id, point, properties) of all-Point features (module doc), or None to take the
+    feature-by-feature path."""
+    if len(features) < MIN_BULK:
         return None
-    coords = np.empty((n, 2), dtype=np.float64)
-    ids: list[str] = [""] * n
-    props_of: list[dict] = [None] * n  # type: ignore[list-item]
+    return points_in_bulk(features, copy=True)
+
+
+def points_in_bulk(features: Iterable[Any], copy: bool = False) -> Optional[list[tuple[str, Any, dict]]]:
+    """`point_features_to_regions` over any iterable of features (e.g. `stream_features`);
+    `copy`: each Region gets its own copy of the properties (the caller's dicts stay theirs)."""
+    xs, ys = array("d"), array("d")
+    ids: list[str] = []
+    props_of: list[dict] = []
     for i, feature in enumerate(features):
         if not isinstance(feature, dict):
             return None
@@ -37,20 +50,92 @@ def point_features_to_regions(features: Sequence[Any]) -> Optional[list[tuple[st
         xy = geometry.get("coordinates")
         if not isinstance(xy, (list, tuple)) or len(xy) != 2 or type(xy[0]) not in NUMBER or type(xy[1]) not in NUMBER:
             return None
-        coords[i] = xy
+        xs.append(xy[0])
+        ys.append(xy[1])
         props = feature.get("properties") or {}
         if not isinstance(props, dict):
             return None
         rid = feature.get("id", props.get("id", props.get("name")))
-        ids[i] = str(rid) if rid is not None else f"region-{i:04d}"
-        props_of[i] = props
-    lon, lat = coords[:, 0], coords[:, 1]
-    if not (np.isfinite(coords).all() and (np.abs(lon) <= 180).all() and (np.abs(lat) <= 90).all()):
+        ids.append(str(rid) if rid is not None else f"region-{i:04d}")
+        props_of.append(dict(props) if copy else props)
+    if len(ids) < MIN_BULK:
         return None
-    if len(set(ids)) != n:
+    lon, lat = np.frombuffer(xs, dtype=np.float64), np.frombuffer(ys, dtype=np.float64)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all() and (np.abs(lon) <= 180).all()
+            and (np.abs(lat) <= 90).all()):
         return None
-    points = shapely.points(coords)
-    return [(rid, point, dict(props)) for rid, point, props in zip(ids, points.tolist(), props_of)]
+    if len(set(ids)) != len(ids):
+        return None
+    points = shapely.points(lon, lat)
+    return [(rid, point, props) for rid, point, props in zip(ids, points.tolist(), props_of)]
+
+
+class NotPlain(Exception):
+    """A GeoJSON file `stream_features` does not read (the whole-file path reads it, or says why not)."""
+
+
+# A FeatureCollection whose first members are ("type", then) "features": what writers emit
+HEAD = re.compile(r'\s*\{\s*(?:"type"\s*:\s*"FeatureCollection"\s*,\s*)?"features"\s*:\s*\[')
+WHITESPACE = re.compile(r"[\s,]*")
+CHUNK = 1 << 20  # characters read at a time
+
+
+def stream_features(path: str) -> Iterator[dict]:
+    """The features of a GeoJSON FeatureCollection file, decoded one at a time from 1 MB reads,
+    so the whole document is never in memory; raises NotPlain for any file it cannot stream
+    (another layout, a legacy `crs` member, malformed JSON), before or while yielding."""
+    decoder = json.JSONDecoder()
+    try:
+        with open(path, encoding="utf-8") as f:
+            buf = f.read(CHUNK)
+            head = HEAD.match(buf)
+            if head is None:
+                raise NotPlain(path)
+            typed, pos, eof, want = '"type"' in head.group(0), head.end(), False, CHUNK
+            while True:
+                pos = WHITESPACE.match(buf, pos).end()
+                if pos < len(buf) and buf[pos] == "]":
+                    check_tail(buf[pos + 1:] + f.read(), typed, path)
+                    return
+                try:
+                    if pos >= len(buf):
+                        raise json.JSONDecodeError("more", buf, pos)
+                    feature, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError:
+                    if eof:
+                        raise NotPlain(path) from None
+                    more = f.read(want)
+                    eof, want = not more, want * 2  # a big feature: read twice as much each time
+                    buf, pos = buf[pos:] + more, 0
+                    continue
+                want = CHUNK
+                yield feature
+                if end > CHUNK:
+                    buf, pos = buf[end:], 0
+                else:
+                    pos = end
+    except (OSError, UnicodeDecodeError):
+        raise NotPlain(path) from None
+
+
+def check_tail(tail: str, typed: bool, path: str) -> None:
+    """The members after `features` must be plain: no legacy `crs`, a FeatureCollection type."""
+    try:
+        rest = json.loads('{"_": 0' + tail)
+    except json.JSONDecodeError:
+        raise NotPlain(path) from None
+    if "crs" in rest or "features" in rest or (not typed and rest.get("type") != "FeatureCollection") or (
+            typed and "type" in rest):
+        raise NotPlain(path)
+
+
+def stream_point_regions(path: str) -> Optional[list[tuple[str, Any, dict]]]:
+    """(id, point, properties) of a GeoJSON file of many points, read streaming (module doc),
+    or None to read it whole."""
+    try:
+        return points_in_bulk(stream_features(path))
+    except NotPlain:
+        return None
 
 
 def point_table_to_regions(geometries: np.ndarray, properties) -> Optional[list[tuple[str, Any, dict]]]:

@@ -60,6 +60,10 @@ def load_regions(regions: str | Sequence[float], where: str = "regions") -> list
                           "Shapefile, FlatGeobuf, GeoParquet) or a bbox")
     if is_url or not regions.lower().endswith(GEOJSON_SUFFIXES):
         return regions_from_vector_file(regions, where)
+    from pixelbeam.transforms.planning.region_loading import stream_point_regions
+    bulk = stream_point_regions(regions)  # many points: streamed and in bulk, the same Regions
+    if bulk is not None:
+        return [Region(*fields) for fields in bulk]
     try:
         with open(regions, encoding="utf-8") as f:
             doc = json.load(f)
