@@ -176,3 +176,27 @@ def test_shard_names_depend_on_the_patch_id_alone():
     assert shard_run_id("train-20260101T000000-abcd-000003.tar") == "20260101T000000-abcd"
     assert shard_run_id(".tmp-0a1b-train-20260101T000000-abcd-000003.tar") is None
     assert shard_count(1000, 10_000, 1.0) == 14  # 1000 x (10,000 + 3,072 bytes of tar headers) in 1 MB shards
+
+
+def test_layered_shards_hold_every_layer_and_load_as_the_npy_files_do(tmp_path):
+    from pixelbeam import NpyPatchDataset, WebDatasetPatchDataset
+    doc = yaml.safe_load(open(os.path.join(ROOT, "configs", "segmentation.yaml")))
+    doc["layers"]["image"]["uri"] = LANDSAT
+    labels = os.path.join(ROOT, "configs", "segmentation_labels.geojson")
+    doc["layers"]["labels"]["path"] = doc["regions"] = labels
+    doc["output"] = {"path": str(tmp_path / "out"), "formats": ["npy", "webdataset"], "shard_size_mb": 0.05}
+    doc["mask"] = {"npy": True}
+    cfg = tmp_path / "seg.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(cfg)]) == 0
+    out = str(tmp_path / "out")
+    _, samples = audit_shards(str(cfg))
+    for pid, sample in samples.items():
+        assert {"image.npy", "image.mask.npy", "labels.npy", "labels.mask.npy", "json"} <= set(sample)
+        np.testing.assert_array_equal(sample["labels.npy"], np.load(os.path.join(out, "npy", "labels", f"{pid}.npy")))
+    reference = {s["patch_id"]: s for s in NpyPatchDataset(out)}
+    streamed = {s["patch_id"]: s for s in WebDatasetPatchDataset(out, split="train")}
+    assert streamed and set(streamed) == {p for p, s in reference.items() if s["split"] == "train"}
+    for pid, sample in streamed.items():
+        torch.testing.assert_close(sample["image"], reference[pid]["image"])
+        torch.testing.assert_close(sample["target"], reference[pid]["target"])
