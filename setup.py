@@ -38,7 +38,9 @@ STAC = ["pystac>=1.10", "pystac-client>=0.8", "cql2>=0.3"]
 # run inside IPython, imports its interactive environment, which needs pandas (Beam's range).
 NOTEBOOK = ["ipywidgets>=8", "pandas>=1.4.3,<2.4"]
 # nbclient + ipykernel execute docs/notebook.ipynb in a real kernel (tests/test_notebook.py)
-TEST = (["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0",
+# webdataset: the real consumer of `formats: [webdataset]` tar shards, reads them back in tests
+# (pixelbeam's own loader needs only the standard library's tarfile)
+TEST = (["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8", "torch==2.13.0", "webdataset>=1.0",
          "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"] + GCP + EE + TF + NOTEBOOK + STAC)
 
 # One import name, `pixelbeam`, while the design card's folders stay at the top of the

@@ -8,7 +8,14 @@ RSS, for:
   enumerate - listing every PatchSpec on the launcher (what a naive planner does), for contrast
               (skipped at 10^7, where it needs several GB).
 
+Point regions (issue 15.6 / 17.3): `--points 300000,1000000` plans that many point regions
+(a GeoJSON FeatureCollection of points with two properties each, ~170 bytes a feature: 300,000
+points are the issue's 50 MB file) with `centered_on_points`, in a fresh process each, and
+reports the load and plan time and the peak RSS; `--former` also plans them the former way
+(one region at a time: `cells.BULK_POINTS = False` and the feature-by-feature loader), for the ratio.
+
     .venv/bin/python benchmarks/plan_scale.py [--sizes 100000,1000000,10000000]
+    .venv/bin/python benchmarks/plan_scale.py --points 300000,1000000 [--former]
 """
 
 from __future__ import annotations
@@ -63,6 +70,59 @@ def child(mode: str, config_path: str) -> dict:
             "cells": len(job.cells)}
 
 
+def points_child(mode: str, config_path: str) -> dict:
+    """Runs in a fresh process: load and plan point regions (mode `bulk` or `former`)."""
+    sys.path.insert(0, ROOT)
+    from pixelbeam.pipeline.config import load_config
+    from pixelbeam.pipeline.plan import prepare_job
+    from pixelbeam.transforms.planning import cells, region_loading
+    if mode == "former":
+        cells.BULK_POINTS, region_loading.MIN_BULK = False, 10**12
+    imports_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started, cpu = time.perf_counter(), time.process_time()
+    job = prepare_job(load_config(config_path))
+    return {"patches": job.planned, "seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "imports_mb": imports_mb,
+            "cells": len(job.cells)}
+
+
+def write_points_config(tmp: str, points: int) -> str:
+    """`points` random points over the bundled scene, as the issue's file (ids, a class, a name)."""
+    rng = np.random.default_rng(points)
+    lon, lat = rng.uniform(-78.9, -76.6, points), rng.uniform(23.6, 25.5, points)
+    path = os.path.join(tmp, f"points-{points}.geojson")
+    with open(path, "w") as f:
+        f.write('{"type": "FeatureCollection", "features": [')
+        for i in range(points):
+            f.write(("," if i else "") + json.dumps(
+                {"type": "Feature", "id": f"pt-{i}", "properties": {"class": i % 5, "name": f"point number {i}"},
+                 "geometry": {"type": "Point", "coordinates": [round(float(lon[i]), 7), round(float(lat[i]), 7)]}}))
+        f.write("]}")
+    config = os.path.join(tmp, f"points-{points}.yaml")
+    with open(config, "w") as f:
+        f.write(f"source: {{uri: {LANDSAT}}}\nregions: {path}\n"
+                "grid: {crs: native, scale: native, patch_size: 16}\nsample: {centered_on_points: true}\n"
+                f"output: {{path: {os.path.join(tmp, 'out')}}}\n")
+    return config
+
+
+def plan_points(sizes: str, former: bool) -> list[dict]:
+    results = []
+    print(f"{'points':>9} {'file MB':>8} {'patches':>8} {'way':>7} {'wall s':>7} {'CPU s':>6} {'peak MB':>8} {'imports MB':>11}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for points in map(int, sizes.split(",")):
+            config = write_points_config(tmp, points)
+            size_mb = os.path.getsize(config.replace(".yaml", ".geojson")) / 1e6
+            for mode in ("bulk",) + (("former",) if former else ()):
+                out = subprocess.run([sys.executable, __file__, "--points-child", mode, config], capture_output=True,
+                                     text=True, cwd=ROOT, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results.append({"points": points, "mode": mode, **r})
+                print(f"{points:>9} {size_mb:>8.0f} {r['patches']:>8} {mode:>7} {r['seconds']:>7.1f} {r['cpu_s']:>6.1f} "
+                      f"{r['peak_mb']:>8.0f} {r['imports_mb']:>11.0f}", flush=True)
+    return results
+
+
 def measure(mode: str, config_path: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", mode, config_path], capture_output=True, text=True,
                          cwd=ROOT, check=True)
@@ -87,10 +147,22 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="100000,1000000,10000000")
     parser.add_argument("--quick", action="store_true", help="10^5 and 10^6 patches only")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
+    parser.add_argument("--points", metavar="N,N", help="plan that many point regions instead (module doc)")
+    parser.add_argument("--former", action="store_true", help="with --points: also the former one-at-a-time way")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--points-child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child)))
+        return 0
+    if args.points_child:
+        print(json.dumps(points_child(*args.points_child)))
+        return 0
+    if args.points:
+        results = plan_points(args.points, args.former)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"benchmark": "plan_scale_points", "results": results}, f)
         return 0
     if args.quick:
         args.sizes = "100000,1000000"

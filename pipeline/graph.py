@@ -10,6 +10,7 @@ from pixelbeam.pipeline.outputs import job_file_options
 from pixelbeam.pipeline.plan import Job
 from pixelbeam.pipeline.records import RecordRun, RunEnd
 from pixelbeam.pipeline.resume import ResumeState
+from pixelbeam.pipeline.shards import job_shard_naming
 from pixelbeam.pipeline.runner import fetch_layers, fetch_settings
 from pixelbeam.pipeline.stats import layer_roles
 from pixelbeam.transforms.fetch import FAILED, FetchLayers, FetchPatches
@@ -57,7 +58,7 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
     writer = WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, file_options=job_file_options(job),
         splits=job.split_names, layers=tuple(layer.name for layer in job.layers) if job.layered else (),
-        with_written=True, tfrecord_level=out.tfrecord_compression_level)
+        with_written=True, tfrecord_level=out.tfrecord_compression_level, shards=job_shard_naming(job, resume.run_id))
     written_rows, write_failures, written = judged.keep | "WritePatches" >> writer
     stats = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()

@@ -26,6 +26,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.config import Config, ConfigError
 from pixelbeam.pipeline.records import RUNNING_FILE, RUNS_FOLDER, completed_runs, latest_record, read_records
+from pixelbeam.pipeline.shards import shards_missing
+from pixelbeam.transforms.formats.webdataset import shard_run_id as webdataset_shard_run_id
 from pixelbeam.transforms.patch import FILTERED, WRITTEN
 from pixelbeam.transforms.secrets import hide_secrets_in
 from pixelbeam.transforms.storage import join
@@ -40,7 +42,7 @@ PER_PATCH_FOLDERS = ("npy", "geotiff", "png", "jpeg")  # one file per written pa
 # An Earth Engine expression counts by the serialized graph it ran (`source.expression_json`, recorded
 # by the planner), not by the file and arguments that built it.
 NEUTRAL_KEYS = {"source": ("credentials", "url", "project", "expression", "expression_args"),
-                "output": ("path", "tfrecord_shards")}
+                "output": ("path", "tfrecord_shards", "shard_size_mb")}
 
 
 def new_run_id(now: Optional[float] = None) -> str:
@@ -166,7 +168,8 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
     done, written = recorded or count_done_rows(manifest, completed)
     digest = state.get("plan_digest") or (latest or {}).get("plan_digest")
     nothing = digest == plan_digest(job) and done == job.planned and all(
-        file_count(out, folder, suffix, others) >= written for folder, suffix, others in per_patch_files(job))
+        file_count(out, folder, suffix, others) >= written for folder, suffix, others in per_patch_files(job)) \
+        and not shards_missing(job, manifest, existing_files(out, "shards"))
     counts = {k: v for k, v in latest["manifest"].items() if k not in ("rows", "bytes")} if recorded else None
     return ResumeState(run_id, completed, manifest, nothing, done, counts)
 
@@ -253,6 +256,8 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
     with --overwrite), Beam's staging folders, and temporary files of atomic writes."""
     doomed = [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
               if overwrite or tfrecord_shard_run_id(name) not in completed_runs]
+    doomed += [join(output_path, f"shards/{name}") for name in existing_files(output_path, "shards")  # issue 17
+               if overwrite or webdataset_shard_run_id(name) not in completed_runs]
     doomed += [join(output_path, f"stats/{name}") for name in existing_files(output_path, "stats")  # issue 14
                if overwrite or name.removesuffix(".json") not in completed_runs]
     doomed += beam_staging_folders(output_path) + temporary_files(output_path)

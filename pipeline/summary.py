@@ -19,6 +19,7 @@ from pixelbeam.pipeline.stats import recorded_stats
 from pixelbeam.transforms.formats.encode import LAYER_SEPARATOR, feature_spec, layers_feature_spec
 from pixelbeam.transforms.formats.files import npy_shape
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN
+from pixelbeam.pipeline.shards import webdataset_entry
 from pixelbeam.transforms.sinks import TFRECORD_SUFFIX, tfrecord_prefix
 from pixelbeam.transforms.secrets import hide_secrets_in
 from pixelbeam.transforms.storage import join, write_atomically
@@ -194,6 +195,7 @@ def dataset_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         **({"images": [im.image_id for im in job.info.collection.images]} if job.info.collection else {}),
         **split_entries(job),
         **skipped_entries(job),
+        **webdataset_entry(job),
     }
 
 
@@ -250,6 +252,7 @@ def layered_description(job: Job, fingerprint: str = "", runs: Sequence[str] = (
         "config": job.config.model_dump(mode="json"),
         **split_entries(job),
         **skipped_entries(job),
+        **webdataset_entry(job),
     }
 
 

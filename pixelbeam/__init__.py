@@ -9,7 +9,7 @@ each name is loaded on first use.
   patches; `open_output(path) -> Output`: dataset.json and the manifest of a finished run.
   A config is a YAML path, a dict with the YAML's shape or a `Config`.
 - `demo_config(output_path)`: the bundled demo as a config dict.
-- The loaders: `NpyPatchDataset`, `TFRecordPatchDataset` (PyTorch), `tf_dataset` (tf.data).
+- The loaders: `NpyPatchDataset`, `TFRecordPatchDataset`, `WebDatasetPatchDataset` (PyTorch), `tf_dataset` (tf.data).
 - `ConfigError`: bad input, one line naming the field (`.field`) and what to do.
 - `pixelbeam.beam`: the building blocks (TilePatches, FetchPatches, WritePatches, WriteReports,
   sources) for one's own Beam pipeline (docs/beam.md).
@@ -28,12 +28,12 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (py.typed)
     from pixelbeam.pipeline.api import Output, Plan, demo_config, open_output, plan, run
     from pixelbeam.pipeline.config import Config, ConfigError
     from pixelbeam.pipeline.results import Requests, RunResult
-    from pixelbeam.transforms.loaders import NpyPatchDataset, TFRecordPatchDataset, tf_dataset
+    from pixelbeam.transforms.loaders import NpyPatchDataset, TFRecordPatchDataset, WebDatasetPatchDataset, tf_dataset
 
 _API = ("run", "plan", "open_output", "demo_config", "Plan", "Output")
 _CONFIG = ("Config", "ConfigError")
 _RESULTS = ("RunResult", "Requests")
-_LOADERS = ("NpyPatchDataset", "TFRecordPatchDataset", "tf_dataset")
+_LOADERS = ("NpyPatchDataset", "TFRecordPatchDataset", "WebDatasetPatchDataset", "tf_dataset")
 
 __all__ = ["__version__", *_API, *_CONFIG, *_RESULTS, *_LOADERS]
 

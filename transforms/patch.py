@@ -43,6 +43,7 @@ class PatchSpec:
     tfrecord_files: tuple[str, ...] = ()  # with in_tfrecord: the earlier row's entries naming the shards that hold it
     label: Optional[Union[int, float, str]] = None  # the owner region's label (sample.label_property)
     split: Optional[str] = None  # train / val / test ... (config split:, transforms/planning/splits.py)
+    shard: Optional[str] = None  # a rerun refetching a patch that this completed run's WebDataset shard holds
 
     @property
     def fetch_width(self) -> int:

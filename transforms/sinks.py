@@ -1,8 +1,10 @@
 """Sinks: NPY files, TFRecord shards, manifest and dead letters, through Beam's filesystems
 (so a local folder and gs://bucket/prefix work alike).
 
-Per-patch files (NPY, GeoTIFF, PNG, JPEG) are written atomically (a temporary name, then a rename); TFRecord shards, the
-manifest and the dead letters use Beam's file sinks, which finalize by renaming whole files.
+Per-patch files (NPY, GeoTIFF, PNG, JPEG) appear whole or not at all (`storage.open_once`: on
+Cloud Storage one upload straight to the final name, locally a temporary name and a rename);
+TFRecord shards, the manifest and the dead letters use Beam's file sinks, which finalize by
+renaming whole files; WebDataset shards are written by transforms/shards.py.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import dataclasses
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pixelbeam.transforms.formats.encode import layers_to_example, patch_to_example
 from pixelbeam.transforms.formats.files import PatchFileOptions, encode_patch_files, per_patch_formats
+from pixelbeam.transforms.formats.webdataset import ShardNaming
 from pixelbeam.transforms.outcomes import filter_reason, filtered_row, failed_row, written_row
-from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch
-from pixelbeam.transforms.storage import join, to_json_line, write_atomically
+from pixelbeam.transforms.patch import FAILED, FILTERED, FailedPatch, Patch, PatchSpec
+from pixelbeam.transforms.shards import WriteShards
+from pixelbeam.transforms.storage import is_object_store, join, to_json_line, write_atomically
 from pixelbeam.transforms.tfrecord_sink import DEFAULT_LEVEL, WriteTFRecordShards
+from pixelbeam.transforms.uploads import UPLOAD_THREADS, UploadPool
 
 TFRECORD_PREFIX = "tfrecord/patches"
 TFRECORD_SUFFIX = ".tfrecord.gz"
@@ -36,12 +42,37 @@ def patch_files(templates, patch_id: str, split: Optional[str] = None) -> list[s
     return [t.format(patch_id=patch_id, split=split) for t in templates]
 
 
-def shared_files(patch: Patch, templates) -> list[str]:
-    """The shared files (TFRecord shards) that hold a patch's record: this run's, or for a patch
-    refetched only for a missing per-patch file, those of the run that wrote its example."""
-    if patch.spec.in_tfrecord:
-        return list(patch.spec.tfrecord_files)
-    return patch_files(templates, patch.spec.patch_id, patch.spec.split)
+@dataclasses.dataclass(frozen=True)
+class SharedFiles:
+    """The files many patches share that a patch's manifest row lists: TFRecord shard patterns
+    (`templates`; for a patch refetched only for a missing per-patch file, those of the run that
+    wrote its example) and, with `shards`, the one WebDataset shard holding the patch (the completed
+    run's `spec.shard` when a rerun refetched it for another missing file)."""
+
+    templates: tuple[str, ...] = ()
+    shards: Optional[ShardNaming] = None
+
+    def __call__(self, spec: PatchSpec) -> list[str]:
+        if spec.in_tfrecord:  # refetched for a missing per-patch file: the shards of the run that wrote it
+            out = list(spec.tfrecord_files)
+        else:
+            out = patch_files(self.templates, spec.patch_id, spec.split)
+        if self.shards is not None:
+            out.append(spec.shard or self.shards.relpath(spec.patch_id, spec.split))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRow:
+    """The manifest row (as WriteReports writes it) stored in a patch's shard sample."""
+
+    per_patch: tuple[str, ...]  # per-patch file templates with {patch_id}
+    shared: SharedFiles
+    run_id: str = ""
+
+    def __call__(self, patch: Patch) -> dict:
+        files = [t.format(patch_id=patch.spec.patch_id) for t in self.per_patch] + self.shared(patch.spec)
+        return {**written_row(patch, files), "run_id": self.run_id}
 
 
 class JudgePatches(beam.DoFn):
@@ -61,24 +92,59 @@ class JudgePatches(beam.DoFn):
 
 class WritePatchFiles(beam.DoFn):
     """Writes each per-patch file (NPY, GeoTIFF, PNG, JPEG; see transforms/formats/files.py)
-    atomically; main output the patch's manifest row listing them and then `shared` (e.g. the
-    TFRecord shards), FAILED the FailedPatch of an encoding or write that raised, WRITTEN_PATCHES
-    the patch itself once its files are written."""
+    whole or not at all; main output the patch's manifest row listing them and then `shared`
+    (e.g. the TFRecord shards), FAILED the FailedPatch of an encoding or write that raised,
+    WRITTEN_PATCHES the patch itself once its files are written. On an object store (gs://) each
+    file is one upload to its final name, from a bounded pool (transforms/uploads.py), so the
+    worker encodes the next patch while the last ones upload."""
 
-    def __init__(self, output_path: str, options: PatchFileOptions, shared: tuple[str, ...] = ()):
+    def __init__(self, output_path: str, options: PatchFileOptions, shared: SharedFiles = SharedFiles(),
+                 upload_threads: int = UPLOAD_THREADS):
         self.output_path, self.options, self.shared = output_path, options, shared
+        self.upload_threads = upload_threads
 
-    def process(self, patch: Patch):
-        files = []
+    def setup(self):
+        self.pool = UploadPool(self.upload_threads) if is_object_store(self.output_path) else None
+
+    def teardown(self):
+        if getattr(self, "pool", None) is not None:
+            self.pool.close()
+
+    def process(self, patch: Patch, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         try:
-            for relpath, data in encode_patch_files(patch, self.options):
-                write_atomically(join(self.output_path, relpath), data)
-                files.append(relpath)
+            encoded = [(join(self.output_path, relpath), relpath, data)
+                       for relpath, data in encode_patch_files(patch, self.options)]
+            if self.pool is None:
+                for path, _, data in encoded:
+                    write_atomically(path, data)
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
-            yield beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
+            yield self._failed(patch, e)
             return
-        yield written_row(patch, files + shared_files(patch, self.shared))
-        yield beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)
+        if self.pool is None:
+            yield from self._outputs(patch, [relpath for _, relpath, _ in encoded])
+            return
+        finished = self.pool.submit((patch, [r for _, r, _ in encoded], window, timestamp),
+                                    [(path, data) for path, _, data in encoded])
+        for (done, files, _, _), error in finished:
+            yield from ([self._failed(done, error)] if error is not None else self._outputs(done, files))
+
+    def finish_bundle(self):
+        if self.pool is None:
+            return
+        for (patch, files, window, timestamp), error in self.pool.drain():
+            outputs = [self._failed(patch, error)] if error is not None else self._outputs(patch, files)
+            for out in outputs:
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, timestamp, [window]))
+                else:
+                    yield WindowedValue(out, timestamp, [window])
+
+    def _outputs(self, patch: Patch, files: list[str]) -> list:
+        return [written_row(patch, files + self.shared(patch.spec)), beam.pvalue.TaggedOutput(WRITTEN_PATCHES, patch)]
+
+    @staticmethod
+    def _failed(patch: Patch, e: BaseException):
+        return beam.pvalue.TaggedOutput(FAILED, FailedPatch(patch.spec, "write", type(e).__name__, str(e)))
 
 
 @dataclasses.dataclass
@@ -95,6 +161,7 @@ class WritePatches(beam.PTransform):
     layers: tuple[str, ...] = ()  # with layers: their order in each TFRecord example (`<layer>/<band>` features)
     with_written: bool = False  # also return the written Patches (e.g. for PatchStatistics)
     tfrecord_level: int = DEFAULT_LEVEL  # gzip level of the TFRecord shards (output.tfrecord_compression_level)
+    shards: Optional[ShardNaming] = None  # with "webdataset" in formats: which shard each patch goes to
 
     def __post_init__(self):
         super().__init__()
@@ -115,14 +182,21 @@ class WritePatches(beam.PTransform):
                 files.append(f"{tfrecord_prefix(self.run_id)}-*{TFRECORD_SUFFIX}")
                 self._write_tfrecord(new, tfrecord_prefix(self.run_id))
         options = self.file_options or PatchFileOptions(formats=per_patch_formats(self.formats))
+        if "webdataset" in self.formats and self.shards is None:
+            raise ValueError("the webdataset format needs `shards` (which shard each patch goes to)")
+        shared = SharedFiles(tuple(files), self.shards if "webdataset" in self.formats else None)
         if options.formats:
             written = patches | "WritePatchFiles" >> beam.ParDo(
-                WritePatchFiles(self.output_path, options, tuple(files))).with_outputs(
-                    FAILED, WRITTEN_PATCHES, main="rows")
-            return (written.rows, written[FAILED]) + ((written[WRITTEN_PATCHES],) if self.with_written else ())
-        rows = patches | "ManifestRows" >> beam.Map(
-            lambda p, t=tuple(files): written_row(p, shared_files(p, t)))
-        return (rows, pipeline | "NoWriteFailures" >> beam.Create([])) + ((patches,) if self.with_written else ())
+                WritePatchFiles(self.output_path, options, shared)).with_outputs(FAILED, WRITTEN_PATCHES, main="rows")
+            rows, failures, done = written.rows, written[FAILED], written[WRITTEN_PATCHES]
+        else:
+            rows = patches | "ManifestRows" >> beam.Map(lambda p, listed=shared: written_row(p, listed(p.spec)))
+            failures, done = pipeline | "NoWriteFailures" >> beam.Create([]), patches
+        if shared.shards is not None:  # after the per-patch files: a shard holds only written patches
+            self.finalized.append(done | "WriteShards" >> WriteShards(
+                self.output_path, shared.shards, ShardRow(options.templates, shared, self.run_id),
+                options.layers, options.bands_axis))
+        return (rows, failures) + ((done,) if self.with_written else ())
 
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
         self.finalized.append(patches

@@ -3,10 +3,11 @@
 A worker-side anti-join of the planned PatchSpecs with the previous manifest by patch id, so the
 launcher never holds either in memory. A patch is done when a completed run's manifest row says
 `written` or `filtered` and, for a written patch, every per-patch file the row lists (NPY,
-GeoTIFF, PNG, JPEG) still exists (checked on the worker just before fetching would start). Done
-patches keep their manifest rows; a written patch with a missing file is fetched again but not
-added to the TFRecords, which already hold it: its new row names the shards of the run that
-wrote its example (issue 15 item 7), not this run's.
+GeoTIFF, PNG, JPEG, and its WebDataset shard) still exists (checked on the worker just before
+fetching would start). Done patches keep their manifest rows; a written patch with a missing file
+is fetched again but not added to the TFRecords, which already hold it (its new row names the
+shards of the run that wrote its example, issue 15 item 7, not this run's), nor to a new
+WebDataset shard while its old one is there (`spec.shard`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pixelbeam.transforms.formats.webdataset import SHARD_FOLDER
 from pixelbeam.transforms.patch import FILTERED, WRITTEN, PatchSpec
 
 CARRIED = "carried"
@@ -33,10 +35,12 @@ def decide(spec: PatchSpec, row: Optional[dict], output_path: str, exists=FileSy
     """(spec to fetch or None, row to carry or None) for one planned patch."""
     if row is None or row["status"] not in (WRITTEN, FILTERED):
         return spec, None
-    if row["status"] == WRITTEN and not all(
-            exists(FileSystems.join(output_path, *f.split("/"))) for f in per_patch_files(row)):
-        held_by = tuple(f for f in row.get("files", ()) if "*" in f)  # the shards of the run that wrote it
-        return dataclasses.replace(spec, in_tfrecord=True, tfrecord_files=held_by), None  # a file went missing
+    if row["status"] == WRITTEN:
+        missing = [f for f in per_patch_files(row) if not exists(FileSystems.join(output_path, *f.split("/")))]
+        if missing:  # a file went missing: write it again, but not into the shards that hold the patch
+            held_by = tuple(f for f in row.get("files", ()) if "*" in f)  # the TFRecord shards of the run that wrote it
+            shard = next((f for f in per_patch_files(row) if f.startswith(SHARD_FOLDER + "/") and f not in missing), None)
+            return dataclasses.replace(spec, in_tfrecord=True, tfrecord_files=held_by, shard=shard), None
     return None, row
 
 

@@ -1,12 +1,21 @@
 """Where output files go, through Beam's filesystems (a local folder and gs://bucket/prefix
 alike): paths joined under the output path, whole-or-nothing writes, JSON lines. Beam-free
-apart from `apache_beam.io.filesystems`."""
+apart from `apache_beam.io.filesystems`.
+
+Whole or nothing without renames on object stores: a Cloud Storage object appears only when its
+upload finishes, so on `gs://` (and any other `scheme://` store) a file is uploaded straight to
+its final name, one write per file; an upload that fails is abandoned, never finished, so no
+partial object appears. A local folder has no such guarantee, so there a file is written under a
+temporary name (`.tmp-<uuid>-<name>`, in the same folder) and renamed, which is atomic.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
+from typing import BinaryIO, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -17,30 +26,79 @@ def join(base: str, relpath: str) -> str:
     return FileSystems.join(base, *relpath.split("/"))
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the whole file or none of it."""
-    if "://" not in path:  # local: Beam's LocalFileSystem steps, its folder made only when missing
-        directory = os.path.dirname(path)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+def is_object_store(path: str) -> bool:
+    """True for `scheme://...` paths (gs://, s3://, ...), whose objects appear whole when written."""
+    return "://" in path and not path.startswith("file://")
+
+
+@contextlib.contextmanager
+def open_once(path: str) -> Iterator[BinaryIO]:
+    """A writable file that appears at `path` whole when the block ends cleanly and not at all
+    when it raises (module doc: straight to the final name on object stores, temp + rename
+    locally)."""
+    if is_object_store(path):
+        f = FileSystems.create(path)
         try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
-            f = open(tmp, "wb")
-        try:
-            with f:
-                f.write(data)
-            os.replace(tmp, path)
+            yield f
         except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            abandon(f)
             raise
+        f.close()
         return
     directory, name = FileSystems.split(path)
     tmp = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
-    with FileSystems.create(tmp) as f:
+    try:
+        with FileSystems.create(tmp) as f:
+            yield f
+        FileSystems.rename([tmp], [path])
+    except BaseException:
+        if FileSystems.exists(tmp):
+            FileSystems.delete([tmp])
+        raise
+
+
+def abandon(f) -> None:
+    """Cancel an unfinished upload instead of finishing it: google-cloud-storage's BlobWriter
+    `terminate()` deletes the resumable upload session; when that fails, its buffer is closed so
+    that nothing (not `close()`, not garbage collection) finishes the upload, and a session never
+    finished creates no object."""
+    try:
+        f.terminate()
+    except Exception:  # noqa: BLE001 - e.g. a server that cannot cancel: leave the session unfinished
+        pass
+    buffer = getattr(f, "_buffer", None)  # closed, so neither close() nor garbage collection finishes the upload
+    if buffer is not None and not buffer.closed:
+        buffer.close()
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the whole file or none of it (one write on
+    object stores, temp + rename locally)."""
+    if "://" not in path:  # local: open + os.replace (Beam's LocalFileSystem per call costs more than the write)
+        write_local_atomically(path, data)
+        return
+    with open_once(path) as f:
         f.write(data)
-    FileSystems.rename([tmp], [path])
+
+
+def write_local_atomically(path: str, data: bytes) -> None:
+    """`write_atomically` for a local path: a temporary file in the same folder (the folder made
+    only when missing), renamed over `path`."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    try:
+        f = open(tmp, "wb")
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        f = open(tmp, "wb")
+    try:
+        with f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def to_json_line(row: dict) -> str:

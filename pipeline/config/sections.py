@@ -9,7 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pixelbeam.pipeline.config.base import Strict
 from pixelbeam.transforms.formats.gzip_stream import DEFAULT_LEVEL as TFRECORD_GZIP_LEVEL  # README: TFRecord compression
 
-FORMATS = ("tfrecord", "npy", "geotiff", "png", "jpeg")
+FORMATS = ("tfrecord", "npy", "geotiff", "png", "jpeg", "webdataset")
 
 
 class GridConfig(Strict):
@@ -73,11 +73,12 @@ class OutputConfig(Strict):
     filtered unless `keep_empty`."""
 
     path: str
-    formats: list[Literal["tfrecord", "npy", "geotiff", "png", "jpeg"]] = ["tfrecord", "npy"]
+    formats: list[Literal["tfrecord", "npy", "geotiff", "png", "jpeg", "webdataset"]] = ["tfrecord", "npy"]
     max_masked_ratio: float = Field(1.0, ge=0.0, le=1.0)
     keep_empty: bool = False  # also write patches with no valid pixel at all
     tfrecord_shards: int = Field(0, ge=0)
     tfrecord_compression_level: int = Field(TFRECORD_GZIP_LEVEL, ge=0, le=9)  # gzip level, 1 fastest .. 9 smallest
+    shard_size_mb: float = Field(256.0, gt=0)  # webdataset: the target size of a tar shard (MB, 10^6 bytes)
     bands_axis: Literal[0, -1] = 0  # NPY layout: 0 (C, H, W) or -1 (H, W, C)
     visualization: Optional[VisualizationConfig] = None  # for png / jpeg
     scaling: Optional[Union[str, list[Any], dict[str, Any]]] = None  # Descartes Labs' scaling (transforms/pixels/scaling.py)

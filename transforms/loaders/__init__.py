@@ -8,7 +8,8 @@ imports neither TensorFlow nor PyTorch at import time:
   `tf.data.Dataset` of `(H, W, C)` float32 images (TensorFlow's channels-last convention),
   optionally with labels and the mask; for several layers `(inputs, targets)` by role.
 - `NpyPatchDataset` and `TFRecordPatchDataset` are PyTorch datasets (`torch_datasets.py`,
-  which imports torch; resolved here on first access) yielding sample dicts with TorchGeo's key
+  which imports torch; resolved here on first access), and `WebDatasetPatchDataset` streams the
+  WebDataset tar shards, shuffled across shards (`shard_datasets.py`), all yielding sample dicts with TorchGeo's key
   names: `image` `(C, H, W)` float32 (PyTorch's channels-first convention, whatever
   `bands_axis` the NPY files were written with), `mask`, `target`, `label`, `patch_id`, `split`.
 - `samples.py` assembles those samples and `common.py` reads dataset.json, the manifest, NPY
@@ -29,11 +30,12 @@ from pixelbeam.transforms.loaders.samples import layer_table
 from pixelbeam.transforms.loaders.tf_data import tf_dataset
 
 __all__ = [
-    "tf_dataset", "NpyPatchDataset", "TFRecordPatchDataset", "read_dataset_json", "band_features",
+    "tf_dataset", "NpyPatchDataset", "TFRecordPatchDataset", "WebDatasetPatchDataset", "read_dataset_json", "band_features",
     "label_entry", "written_npy_files", "tfrecord_files", "to_chw", "load_npy", "example_arrays", "layer_table",
 ]
 
 _TORCH_NAMES = ("NpyPatchDataset", "TFRecordPatchDataset")
+_SHARD_NAMES = ("WebDatasetPatchDataset",)
 
 
 def __getattr__(name: str):
@@ -41,4 +43,7 @@ def __getattr__(name: str):
     if name in _TORCH_NAMES:
         from pixelbeam.transforms.loaders import torch_datasets
         return getattr(torch_datasets, name)
+    if name in _SHARD_NAMES:
+        from pixelbeam.transforms.loaders import shard_datasets
+        return getattr(shard_datasets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

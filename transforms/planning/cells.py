@@ -20,11 +20,13 @@ import shapely
 from pixelbeam.transforms.planning.grid import (GridSpec, _point_cells, kept_patches, make_spec, patch_id, project_lonlat, region_crs)
 from pixelbeam.transforms.planning.orientation import NotNorthUp, north_up
 from pixelbeam.transforms.patch import PatchSpec
+from pixelbeam.transforms.planning.point_regions import ProjectedPoints, point_cells, project_points
 from pixelbeam.transforms.planning.regions import Region
 from pixelbeam.transforms.planning.sampling import Sample
 from pixelbeam.transforms.planning.splits import SplitRule, assign_block_splits, assign_region_splits, overlap_reach
 
 CELL_PATCHES = 32  # patches per cell side: 1,024 patches a cell at most
+BULK_POINTS = True  # point regions planned together (point_regions.py); False: one by one (tests compare both)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -44,14 +46,24 @@ class ProjectedRegion:
     is_points: bool
 
 
-def project_regions(regions: Iterable[Region], grid: GridSpec) -> dict[str, list[ProjectedRegion]]:
-    """Regions by the CRS they are planned in, projected, sorted by id (the owner rule)."""
-    out: dict[str, list[ProjectedRegion]] = {}
+def project_regions(regions: Iterable[Region], grid: GridSpec) -> dict[str, list]:
+    """Regions by the CRS they are planned in, projected, sorted by id (the owner rule): the
+    polygons one by one (ProjectedRegion), the points of a CRS all together, last
+    (transforms/planning/point_regions.py ProjectedPoints, which keeps the same owner rule)."""
+    out: dict[str, list] = {}
+    points: dict[str, tuple[list, list]] = {}
     for region in sorted(regions, key=lambda r: r.region_id):
         crs = region_crs(grid, region)
+        if region.is_points and BULK_POINTS:
+            ids, geoms = points.setdefault(crs, ([], []))
+            ids.append(region.region_id)
+            geoms.append(region.geometry)
+            continue
         geom = project_lonlat(region.geometry, crs, grid.lon_west)
         shapely.prepare(geom)
         out.setdefault(crs, []).append(ProjectedRegion(region.region_id, geom, region.is_points))
+    for crs, (ids, geoms) in points.items():
+        out.setdefault(crs, []).append(project_points(ids, geoms, crs, grid))
     return out
 
 
@@ -75,7 +87,11 @@ def plan_cells(regions: Iterable[Region], grid: GridSpec, size: int = CELL_PATCH
     return sorted(cells)
 
 
-def _region_cells(grid: GridSpec, crs: str, region: ProjectedRegion, size: int) -> Iterator[Cell]:
+def _region_cells(grid: GridSpec, crs: str, region, size: int) -> Iterator[Cell]:
+    if isinstance(region, ProjectedPoints):
+        for r, c in point_cells(region, size):
+            yield Cell(crs, r, c, size)
+        return
     if region.is_points:
         rows, cols, _ = _point_cells(grid, region.geometry)
         for r, c in zip(rows.tolist(), cols.tolist()):
@@ -100,7 +116,10 @@ def cell_patch_indices(cell: Cell, regions: Sequence[ProjectedRegion], grid: Gri
     box = cell_box(grid, cell)
     rr, cc = (a.ravel() for a in np.meshgrid(np.arange(cell.row0, cell.row0 + cell.size),
                                              np.arange(cell.col0, cell.col0 + cell.size), indexing="ij"))
+    points = [r for r in regions if isinstance(r, ProjectedPoints)]
     for region in regions:  # sorted by id: the first region keeping a patch owns it
+        if isinstance(region, ProjectedPoints):
+            continue  # below: the smallest id of the polygons' and the points' owners
         if region.is_points:
             rows, cols, _ = _point_cells(grid, region.geometry)
             inside = (rows >= cell.row0) & (rows < cell.row0 + cell.size) & (cols >= cell.col0) & (cols < cell.col0 + cell.size)
@@ -114,6 +133,11 @@ def cell_patch_indices(cell: Cell, regions: Sequence[ProjectedRegion], grid: Gri
         block = owner[rows - cell.row0, cols - cell.col0]
         free = block == None  # noqa: E711 - element-wise on an object array
         owner[rows[free] - cell.row0, cols[free] - cell.col0] = region.region_id
+    for group in points:
+        rows, cols, owners = group.in_block(cell.row0, cell.col0, cell.size)
+        for r, c, o in zip((rows - cell.row0).tolist(), (cols - cell.col0).tolist(), owners.tolist()):
+            if owner[r, c] is None or o < owner[r, c]:
+                owner[r, c] = o
     kept_r, kept_c = np.nonzero(owner != None)  # noqa: E711
     return kept_r + cell.row0, kept_c + cell.col0, owner[kept_r, kept_c]
 

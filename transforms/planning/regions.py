@@ -100,6 +100,10 @@ def load_regions(regions: str | Sequence[float], where: str = "regions",
                           "Shapefile, FlatGeobuf, GeoParquet) or a bbox")
     if is_url or not regions.lower().endswith(GEOJSON_SUFFIXES):
         return regions_from_vector_file(regions, where, skipped)
+    from pixelbeam.transforms.planning.region_loading import stream_point_regions
+    bulk = stream_point_regions(regions)  # many points: streamed and in bulk, the same Regions
+    if bulk is not None:
+        return [Region(*fields) for fields in bulk]
     try:
         with open(regions, encoding="utf-8") as f:
             doc = json.load(f)
@@ -119,6 +123,10 @@ def regions_from_vector_file(path: str, where: str = "regions", skipped: Optiona
     if table.crs is None:
         raise RegionError(f"{label}: the file declares no CRS; give it one (e.g. ogr2ogr -a_srs EPSG:4326)")
     geometries = table.geometries if is_lonlat(table.crs) else to_crs(table.geometries, table.crs, "EPSG:4326")
+    from pixelbeam.transforms.planning.region_loading import point_table_to_regions
+    bulk = point_table_to_regions(geometries, table.properties)  # many points: in bulk, same Regions
+    if bulk is not None:
+        return [Region(*fields) for fields in bulk]
     features = [{"type": "Feature", "properties": table.properties(i),
                  "geometry": None if g is None else shapely.geometry.mapping(g)} for i, g in enumerate(geometries)]
     return regions_from_geojson({"type": "FeatureCollection", "features": features}, where=label, skipped=skipped)
@@ -139,6 +147,11 @@ def regions_from_geojson(doc: Any, where: str = "regions", skipped: Optional[lis
         features = [{"type": "Feature", "geometry": doc, "properties": {}}]
     if not features:
         raise RegionError(f"{where}: the FeatureCollection has no features; add at least one polygon or point")
+    if crs is None and isinstance(features, list):  # many points: in bulk (region_loading.py), same Regions
+        from pixelbeam.transforms.planning.region_loading import point_features_to_regions
+        bulk = point_features_to_regions(features)
+        if bulk is not None:
+            return [Region(*fields) for fields in bulk]
     out, seen, problems = [], set(), []
     for index, feature in enumerate(features):
         try:
