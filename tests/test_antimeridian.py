@@ -75,6 +75,11 @@ def test_a_multipoint_cut_at_180_gets_the_zone_where_it_lies():
     assert region_crs(GridSpec("utm", (100.0, 100.0)), region) in ("EPSG:32660", "EPSG:32601")
 
 
+def test_only_parts_wholly_west_of_0_move():
+    region, = regions_from_geojson(feature({"type": "MultiPoint", "coordinates": [[-170, 0], [0, 0], [170, 0]]}))
+    assert sorted(p.x for p in region.geometry.geoms) == [0.0, 170.0, 190.0]
+
+
 def test_parts_far_apart_on_one_side_stay_where_they_are():
     two = {"type": "MultiPolygon", "coordinates": [[box_ring(-10, 0, -9, 1)], [box_ring(9, 0, 10, 1)]]}
     region, = regions_from_geojson(feature(two))

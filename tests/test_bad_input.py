@@ -256,7 +256,8 @@ CASES = {
     "memory budget of one layer": (with_layers((("layers", "image", "fetch"), {"max_patch_bytes": 10**9})),
                                    "layers.image.fetch.max_patch_bytes: a patch holds every layer in one worker's "
                                    "memory; give it in the top-level fetch:"),
-    "memory budget of zero": (setter("fetch", "max_patch_bytes", value=0), "fetch.max_patch_bytes"),
+    "memory budget of zero": (setter("fetch", "max_patch_bytes", value=0),
+                              "fetch.max_patch_bytes: Input should be greater than or equal to 1"),
     "pixels of a nanometre": (lambda cfg, tmp: cfg["grid"].update(crs="EPSG:32618", scale=1e-9),
                               "grid.scale: pixels of 1e-09 CRS units make about 3.3e+24 patches (region 'exuma-sound' "
                               "alone 1.5e+24; the plan stops at 1,000,000,000); give grid.scale in the CRS's units"),

@@ -281,13 +281,13 @@ def unwrap_antimeridian(geom):
 
 def join_across_antimeridian(geom):
     """A multi-part geometry spanning over 180 degrees of longitude with its western parts
-    (wholly at lon <= 0) moved by +360 when that makes it narrower, polygons merged where they
+    (wholly at lon < 0) moved by +360 when that makes it narrower, polygons merged where they
     meet at 180 degrees; None when it does not cross the antimeridian."""
     minx, _, maxx, _ = geom.bounds
     if maxx - minx <= 180:
         return None
     parts = list(geom.geoms)
-    moved = [shapely.affinity.translate(p, xoff=360) if p.bounds[2] <= 0 else p for p in parts]
+    moved = [shapely.affinity.translate(p, xoff=360) if p.bounds[2] < 0 else p for p in parts]
     lows, highs = [p.bounds[0] for p in moved], [p.bounds[2] for p in moved]
     if max(highs) - min(lows) >= maxx - minx:
         return None
