@@ -123,11 +123,12 @@ class WritePatches(beam.PTransform):
         return (rows, pipeline | "NoWriteFailures" >> beam.Create([])) + ((patches,) if self.with_written else ())
 
     def _write_tfrecord(self, patches, prefix: str, label: str = ""):
-        self.finalized.append(patches
-             | f"EncodeExamples{label}" >> beam.Map(encode_record, self.layers)
-             | f"WriteTFRecord{label}" >> beam.io.WriteToTFRecord(
-                 join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
-                 compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))  # -> the shard names
+        shard_names = (patches
+                       | f"EncodeExamples{label}" >> beam.Map(encode_record, self.layers)
+                       | f"WriteTFRecord{label}" >> beam.io.WriteToTFRecord(
+                           join(self.output_path, prefix), file_name_suffix=TFRECORD_SUFFIX,
+                           compression_type=CompressionTypes.GZIP, num_shards=self.tfrecord_shards))
+        self.finalized.append(shard_names)
 
 
 def encode_record(patch: Patch, layers: tuple[str, ...] = ()) -> bytes:
@@ -154,12 +155,12 @@ class WriteReports(beam.PTransform):
                     | "StampRunId" >> beam.Map(lambda row, run=self.run_id: {**row, "run_id": run}))
         all_rows = (new_rows, *carried) | "AllRows" >> beam.Flatten()
         manifest = (all_rows
-             | "ManifestJson" >> beam.Map(to_json_line)
-             | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),
-                                                     shard_name_template="", num_shards=1))
+                    | "ManifestJson" >> beam.Map(to_json_line)
+                    | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),
+                                                            shard_name_template="", num_shards=1))
         dead_letters = (failed
-             | "DeadLetterJson" >> beam.Map(lambda f: to_json_line(f.to_record()))
-             | "WriteDeadLetters" >> beam.io.WriteToText(join(self.output_path, "failed.jsonl"),
-                                                        shard_name_template="", num_shards=1))
+                        | "DeadLetterJson" >> beam.Map(lambda f: to_json_line(f.to_record()))
+                        | "WriteDeadLetters" >> beam.io.WriteToText(join(self.output_path, "failed.jsonl"),
+                                                                   shard_name_template="", num_shards=1))
         self.finalized += [manifest, dead_letters]
         return all_rows
