@@ -134,3 +134,19 @@ def test_status_of_an_unreadable_folder_is_one_line(tmp_path, capsys, monkeypatc
     assert main(["status", "gs://somebody-elses-bucket/out"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read the output folder (PermissionError: 403 Forbidden" in err
+
+
+def test_a_job_that_finished_before_the_launcher_noted_it_is_not_marked_running_again(
+        tmp_path, capsys, submit_offline, monkeypatch):
+    """A short job can record itself (and remove _running.json) before `run()` returns."""
+    _, temp = submit_offline
+    out = str(tmp_path / "out")
+
+    def run_and_finish(pipeline, test_runner_api="AUTO"):
+        from pixelbeam.pipeline import records
+        records.clear_running(out)  # what the job's last stage does
+        return Submitted()
+    monkeypatch.setattr(beam.Pipeline, "run", run_and_finish)
+    main(["run", raster_config(tmp_path), *DATAFLOW, *temp])
+    assert "submitted: Dataflow job" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "_running.json"))
