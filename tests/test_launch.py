@@ -150,3 +150,28 @@ def test_a_job_that_finished_before_the_launcher_noted_it_is_not_marked_running_
     main(["run", raster_config(tmp_path), *DATAFLOW, *temp])
     assert "submitted: Dataflow job" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(out, "_running.json"))
+
+
+def test_the_job_state_and_counters_come_from_the_dataflow_api_messages():
+    """The Dataflow API's own response types (google-cloud-dataflow-client, as Beam's client
+    returns them); only the client that would send the request is replaced."""
+    from google.cloud import dataflow_v1beta3 as dataflow
+
+    def update(name, value, **context):
+        return dataflow.MetricUpdate(name=dataflow.MetricStructuredName(origin="user", name=name, context=context),
+                                     scalar=value)
+
+    class Client:
+        def get_job(self, job_id):
+            return dataflow.Job(id=job_id, current_state=dataflow.JobState.JOB_STATE_RUNNING)
+
+        def get_job_metrics(self, job_id):
+            return dataflow.JobMetrics(metrics=[
+                update("patches_fetched", 1200, namespace="pixelbeam", step="s7"),
+                update("patches_fetched", 34, namespace="pixelbeam", step="s9"),
+                update("patches_fetched", 5000, namespace="pixelbeam", step="s7", tentative="true"),
+                update("requests", 1250, namespace="pixelbeam", step="s7"),
+                update("ElementCount", 9, step="s7")])
+    job = {"id": "j1", "project": "p", "region": "r"}
+    text = status.dataflow_job_state(job, client_for=lambda job: Client())
+    assert text == "JOB_STATE_RUNNING; patches_fetched 1234, requests 1250"
