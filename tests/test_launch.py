@@ -175,3 +175,17 @@ def test_the_job_state_and_counters_come_from_the_dataflow_api_messages():
     job = {"id": "j1", "project": "p", "region": "r"}
     text = status.dataflow_job_state(job, client_for=lambda job: Client())
     assert text == "JOB_STATE_RUNNING; patches_fetched 1234, requests 1250"
+
+
+def test_status_of_a_point_table(tmp_path, capsys):
+    from tests.test_point_table import write_collection, write_config, write_points
+    from tests.test_table_resume import SPREAD
+    files, profile = write_collection(tmp_path, 2)
+    cfg, _ = write_config(tmp_path, files, write_points(tmp_path, profile, SPREAD[:6]), group_size=8)
+    out = str(tmp_path / "out")
+    assert main(["run", cfg]) == 0
+    capsys.readouterr()
+    assert main(["status", out]) == 0
+    text = capsys.readouterr().out
+    assert f"output: {out} (a point table)" in text and "groups written in that run" in text
+    assert "done: 12 of 12 planned rows; failed 0" in text and text.strip().endswith("complete: yes")
