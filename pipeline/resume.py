@@ -324,6 +324,13 @@ def mark_running(output_path: str, run_id: str, fingerprint: str, job: Optional[
     write_atomically(join(output_path, RUNNING_FILE), json.dumps(doc).encode())
 
 
+def note_submitted_job(output_path: str, run_id: str, fingerprint: str, job: dict) -> None:
+    """Adds the submitted Dataflow job to `_running.json`, unless the job already recorded its
+    completion and removed the file (a short job); `pixelbeam status` asks for its state."""
+    if FileSystems.exists(join(output_path, RUNNING_FILE)) and run_id not in read_records(output_path):
+        mark_running(output_path, run_id, fingerprint, job)
+
+
 def clear_running(output_path: str) -> None:
     from pixelbeam.pipeline.records import clear_running as clear
     clear(output_path)

@@ -109,7 +109,8 @@ def submitted(job, options, launch: Launch) -> RunResult:
     progress; the job records its own completion."""
     out = job.config.output.path
     lines = launch_lines(options, launch.result, out, launch.state.run_id, f"{job.planned} planned patches")
-    resume.mark_running(out, launch.state.run_id, resume.config_fingerprint(job.config), job_info(options, launch.result))
+    resume.note_submitted_job(out, launch.state.run_id, resume.config_fingerprint(job.config),
+                              job_info(options, launch.result))
     return RunResult(output_path=out, planned=job.planned, carried=launch.state.done_before, complete=False,
                      lines=tuple(lines))
 

@@ -62,13 +62,15 @@ def check_plan_size(projected: Mapping[str, Iterable], grid: GridSpec) -> None:
     total, largest, largest_id = 0, 0, None
     for crs, regions in projected.items():
         for region in regions:
-            if region.is_points:
-                n = len(getattr(region.geometry, "geoms", [region.geometry]))
+            if not hasattr(region, "geometry"):  # the points of a CRS in bulk (planning/point_regions.py)
+                n, region_id = len(region.rows), "the point regions"
+            elif region.is_points:
+                n, region_id = len(getattr(region.geometry, "geoms", [region.geometry])), region.region_id
             else:
-                n = candidate_patches(grid, region.geometry.bounds)
+                n, region_id = candidate_patches(grid, region.geometry.bounds), region.region_id
             total += n
             if n > largest:
-                largest, largest_id = n, region.region_id
+                largest, largest_id = n, region_id
     if total <= MAX_CANDIDATE_PATCHES:
         return
     sx, sy = grid.scale

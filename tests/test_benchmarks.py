@@ -123,3 +123,19 @@ def test_run_all_quick_ee_expression_prints_its_rows():
     rows = [[x.strip() for x in line.split("|")] for line in proc.stdout.splitlines() if line.startswith("ee_expression")]
     assert [r[1].split(": ")[-1] for r in rows] == ["throughput", "CPU s / 1,000 patches", "throughput"]
     assert all(float(r[5]) > 0 for r in rows)
+
+
+def test_run_all_quick_resume_scale_compares_the_record_with_parsing_every_row():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"), "--quick",
+                           "--only", "resume_scale"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("resume_scale")]
+    assert [r[1].strip() for r in rows] == ["rerun planning, 20,000 rows"]
+    assert rows[0][3].strip() == "json.loads of every row" and float(rows[0][5]) > 0
+
+
+def test_resume_scale_summary_names_the_target_where_rows_were_not_parsed():
+    doc = {"results": [{"rows": 10_000_000, "record": {"seconds": 0.02, "peak_mb": 268.0}, "rows_parsed": None}]}
+    ((what, value, reference, target, ratio, better),) = run_all.resume_scale_rows(doc)
+    assert what == "rerun planning, 10,000,000 rows (peak 268 MB)" and (reference, target) == ("target", "10 s")
+    assert round(ratio, 6) == 0.002 and better == "time, lower"

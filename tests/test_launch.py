@@ -134,3 +134,58 @@ def test_status_of_an_unreadable_folder_is_one_line(tmp_path, capsys, monkeypatc
     assert main(["status", "gs://somebody-elses-bucket/out"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read the output folder (PermissionError: 403 Forbidden" in err
+
+
+def test_a_job_that_finished_before_the_launcher_noted_it_is_not_marked_running_again(
+        tmp_path, capsys, submit_offline, monkeypatch):
+    """A short job can record itself (and remove _running.json) before `run()` returns."""
+    _, temp = submit_offline
+    out = str(tmp_path / "out")
+
+    def run_and_finish(pipeline, test_runner_api="AUTO"):
+        from pixelbeam.pipeline import records
+        records.clear_running(out)  # what the job's last stage does
+        return Submitted()
+    monkeypatch.setattr(beam.Pipeline, "run", run_and_finish)
+    main(["run", raster_config(tmp_path), *DATAFLOW, *temp])
+    assert "submitted: Dataflow job" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "_running.json"))
+
+
+def test_the_job_state_and_counters_come_from_the_dataflow_api_messages():
+    """The Dataflow API's own response types (google-cloud-dataflow-client, as Beam's client
+    returns them); only the client that would send the request is replaced."""
+    from google.cloud import dataflow_v1beta3 as dataflow
+
+    def update(name, value, **context):
+        return dataflow.MetricUpdate(name=dataflow.MetricStructuredName(origin="user", name=name, context=context),
+                                     scalar=value)
+
+    class Client:
+        def get_job(self, job_id):
+            return dataflow.Job(id=job_id, current_state=dataflow.JobState.JOB_STATE_RUNNING)
+
+        def get_job_metrics(self, job_id):
+            return dataflow.JobMetrics(metrics=[
+                update("patches_fetched", 1200, namespace="pixelbeam", step="s7"),
+                update("patches_fetched", 34, namespace="pixelbeam", step="s9"),
+                update("patches_fetched", 5000, namespace="pixelbeam", step="s7", tentative="true"),
+                update("requests", 1250, namespace="pixelbeam", step="s7"),
+                update("ElementCount", 9, step="s7")])
+    job = {"id": "j1", "project": "p", "region": "r"}
+    text = status.dataflow_job_state(job, client_for=lambda job: Client())
+    assert text == "JOB_STATE_RUNNING; patches_fetched 1234, requests 1250"
+
+
+def test_status_of_a_point_table(tmp_path, capsys):
+    from tests.test_point_table import write_collection, write_config, write_points
+    from tests.test_table_resume import SPREAD
+    files, profile = write_collection(tmp_path, 2)
+    cfg, _ = write_config(tmp_path, files, write_points(tmp_path, profile, SPREAD[:6]), group_size=8)
+    out = str(tmp_path / "out")
+    assert main(["run", cfg]) == 0
+    capsys.readouterr()
+    assert main(["status", out]) == 0
+    text = capsys.readouterr().out
+    assert f"output: {out} (a point table)" in text and "groups written in that run" in text
+    assert "done: 12 of 12 planned rows; failed 0" in text and text.strip().endswith("complete: yes")

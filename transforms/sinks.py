@@ -230,12 +230,12 @@ class WriteReports(beam.PTransform):
                     | "StampRunId" >> beam.Map(lambda row, run=self.run_id: {**row, "run_id": run}))
         all_rows = (new_rows, *carried) | "AllRows" >> beam.Flatten()
         manifest = (all_rows
-             | "ManifestJson" >> beam.Map(to_json_line)
-             | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),
-                                                     shard_name_template="", num_shards=1))
+                    | "ManifestJson" >> beam.Map(to_json_line)
+                    | "WriteManifest" >> beam.io.WriteToText(join(self.output_path, "manifest.jsonl"),
+                                                            shard_name_template="", num_shards=1))
         dead_letters = (failed
-             | "DeadLetterJson" >> beam.Map(lambda f: to_json_line(f.to_record()))
-             | "WriteDeadLetters" >> beam.io.WriteToText(join(self.output_path, "failed.jsonl"),
-                                                        shard_name_template="", num_shards=1))
+                        | "DeadLetterJson" >> beam.Map(lambda f: to_json_line(f.to_record()))
+                        | "WriteDeadLetters" >> beam.io.WriteToText(join(self.output_path, "failed.jsonl"),
+                                                                   shard_name_template="", num_shards=1))
         self.finalized += [manifest, dead_letters]
         return all_rows

@@ -77,7 +77,7 @@ def run_table_job(job: TableJob, beam_args: Sequence[str], max_failed_fraction: 
         return RunResult(output_path=out, planned=job.rows, unit=ROWS, complete=False, lines=("left",))
     if is_dataflow(options) and not wait:
         lines = launch_lines(options, result, out, state.run_id, f"{job.rows} planned rows")
-        resume.mark_running(out, state.run_id, state.fingerprint, job_info(options, result))
+        resume.note_submitted_job(out, state.run_id, state.fingerprint, job_info(options, result))
         return RunResult(output_path=out, planned=job.rows, unit=ROWS, complete=False, details=details,
                          lines=tuple(lines))
     result.wait_until_finish()
