@@ -35,6 +35,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pixelbeam.pipeline.api import Plan
 from pixelbeam.pipeline.outputs import job_file_options
+from pixelbeam.pipeline.shards import job_shard_naming
 from pixelbeam.pipeline.plan import make_source
 from pixelbeam.pipeline.runner import fetch_layers, fetch_settings
 from pixelbeam.transforms.fetch import FetchLayer, FetchLayers, FetchPatches, FetchSettings, fetch_patch
@@ -88,7 +89,8 @@ def write_patches(plan: Plan, run_id: str = "") -> WritePatches:
     out = job.config.output
     return WritePatches(out.path, tuple(out.formats), out.tfrecord_shards, run_id=run_id,
                         file_options=job_file_options(job), splits=job.split_names,
-                        layers=tuple(layer.name for layer in job.layers) if job.layered else ())
+                        layers=tuple(layer.name for layer in job.layers) if job.layered else (),
+                        shards=job_shard_naming(job, run_id))
 
 
 def write_reports(plan: Plan, run_id: str = "") -> WriteReports:

@@ -24,8 +24,8 @@ def point_file(tmp_path, n=3000, seed=0, name="points.geojson", duplicate_every=
     """Random points over the scene, some sharing a patch; ids out of lexicographic order."""
     rng = np.random.default_rng(seed)
     lon, lat = rng.uniform(SCENE[0], SCENE[2], n), rng.uniform(SCENE[1], SCENE[3], n)
-    lon[::duplicate_every], lat[::duplicate_every] = lon[1::duplicate_every][:len(lon[::duplicate_every])], \
-        lat[1::duplicate_every][:len(lat[::duplicate_every])]  # neighbours in one patch: the owner rule matters
+    twins = np.arange(0, n - 1, duplicate_every)
+    lon[twins], lat[twins] = lon[twins + 1], lat[twins + 1]  # two points in one patch: the owner rule matters
     features = [{"type": "Feature", "id": f"p{rng.integers(10**6)}-{i}", "properties": {"cls": f"c{i % 4}", "n": i},
                  "geometry": {"type": "Point", "coordinates": [round(float(x), 6), round(float(y), 6)]}}
                 for i, (x, y) in enumerate(zip(lon, lat))]
@@ -141,3 +141,24 @@ def test_streamed_geojson_falls_back_for_anything_it_does_not_read_plainly(tmp_p
     loaded = load_regions(path)
     assert [(r.region_id, r.geometry.wkb, r.properties) for r in loaded] == \
         [(r.region_id, r.geometry.wkb, r.properties) for r in regions_from_geojson(doc)]
+
+
+def test_a_csv_of_lon_lat_points_plans_as_the_same_points_in_geojson_do(tmp_path):
+    path = point_file(tmp_path, n=400)
+    doc = json.load(open(path))
+    rows = ["id,cls,n,longitude,latitude"] + [
+        f"{f['id']},{f['properties']['cls']},{f['properties']['n']},{f['geometry']['coordinates'][0]!r},"
+        f"{f['geometry']['coordinates'][1]!r}" for f in doc["features"]]
+    csv_path = tmp_path / "points.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    from_csv, from_json = load_regions(str(csv_path)), load_regions(path)
+    assert [(r.region_id, r.geometry.wkb, r.properties) for r in from_csv] == \
+        [(r.region_id, r.geometry.wkb, {"id": r.region_id, **r.properties}) for r in from_json]
+    sample = {"per_class": 20, "label_property": "cls", "seed": 2}
+    assert planned(config(tmp_path, str(csv_path), **sample)) == planned(config(tmp_path, path, **sample))
+    csv_path.write_text("id,lon,lat\na,-77.5,24.5\nb,east,24.5\n")
+    with pytest.raises(RegionError, match="line 3: lon='east'"):
+        load_regions(str(csv_path))
+    csv_path.write_text("id,x_coord,lat\na,-77.5,24.5\n")
+    with pytest.raises(RegionError, match="needs a header with a longitude column"):
+        load_regions(str(csv_path))

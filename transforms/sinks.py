@@ -106,6 +106,10 @@ class WritePatchFiles(beam.DoFn):
     def setup(self):
         self.pool = UploadPool(self.upload_threads) if is_object_store(self.output_path) else None
 
+    def start_bundle(self):
+        if self.pool is not None:  # a bundle that failed and is retried leaves nothing for the next one to emit
+            self.pool.pending.clear()
+
     def teardown(self):
         if getattr(self, "pool", None) is not None:
             self.pool.close()

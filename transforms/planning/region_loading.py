@@ -36,7 +36,8 @@ def point_features_to_regions(features: Sequence[Any]) -> Optional[list[tuple[st
     return points_in_bulk(features, copy=True)
 
 
-def points_in_bulk(features: Iterable[Any], copy: bool = False) -> Optional[list[tuple[str, Any, dict]]]:
+def points_in_bulk(features: Iterable[Any], copy: bool = False,
+                   min_count: Optional[int] = None) -> Optional[list[tuple[str, Any, dict]]]:
     """`point_features_to_regions` over any iterable of features (e.g. `stream_features`);
     `copy`: each Region gets its own copy of the properties (the caller's dicts stay theirs)."""
     xs, ys = array("d"), array("d")
@@ -59,7 +60,7 @@ def points_in_bulk(features: Iterable[Any], copy: bool = False) -> Optional[list
         rid = feature.get("id", props.get("id", props.get("name")))
         ids.append(str(rid) if rid is not None else f"region-{i:04d}")
         props_of.append(dict(props) if copy else props)
-    if len(ids) < MIN_BULK:
+    if len(ids) < (MIN_BULK if min_count is None else min_count):
         return None
     lon, lat = np.frombuffer(xs, dtype=np.float64), np.frombuffer(ys, dtype=np.float64)
     if not (np.isfinite(lon).all() and np.isfinite(lat).all() and (np.abs(lon) <= 180).all()
@@ -152,3 +153,54 @@ def point_table_to_regions(geometries: np.ndarray, properties) -> Optional[list[
                  "geometry": {"type": "Point", "coordinates": (float(x), float(y))}}
                 for i, (x, y) in enumerate(coords.tolist())]
     return point_features_to_regions(features)
+
+
+LON_NAMES = ("lon", "longitude", "lng", "x")
+LAT_NAMES = ("lat", "latitude", "y")
+
+
+def csv_point_regions(path: str, where: str = "regions") -> list[tuple[str, Any, dict]]:
+    """(id, point, properties) of a CSV of points in lon/lat degrees (WGS 84), read row by row:
+    a header naming a longitude column (lon, longitude, lng or x) and a latitude column (lat,
+    latitude or y); the other columns become properties (integers and decimals as numbers, the
+    rest as text); the id from an `id` or `name` column, else `region-NNNN`. Raises ValueError
+    with a one-line message naming the row for anything else."""
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            names = {name.strip().lower(): name for name in reader.fieldnames or ()}
+            lon_col = next((names[n] for n in LON_NAMES if n in names), None)
+            lat_col = next((names[n] for n in LAT_NAMES if n in names), None)
+            if lon_col is None or lat_col is None:
+                raise ValueError(f"{where}: {path!r} needs a header with a longitude column ({', '.join(LON_NAMES)}) "
+                                 f"and a latitude column ({', '.join(LAT_NAMES)}); found {reader.fieldnames}")
+            features = (csv_feature(row, lon_col, lat_col, where, line)
+                        for line, row in enumerate(reader, start=2))
+            out = points_in_bulk(features, min_count=1)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: {path!r} is not UTF-8 text ({e.reason}); save the CSV as UTF-8") from None
+    if out is None:
+        raise ValueError(f"{where}: {path!r} has no usable rows (coordinates outside lon [-180, 180] / lat [-90, 90], "
+                         "or repeated ids); check its lon/lat columns and ids")
+    return out
+
+
+def csv_feature(row: dict, lon_col: str, lat_col: str, where: str, line: int) -> dict:
+    try:
+        lon, lat = float(row[lon_col]), float(row[lat_col])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: line {line}: {lon_col}={row.get(lon_col)!r}, {lat_col}={row.get(lat_col)!r} are "
+                         "not numbers; give longitude and latitude in degrees") from None
+    props = {k: csv_value(v) for k, v in row.items() if k not in (lon_col, lat_col) and k is not None}
+    return {"type": "Feature", "properties": props, "geometry": {"type": "Point", "coordinates": [lon, lat]}}
+
+
+def csv_value(text):
+    """A CSV cell as the number it spells (int, then float), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            pass
+    return text

@@ -98,6 +98,12 @@ def load_regions(regions: str | Sequence[float], where: str = "regions",
     if not is_url and not os.path.exists(regions):
         raise RegionError(f"{where}: file {regions!r} does not exist; give a vector file (GeoJSON, GeoPackage, "
                           "Shapefile, FlatGeobuf, GeoParquet) or a bbox")
+    if not is_url and regions.lower().endswith(".csv"):  # points as lon,lat columns (region_loading.py)
+        from pixelbeam.transforms.planning.region_loading import csv_point_regions
+        try:
+            return [Region(*fields) for fields in csv_point_regions(regions, where)]
+        except ValueError as e:
+            raise RegionError(str(e)) from None
     if is_url or not regions.lower().endswith(GEOJSON_SUFFIXES):
         return regions_from_vector_file(regions, where, skipped)
     from pixelbeam.transforms.planning.region_loading import stream_point_regions
