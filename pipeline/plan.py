@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-
 from typing import Optional, Sequence
 
 import pyproj
@@ -22,6 +20,7 @@ from pixelbeam.pipeline.layers import (JobLayer, Reach, check_mask_options, desc
                                       scaled_info, with_pixel_rules)
 from pixelbeam.pipeline.layers import make_source as layer_source
 from pixelbeam.pipeline.limits import job_limits
+from pixelbeam.pipeline.output_folder import check_output_path
 from pixelbeam.pipeline.outputs import check_outputs
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, lonlat_extent, regions_lonlat_box
@@ -186,24 +185,6 @@ def check_regions_inside(regions: list[Region], info: SourceInfo) -> None:
             fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat)
             raise ConfigError(f"regions: region {region.region_id!r} lies outside the source's footprint "
                               f"(lon/lat {fp}); move the region or use another source")
-
-
-def check_output_path(path: str) -> None:
-    """A local output folder must be creatable and writable; remote paths are checked by Beam."""
-    if "://" in path:
-        scheme = path.split("://", 1)[0]
-        if scheme == "gs":
-            try:
-                import apache_beam.io.gcp.gcsfilesystem  # noqa: F401
-                import google.cloud.storage  # noqa: F401
-            except ImportError:
-                raise ConfigError("output.path: gs:// needs the GCP extra; pip install 'pixelbeam[gcp]'") from None
-        return
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe) or "."
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
-        raise ConfigError(f"output.path: {path!r} cannot be written ({probe!r} is not a writable folder); choose another path")
 
 
 def prepare_job(config: Config) -> Job:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from typing import Optional
@@ -40,6 +41,9 @@ PER_PATCH_FOLDERS = ("npy", "geotiff", "png", "jpeg")  # one file per written pa
 # by the planner), not by the file and arguments that built it.
 NEUTRAL_KEYS = {"source": ("credentials", "url", "project", "expression", "expression_args"),
                 "output": ("path", "tfrecord_shards")}
+
+
+RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{4}")  # as new_run_id makes them
 
 
 def new_run_id(now: Optional[float] = None) -> str:
@@ -220,25 +224,49 @@ def file_count(output_path: str, folder: str, suffix: str = "", longer: tuple[st
 
 def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool,
                     file_folders: tuple[str, ...] = PER_PATCH_FOLDERS) -> int:
-    """Delete what no completed run owns: TFRecord shards of killed runs (every shard and file
-    with --overwrite), Beam's staging folders, and temporary files of atomic writes."""
+    """Delete what no completed run owns: TFRecord shards of killed runs, Beam's staging folders,
+    and temporary files of atomic writes; with --overwrite also every file pixelbeam recorded
+    writing (`recorded_files`), and never a file of the user's."""
     doomed = [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
-              if overwrite or tfrecord_shard_run_id(name) not in completed_runs]
+              if tfrecord_shard_run_id(name) is not None and tfrecord_shard_run_id(name) not in completed_runs]
     doomed += [join(output_path, f"stats/{name}") for name in existing_files(output_path, "stats")  # issue 14
-               if overwrite or name.removesuffix(".json") not in completed_runs]
+               if name.startswith(".tmp-") or (RUN_ID.fullmatch(name.removesuffix(".json"))
+                                               and name.removesuffix(".json") not in completed_runs)]
     doomed += beam_staging_folders(output_path) + temporary_files(output_path)
     for folder in file_folders:
         doomed += [join(output_path, f"{folder}/{name}") for name in existing_files(output_path, folder)
-                   if overwrite or name.startswith(".tmp-")]
-        if not overwrite:  # layers: each layer's folder (npy/<layer>/...)
-            doomed += [m.path for m in _match(join(output_path, f"{folder}/*/.tmp-*"))]
+                   if name.startswith(".tmp-")]
+        doomed += [m.path for m in _match(join(output_path, f"{folder}/*/.tmp-*"))]  # layers: npy/<layer>/...
     if overwrite:
-        doomed += [join(output_path, n) for n in ("manifest.jsonl", "failed.jsonl", STATE_FILE)
-                   if FileSystems.exists(join(output_path, n))]
+        doomed += recorded_files(output_path)
     if doomed:
         FileSystems.delete(sorted(set(doomed)))
         log.info("removed %d leftover files", len(doomed))
     return len(doomed)
+
+
+REPORT_FILES = ("manifest.jsonl", "failed.jsonl", STATE_FILE, "preview.png", "footprints.png")
+
+
+def recorded_files(output_path: str) -> list[str]:
+    """The files of a patch output that pixelbeam recorded writing: those the manifest's rows
+    list, the TFRecord shards and statistics of its runs (completed, or the one that did not
+    finish), its reports and pictures. All that --overwrite deletes."""
+    state = read_json(join(output_path, STATE_FILE)) or {}
+    runs = set(state.get("runs", [])) | {(read_json(join(output_path, RUNNING_FILE)) or {}).get("run_id")}
+    runs.discard(None)
+    listed: set = set()
+    manifest = join(output_path, "manifest.jsonl")
+    if FileSystems.exists(manifest):
+        with FileSystems.open(manifest) as f:
+            listed = {name for line in f if line.strip() for name in json.loads(line).get("files") or ()}
+    doomed = [join(output_path, name) for name in sorted(listed) if "*" not in name
+              and name.split("/", 1)[0] in PER_PATCH_FOLDERS and FileSystems.exists(join(output_path, name))]
+    doomed += [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
+               if tfrecord_shard_run_id(name) in runs]
+    doomed += [join(output_path, f"stats/{name}") for name in existing_files(output_path, "stats")
+               if name.removesuffix(".json") in runs]
+    return doomed + [join(output_path, n) for n in REPORT_FILES if FileSystems.exists(join(output_path, n))]
 
 
 def temporary_files(output_path: str) -> list[str]:

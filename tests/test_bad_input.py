@@ -346,3 +346,78 @@ def test_unknown_beam_options_are_refused_by_the_api(tmp_path):
     with pytest.raises(ConfigError, match="--ovrwrite: neither a pixelbeam option nor a Beam pipeline option"):
         pixelbeam.run(base_config(tmp_path), beam_args=["--ovrwrite"])
     assert not (tmp_path / "out").exists()
+
+
+# issue 15: output folders that cannot hold outputs, or that hold the user's own files
+def _dangling_link(cfg, tmp_path):
+    os.symlink(tmp_path / "nowhere" / "target", tmp_path / "link")
+    cfg["output"]["path"] = str(tmp_path / "link")
+
+
+OUTPUT_CASES = {
+    "empty output path": (setter("output", "path", value=""), "output.path: is empty; give a folder"),
+    "blank output path": (setter("output", "path", value="  "), "output.path: is empty; give a folder"),
+    "output under /proc": (setter("output", "path", value="/proc/pixelbeam-out"),
+                           "output.path: '/proc/pixelbeam-out' is on the kernel's 'proc' filesystem"),
+    "output under /sys": (setter("output", "path", value="/sys/kernel/pixelbeam"), "is on the kernel's 'sys' filesystem"),
+    "output a dangling symlink": (_dangling_link, "is a symlink to"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT_CASES))
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_unwritable_output_paths_are_one_line(name, command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    change, expected = OUTPUT_CASES[name]
+    cfg = base_config(tmp_path)
+    change(cfg, tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    before = sorted(os.listdir(tmp_path))
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pixelbeam: error: ") and expected in err, err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written (not into the config's folder either)
+
+
+def test_a_folder_of_the_users_own_files_is_refused(tmp_path, capsys):
+    cfg = base_config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text("my own notes\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for args in (["run", str(path)], ["run", str(path), "--overwrite"], ["plan", str(path)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err == (f"pixelbeam: error: output.path: {str(out)!r} holds files pixelbeam did not write "
+                       "(manifest.jsonl); give an empty or new folder (pixelbeam never writes among, nor replaces, "
+                       "a folder's own files)\n")
+    assert os.listdir(out) == ["manifest.jsonl"] and (out / "manifest.jsonl").read_text() == "my own notes\n"
+
+
+def test_overwrite_deletes_only_what_pixelbeam_wrote(tmp_path, capsys):
+    cfg = base_config(tmp_path)
+    cfg["output"]["formats"] = ["tfrecord", "npy", "png"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 0
+    out = tmp_path / "out"
+    first = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    mine = ["npy/mine.npy", "npy/keep/deep.npy", "png/holiday.png", "tfrecord/my-records.tfrecord.gz",
+            "stats/my-stats.json", "notes.txt"]
+    for name in mine:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"the user's own " + name.encode())
+    cfg["grid"]["patch_size"] = 48  # other patches: none of the first run's files is rewritten
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--overwrite"]) == 0
+    for name in mine:
+        assert (out / name).read_bytes() == b"the user's own " + name.encode(), name
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["width"] == 48 for r in rows)
+    rewritten = {f for r in rows for f in r["files"] if "*" not in f}
+    assert rewritten and all(os.path.exists(out / f) for f in rewritten)
+    now = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    left = {str(p) for p in first if str(p) in now and p.parts[0] in ("npy", "png", "tfrecord", "stats")}
+    assert left - rewritten == set()  # every per-patch file, shard and statistic of the first run is gone

@@ -68,7 +68,7 @@ def plan_table_resume(job, overwrite: bool) -> TableResume:
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)
     run_id, digest = resume.new_run_id(), table_plan_digest(job)
     if overwrite:
-        doomed = [join(out, f) for f in table_files(out)]
+        doomed = [join(out, f) for f in table_files(out) if pixelbeam_table_file(f)]  # never a file of the user's
         doomed += [join(out, n) for n in ("failed.jsonl", resume.TABLE_STATE_FILE) if FileSystems.exists(join(out, n))]
         return TableResume(run_id, fingerprint, digest, doomed=doomed + staging_and_temporary(out))
     state = resume.read_json(join(out, resume.TABLE_STATE_FILE)) or {}
@@ -93,8 +93,8 @@ def completed_shards(out: str, completed_runs: list[str]) -> tuple[set, list[str
     doomed = []
     for path in table_files(out):
         stem = unit_stem(path.split("/", 1)[1])
-        if stem is None:  # temporary files, shards without a run id, anything else
-            doomed.append(path)
+        if stem is None:  # temporary files and shards without a run id; a file of the user's stays
+            doomed += [path] if pixelbeam_table_file(path) else []
         else:
             units.setdefault(stem, []).append(path)
     done: set = set()
@@ -108,6 +108,13 @@ def completed_shards(out: str, completed_runs: list[str]) -> tuple[set, list[str
         else:
             doomed += files
     return done, [join(out, f) for f in doomed]
+
+
+def pixelbeam_table_file(path: str) -> bool:
+    """A file of a table folder (`table/...`) that pixelbeam writes: a shard, a groups record, a
+    temporary file of an atomic write."""
+    name = path.split("/", 1)[1]
+    return name.startswith((".tmp-", SHARD_NAME, GROUPS_NAME))
 
 
 def unit_stem(name: str) -> Optional[str]:
