@@ -39,7 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
     for sub_parser in (run, retry):
         sub_parser.add_argument("--ee_emulator", metavar="URL",
                                 help="send Earth Engine requests to a local emulator at URL (anonymous credentials)")
-    plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")
+    plan = sub.add_parser("plan", help="plan the job: patches, requests, output bytes; sends no request")
     plan.add_argument("config")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--footprints", metavar="FILE.geojson", help="also write the patch footprints (lon/lat GeoJSON)")

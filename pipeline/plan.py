@@ -310,8 +310,9 @@ def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Option
 
 
 def plan_summary(job: Job) -> dict:
-    """Counts for `pixelbeam plan`: patches, requests, bytes, the least time at the request
-    rates (s), and the limits of each layer."""
+    """Counts for `pixelbeam plan`: patches, requests, output bytes (the patches' pixels as
+    written, before compression), the least time at the request rates (s), and the limits of
+    each layer. (A run reports `fetched bytes`: the pixel bytes its requests received.)"""
     n = job.planned
     requests = n * job.requests_per_patch
     out = {
@@ -319,8 +320,8 @@ def plan_summary(job: Job) -> dict:
         "regions": len(job.regions),
         "requests": requests,
         "requests_per_patch": job.requests_per_patch,
-        "bytes": n * job.bytes_per_patch,
-        "bytes_per_patch": job.bytes_per_patch,
+        "output_bytes": n * job.bytes_per_patch,
+        "output_bytes_per_patch": job.bytes_per_patch,
         "bands": list(job.info.band_names),
         "dtype": job.output_info.dtype,
         "patch_shape": ([job.time_steps] if job.time_steps else []) + [len(job.info.band_names), *job.fetch_shape],

@@ -56,16 +56,57 @@ def config_fingerprint(config: Config) -> str:
     """Hash of everything in the config that decides a patch's pixels and status (not the
     regions: a changed region set plans other patches, it does not change a patch)."""
     # a new key at its default changes nothing; nor does a URL's credential (a signed URL's new token)
-    doc = hide_secrets_in(config.model_dump(mode="json", exclude_defaults=True))
+    doc = decisive_part(config.model_dump(mode="json", exclude_defaults=True))
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decisive_part(doc: dict) -> dict:
+    """A config document (`model_dump(mode="json")`) without what decides no pixel: regions,
+    fetch settings, NEUTRAL_KEYS and URLs' credentials."""
+    doc = hide_secrets_in(doc)
     doc.pop("regions", None)
     doc.pop("fetch", None)
     for section, keys in NEUTRAL_KEYS.items():
         for key in keys:
-            doc.get(section, {}).pop(key, None)
-    for layer in doc.get("layers", []):  # a layer's fetch limits and Earth Engine access decide no pixel
+            (doc.get(section) or {}).pop(key, None)
+    for layer in doc.get("layers") or []:  # a layer's fetch limits and Earth Engine access decide no pixel
         for key in ("fetch",) + NEUTRAL_KEYS["source"]:
             layer.pop(key, None)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return doc
+
+
+def changed_keys(recorded: Optional[dict], config: Config, limit: int = 3) -> str:
+    """'grid.patch_size 48 -> 32, ...': the keys whose values decide pixels and differ between
+    a recorded config (dataset.json's, defaults included) and `config`; '' when unknown."""
+    if not isinstance(recorded, dict):
+        return ""
+    new = decisive_part(config.model_dump(mode="json"))
+    given = flatten(decisive_part(config.model_dump(mode="json", exclude_defaults=True)))
+    old, new = flatten(decisive_part(recorded)), flatten(new)
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k, MISSING) != new.get(k, MISSING)
+            and (k in old or k in given)]  # a key a newer pixelbeam added, at its default, is no change
+    words = [f"{k} {short(old.get(k, MISSING))} -> {short(new.get(k, MISSING))}" for k in keys[:limit]]
+    return ", ".join(words) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+MISSING = "(unset)"
+
+
+def flatten(doc, prefix: str = "") -> dict:
+    """{dotted key: leaf value} of a JSON document; a list of named layers by name."""
+    if isinstance(doc, list) and doc and all(isinstance(d, dict) and "name" in d for d in doc):
+        doc = {str(d["name"]): {k: v for k, v in d.items() if k != "name"} for d in doc}
+    if not isinstance(doc, dict) or not doc:
+        return {prefix: doc} if prefix else {}
+    out = {}
+    for key, value in doc.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def short(value) -> str:
+    text = value if value == MISSING else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -125,8 +166,9 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
                                   "or --overwrite to replace them")
             changed, them = (("source, grid or output settings", "them") if holds == "patches"
                              else ("source, table or output settings", "it"))
+            keys = changed_keys(state.get("config"), config)
             raise ConfigError(
-                f"output.path: {output_path!r} holds {holds} made with a different config ({changed} changed); "
+                f"output.path: {output_path!r} holds {holds} made with a different config ({keys or changed + ' changed'}); "
                 f"use a new output.path, or --overwrite to replace {them}")
     return fingerprint
 
