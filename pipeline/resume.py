@@ -233,7 +233,7 @@ def check_collection_images(job, state: dict) -> None:
 def check_images(job, plan, recorded, where: str) -> None:
     if plan is None or recorded is None:
         return
-    current = [im.image_id for im in plan.images]
+    current = hide_secrets_in([im.image_id for im in plan.images])  # as dataset.json records them
     if current != recorded:
         new = sorted(set(current) - set(recorded))
         gone = sorted(set(recorded) - set(current))

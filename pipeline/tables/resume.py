@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline import resume
 from pixelbeam.pipeline.config import ConfigError
+from pixelbeam.transforms.secrets import hide_secrets
 from pixelbeam.transforms.storage import join
 from pixelbeam.transforms.tables.sink import FOLDERS, GROUPS_PREFIX, SHARD_PREFIX
 
@@ -56,7 +57,7 @@ def table_plan_digest(job) -> str:
     group's window and pixels (point id, row, col)."""
     groups = [(spec.patch_id, list(spec.transform), spec.width, spec.height,
                [(p.point_id, p.row, p.col) for p in pixels]) for spec, pixels in job.groups]
-    doc = [[(i.image_id, i.time_ms) for i in job.images], list(job.bands), job.dtype,
+    doc = [[(hide_secrets(i.image_id), i.time_ms) for i in job.images], list(job.bands), job.dtype,  # no token
            dataclasses.asdict(job.grid), groups]
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
