@@ -66,10 +66,13 @@ def prepare(config: Config):
     return prepare_job(config)
 
 
+RENAMED = {"bytes": "output_bytes", "bytes_per_patch": "output_bytes_per_patch"}  # plan keys' earlier names
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A planned job, as `pixelbeam plan` prints it: every key of `summary` (the `--json`
-    output) is also an attribute (`plan.patches`, `plan.requests`, `plan.bytes`,
+    output) is also an attribute (`plan.patches`, `plan.requests`, `plan.output_bytes`,
     `plan.min_seconds_at_quota`; a point table's `plan.rows`, `plan.groups` ...). `specs()`
     iterates over the planned patches; `job` is the prepared job the building blocks take
     (pixelbeam.beam)."""
@@ -101,6 +104,7 @@ class Plan:
 
     def __getattr__(self, name: str) -> Any:
         summary = self.__dict__.get("summary") or {}
+        name = RENAMED.get(name, name) if name not in summary else name
         if name in summary:
             return summary[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}; "
@@ -165,7 +169,7 @@ def planned_job(config: ConfigLike, image: Any = None, collection: Any = None):
 
 
 def plan(config: ConfigLike, *, image: Any = None, collection: Any = None) -> Plan:
-    """Check and plan the job (`pixelbeam plan`): patches, requests, bytes; sends no pixel
+    """Check and plan the job (`pixelbeam plan`): patches, requests, output bytes; sends no pixel
     request and writes nothing. `image` / `collection`: as for `run`. Raises ConfigError."""
     return Plan.of(planned_job(config, image, collection))
 

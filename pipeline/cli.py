@@ -42,24 +42,51 @@ def make_parser() -> argparse.ArgumentParser:
                                      "it is submitted; the job records its own completion)")
         sub_parser.add_argument("--ee_emulator", metavar="URL",
                                 help="send Earth Engine requests to a local emulator at URL (anonymous credentials)")
-    plan = sub.add_parser("plan", help="plan the job: patches, requests, bytes; sends no request")
+    plan = sub.add_parser("plan", help="plan the job: patches, requests, output bytes; sends no request")
     plan.add_argument("config")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--footprints", metavar="FILE.geojson", help="also write the patch footprints (lon/lat GeoJSON)")
     plan.add_argument("--ee_emulator", metavar="URL", help="as for run")
     status = sub.add_parser("status", help="what an output folder holds: completed runs, done, failed, complete or not")
     status.add_argument("output", help="the output.path of a run (also of a Dataflow job launched and left)")
+    for sub_parser in (plan, retry):
+        sub_parser.add_argument("-v", "--verbose", action="store_true")
     sub.add_parser("emulate", help="start a local Earth Engine REST emulator (see --help)", add_help=False)
     sub.add_parser("preview", help="write preview.png and footprints.png of an output (see --help)", add_help=False)
     return parser
 
 
+INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
+BUG = 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command; never a traceback: Ctrl-C is one line and exit 130, an error pixelbeam did
+    not expect (a bug) is one line that says so and exit 1 (--verbose also prints its traceback)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run_command(arguments)
+    except KeyboardInterrupt:
+        say("pixelbeam: interrupted; outputs of earlier completed runs are kept, and rerunning the same command "
+            "resumes", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if "-v" in arguments or "--verbose" in arguments:
+            import traceback
+            say("".join(traceback.format_exception(e)).rstrip(), file=sys.stderr)
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        say(f"pixelbeam: internal error (a bug in pixelbeam, not in your input): {type(e).__name__}"
+            f"{': ' + detail if detail else ''}; rerun with --verbose for the details, and please report it",
+            file=sys.stderr)
+        return BUG
+
+
+def run_command(argv: Sequence[str]) -> int:
     parser = make_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "emulate":
         from pixelbeam.testing.ee_emulator.__main__ import main as emulate
-        return emulate(list(rest))
+        return emulate(list(rest), prog="pixelbeam emulate")
     if args.command == "preview":
         from pixelbeam.pipeline.preview import main as preview
         return preview(list(rest))

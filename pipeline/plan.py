@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-
 from typing import Optional, Sequence
 
 import pyproj
@@ -23,6 +21,7 @@ from pixelbeam.pipeline.layers import (JobLayer, Reach, check_mask_options, desc
                                       scaled_info, with_pixel_rules)
 from pixelbeam.pipeline.layers import make_source as layer_source
 from pixelbeam.pipeline.limits import job_limits
+from pixelbeam.pipeline.output_folder import check_output_path
 from pixelbeam.pipeline.outputs import check_outputs
 from pixelbeam.pipeline.sizes import check_grid_units, check_patch_memory, check_plan_size
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
@@ -234,24 +233,6 @@ def meets_footprint(region: Region, footprint: tuple[float, float, float, float]
     return any(region.geometry.intersects(shapely.affinity.translate(box, xoff=turn)) for turn in (0.0, -360.0, 360.0))
 
 
-def check_output_path(path: str) -> None:
-    """A local output folder must be creatable and writable; remote paths are checked by Beam."""
-    if "://" in path:
-        scheme = path.split("://", 1)[0]
-        if scheme == "gs":
-            try:
-                import apache_beam.io.gcp.gcsfilesystem  # noqa: F401
-                import google.cloud.storage  # noqa: F401
-            except ImportError:
-                raise ConfigError("output.path: gs:// needs the GCP extra; pip install 'pixelbeam[gcp]'") from None
-        return
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe) or "."
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
-        raise ConfigError(f"output.path: {path!r} cannot be written ({probe!r} is not a writable folder); choose another path")
-
-
 def prepare_job(config: Config) -> Job:
     """Check the sources, regions, grid and output, and plan every patch; sends no pixel request
     (an Earth Engine layer: a 1x1 px probe)."""
@@ -385,8 +366,9 @@ def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Option
 
 
 def plan_summary(job: Job) -> dict:
-    """Counts for `pixelbeam plan`: patches, requests, bytes, the least time at the request
-    rates (s), and the limits of each layer."""
+    """Counts for `pixelbeam plan`: patches, requests, output bytes (the patches' pixels as
+    written, before compression), the least time at the request rates (s), and the limits of
+    each layer. (A run reports `fetched bytes`: the pixel bytes its requests received.)"""
     n = job.planned
     requests = n * job.requests_per_patch
     out = {
@@ -395,8 +377,8 @@ def plan_summary(job: Job) -> dict:
         **({"regions_skipped": [s.to_record() for s in job.skipped_regions]} if job.skipped_regions is not None else {}),
         "requests": requests,
         "requests_per_patch": job.requests_per_patch,
-        "bytes": n * job.bytes_per_patch,
-        "bytes_per_patch": job.bytes_per_patch,
+        "output_bytes": n * job.bytes_per_patch,
+        "output_bytes_per_patch": job.bytes_per_patch,
         "bands": list(job.info.band_names),
         "dtype": job.output_info.dtype,
         "patch_shape": ([job.time_steps] if job.time_steps else []) + [len(job.info.band_names), *job.fetch_shape],

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from typing import Optional
@@ -45,6 +46,9 @@ NEUTRAL_KEYS = {"source": ("credentials", "url", "project", "expression", "expre
                 "output": ("path", "tfrecord_shards", "shard_size_mb")}
 
 
+RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{4}")  # as new_run_id makes them
+
+
 def new_run_id(now: Optional[float] = None) -> str:
     """A sortable, unique run id: UTC time plus 4 random hex digits."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if now is None else now))
@@ -55,17 +59,58 @@ def config_fingerprint(config: Config) -> str:
     """Hash of everything in the config that decides a patch's pixels and status (not the
     regions: a changed region set plans other patches, it does not change a patch)."""
     # a new key at its default changes nothing; nor does a URL's credential (a signed URL's new token)
-    doc = hide_secrets_in(config.model_dump(mode="json", exclude_defaults=True))
+    doc = decisive_part(config.model_dump(mode="json", exclude_defaults=True))
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decisive_part(doc: dict) -> dict:
+    """A config document (`model_dump(mode="json")`) without what decides no pixel: regions,
+    fetch settings, NEUTRAL_KEYS and URLs' credentials."""
+    doc = hide_secrets_in(doc)
     doc.pop("regions", None)
     doc.pop("regions_outside", None)  # like the regions: which are planned, not what a patch holds
     doc.pop("fetch", None)
     for section, keys in NEUTRAL_KEYS.items():
         for key in keys:
-            doc.get(section, {}).pop(key, None)
-    for layer in doc.get("layers", []):  # a layer's fetch limits and Earth Engine access decide no pixel
+            (doc.get(section) or {}).pop(key, None)
+    for layer in doc.get("layers") or []:  # a layer's fetch limits and Earth Engine access decide no pixel
         for key in ("fetch",) + NEUTRAL_KEYS["source"]:
             layer.pop(key, None)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return doc
+
+
+def changed_keys(recorded: Optional[dict], config: Config, limit: int = 3) -> str:
+    """'grid.patch_size 48 -> 32, ...': the keys whose values decide pixels and differ between
+    a recorded config (dataset.json's, defaults included) and `config`; '' when unknown."""
+    if not isinstance(recorded, dict):
+        return ""
+    new = decisive_part(config.model_dump(mode="json"))
+    given = flatten(decisive_part(config.model_dump(mode="json", exclude_defaults=True)))
+    old, new = flatten(decisive_part(recorded)), flatten(new)
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k, MISSING) != new.get(k, MISSING)
+            and (k in old or k in given)]  # a key a newer pixelbeam added, at its default, is no change
+    words = [f"{k} {short(old.get(k, MISSING))} -> {short(new.get(k, MISSING))}" for k in keys[:limit]]
+    return ", ".join(words) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+MISSING = "(unset)"
+
+
+def flatten(doc, prefix: str = "") -> dict:
+    """{dotted key: leaf value} of a JSON document; a list of named layers by name."""
+    if isinstance(doc, list) and doc and all(isinstance(d, dict) and "name" in d for d in doc):
+        doc = {str(d["name"]): {k: v for k, v in d.items() if k != "name"} for d in doc}
+    if not isinstance(doc, dict) or not doc:
+        return {prefix: doc} if prefix else {}
+    out = {}
+    for key, value in doc.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def short(value) -> str:
+    text = value if value == MISSING else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -132,8 +177,9 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
                                   "or --overwrite to replace them")
             changed, them = (("source, grid or output settings", "them") if holds == "patches"
                              else ("source, table or output settings", "it"))
+            keys = changed_keys(state.get("config"), config)
             raise ConfigError(
-                f"output.path: {output_path!r} holds {holds} made with a different config ({changed} changed); "
+                f"output.path: {output_path!r} holds {holds} made with a different config ({keys or changed + ' changed'}); "
                 f"use a new output.path, or --overwrite to replace {them}")
     return fingerprint
 
@@ -219,7 +265,7 @@ def check_collection_images(job, state: dict) -> None:
 def check_images(job, plan, recorded, where: str) -> None:
     if plan is None or recorded is None:
         return
-    current = [im.image_id for im in plan.images]
+    current = hide_secrets_in([im.image_id for im in plan.images])  # as dataset.json records them
     if current != recorded:
         new = sorted(set(current) - set(recorded))
         gone = sorted(set(recorded) - set(current))
@@ -252,24 +298,24 @@ def file_count(output_path: str, folder: str, suffix: str = "", longer: tuple[st
 
 def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool,
                     file_folders: tuple[str, ...] = PER_PATCH_FOLDERS) -> int:
-    """Delete what no completed run owns: TFRecord shards of killed runs (every shard and file
-    with --overwrite), Beam's staging folders, and temporary files of atomic writes."""
+    """Delete what no completed run owns: TFRecord shards of killed runs, Beam's staging folders,
+    and temporary files of atomic writes; with --overwrite also every file pixelbeam recorded
+    writing (`recorded_files`), and never a file of the user's."""
     doomed = [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
-              if overwrite or tfrecord_shard_run_id(name) not in completed_runs]
+              if tfrecord_shard_run_id(name) is not None and tfrecord_shard_run_id(name) not in completed_runs]
     doomed += [join(output_path, f"shards/{name}") for name in existing_files(output_path, "shards")  # issue 17
-               if overwrite or webdataset_shard_run_id(name) not in completed_runs]
+               if name.startswith(".tmp-") or (webdataset_shard_run_id(name) is not None
+                                               and webdataset_shard_run_id(name) not in completed_runs)]
     doomed += [join(output_path, f"stats/{name}") for name in existing_files(output_path, "stats")  # issue 14
-               if overwrite or name.removesuffix(".json") not in completed_runs]
+               if name.startswith(".tmp-") or (RUN_ID.fullmatch(name.removesuffix(".json"))
+                                               and name.removesuffix(".json") not in completed_runs)]
     doomed += beam_staging_folders(output_path) + temporary_files(output_path)
     for folder in file_folders:
         doomed += [join(output_path, f"{folder}/{name}") for name in existing_files(output_path, folder)
-                   if overwrite or name.startswith(".tmp-")]
-        if not overwrite:  # layers: each layer's folder (npy/<layer>/...)
-            doomed += [m.path for m in _match(join(output_path, f"{folder}/*/.tmp-*"))]
+                   if name.startswith(".tmp-")]
+        doomed += [m.path for m in _match(join(output_path, f"{folder}/*/.tmp-*"))]  # layers: npy/<layer>/...
     if overwrite:
-        doomed += [join(output_path, n) for n in ("manifest.jsonl", "failed.jsonl", STATE_FILE)
-                   if FileSystems.exists(join(output_path, n))]
-        doomed += [join(output_path, f"{RUNS_FOLDER}/{name}") for name in existing_files(output_path, RUNS_FOLDER)]
+        doomed += recorded_files(output_path)
     else:  # temporary files of a record's atomic write
         doomed += [join(output_path, f"{RUNS_FOLDER}/{name}") for name in existing_files(output_path, RUNS_FOLDER)
                    if name.startswith(".tmp-")]
@@ -277,6 +323,35 @@ def clean_leftovers(output_path: str, completed_runs: list[str], overwrite: bool
         FileSystems.delete(sorted(set(doomed)))
         log.info("removed %d leftover files", len(doomed))
     return len(doomed)
+
+
+REPORT_FILES = ("manifest.jsonl", "failed.jsonl", STATE_FILE, "preview.png", "footprints.png")
+
+
+def recorded_files(output_path: str) -> list[str]:
+    """The files of a patch output that pixelbeam recorded writing: those the manifest's rows
+    list, the TFRecord and WebDataset shards, statistics and run records of its runs (completed,
+    or the one that did not finish), its reports and pictures. All that --overwrite deletes."""
+    state = read_json(join(output_path, STATE_FILE)) or {}
+    runs = set(completed_runs(state, read_records(output_path)))
+    runs |= {(read_json(join(output_path, RUNNING_FILE)) or {}).get("run_id")}
+    runs.discard(None)
+    listed: set = set()
+    manifest = join(output_path, "manifest.jsonl")
+    if FileSystems.exists(manifest):
+        with FileSystems.open(manifest) as f:
+            listed = {name for line in f if line.strip() for name in json.loads(line).get("files") or ()}
+    doomed = [join(output_path, name) for name in sorted(listed) if "*" not in name
+              and name.split("/", 1)[0] in PER_PATCH_FOLDERS and FileSystems.exists(join(output_path, name))]
+    doomed += [join(output_path, f"tfrecord/{name}") for name in existing_files(output_path, "tfrecord")
+               if tfrecord_shard_run_id(name) in runs]
+    doomed += [join(output_path, f"stats/{name}") for name in existing_files(output_path, "stats")
+               if name.removesuffix(".json") in runs]
+    doomed += [join(output_path, f"shards/{name}") for name in existing_files(output_path, "shards")
+               if webdataset_shard_run_id(name) in runs]
+    doomed += [join(output_path, f"{RUNS_FOLDER}/{name}") for name in existing_files(output_path, RUNS_FOLDER)
+               if name.startswith(".tmp-") or RUN_ID.fullmatch(name.removesuffix(".json"))]
+    return doomed + [join(output_path, n) for n in REPORT_FILES if FileSystems.exists(join(output_path, n))]
 
 
 def temporary_files(output_path: str) -> list[str]:

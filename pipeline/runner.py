@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -33,6 +34,9 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return options
 
 
+NUMBER = re.compile(r"-\d[\d.eE+-]*")  # a negative value, not an option
+
+
 def beam_option_parser() -> argparse.ArgumentParser:
     """A parser of every option Beam's PipelineOptions classes define (as Beam builds it)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
@@ -49,15 +53,14 @@ def check_options(args: Sequence[str], known: Sequence[str] = ()) -> None:
     """Raises ConfigError naming the first of `args` that is neither a Beam option nor one of
     `known` (the command's own options, for the suggestion)."""
     parser = beam_option_parser()
-    _, unknown = parser.parse_known_args(list(args))
-    if not unknown:
-        return
-    from pixelbeam.pipeline.config import ConfigError
-    arg = unknown[0]
-    if not arg.startswith("-"):
-        raise ConfigError(f"{arg!r}: an unexpected argument; give the config, then options (--name value)", field=None)
-    name = arg.split("=", 1)[0]
     options = list(known) + [o for action in parser._actions for o in action.option_strings]  # noqa: SLF001
+    names = [arg.split("=", 1)[0] for arg in args if arg.startswith("-") and not NUMBER.fullmatch(arg)]
+    unknown = [name for name in names[:names.index("--")] if name not in options] if "--" in names else \
+        [name for name in names if name not in options]
+    if not unknown:
+        return  # (their values are Beam's to check, when it reads them)
+    from pixelbeam.pipeline.config import ConfigError
+    name = unknown[0]
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"did you mean {close[0]}?" if close else "see pixelbeam run --help, and Beam's pipeline options"
     raise ConfigError(f"{name}: neither a pixelbeam option nor a Beam pipeline option; {hint}")

@@ -57,7 +57,7 @@ class RunSummary:
         if self.metrics:
             r = Requests.from_counters(self.metrics)
             out.append(f"requests {r.requests} | retries {r.retries} | 429s {r.quota_errors} | "
-                       f"throttled {r.throttled_s:.1f} thread-s | bytes {r.bytes}")
+                       f"throttled {r.throttled_s:.1f} thread-s | fetched bytes {r.bytes}")
         if not self.complete:
             out.append(f"INCOMPLETE: {self.accounted} manifest rows ({self.duplicates} duplicated) for "
                        f"{self.planned} planned patches")

@@ -48,6 +48,7 @@ def test_a_dict_config_runs_with_paths_against_the_current_folder(tmp_path, monk
     assert text[0].split() == ["planned", "written", "filtered", "failed", "seconds", "patches/s"]
     assert text[1].split()[:4] == [str(len(rows)), str(status["written"]), str(status["filtered"]), "0"]
     assert text[2].startswith(f"requests {len(rows)} | retries 0 | 429s 0")
+    assert text[2].endswith(f"| fetched bytes {result.requests.bytes}")  # not the plan's output bytes
     assert text[3] == f"pictures: preview.png, footprints.png in {out}"
     html = result._repr_html_()
     assert f"<td>{len(rows)}</td><td>{status['written']}</td>" in html and "<th>patches/s</th>" in html
@@ -79,8 +80,9 @@ def test_plan_is_what_the_plan_command_prints(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     plan = pixelbeam.plan(doc)
     assert dict(plan.summary) == printed
-    assert (plan.patches, plan.requests, plan.bytes, plan.bands) == (
-        printed["patches"], printed["requests"], printed["bytes"], printed["bands"])
+    assert (plan.patches, plan.requests, plan.output_bytes, plan.bands) == (
+        printed["patches"], printed["requests"], printed["output_bytes"], printed["bands"])
+    assert "bytes" not in printed and "fetched bytes" not in str(plan)  # output, not fetched, bytes
     assert plan.planned == plan.patches and plan.unit == "patches" and plan.output_path == str(tmp_path / "out")
     assert main(["plan", str(cfg)]) == 0
     assert str(plan) == capsys.readouterr().out.rstrip("\n")

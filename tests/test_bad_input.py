@@ -504,7 +504,6 @@ def test_antimeridian_region_is_planned_not_rejected(tmp_path):
     (["--direct_num_workerz=2"], "--direct_num_workerz: neither a pixelbeam option nor a Beam pipeline option; "
                                  "did you mean --direct_num_workers?"),
     (["--max_failed_fractoin", "0.5"], "did you mean --max_failed_fraction?"),
-    (["stray"], "'stray': an unexpected argument"),
 ])
 def test_unknown_options_are_refused(args, expected, tmp_path, capsys):
     cfg = base_config(tmp_path)
@@ -522,3 +521,218 @@ def test_unknown_beam_options_are_refused_by_the_api(tmp_path):
     with pytest.raises(ConfigError, match="--ovrwrite: neither a pixelbeam option nor a Beam pipeline option"):
         pixelbeam.run(base_config(tmp_path), beam_args=["--ovrwrite"])
     assert not (tmp_path / "out").exists()
+
+
+# issue 15: output folders that cannot hold outputs, or that hold the user's own files
+def _dangling_link(cfg, tmp_path):
+    os.symlink(tmp_path / "nowhere" / "target", tmp_path / "link")
+    cfg["output"]["path"] = str(tmp_path / "link")
+
+
+OUTPUT_CASES = {
+    "empty output path": (setter("output", "path", value=""), "output.path: is empty; give a folder"),
+    "blank output path": (setter("output", "path", value="  "), "output.path: is empty; give a folder"),
+    "output under /proc": (setter("output", "path", value="/proc/pixelbeam-out"),
+                           "output.path: '/proc/pixelbeam-out' is on the kernel's 'proc' filesystem"),
+    "output under /sys": (setter("output", "path", value="/sys/kernel/pixelbeam"), "is on the kernel's 'sys' filesystem"),
+    "output a dangling symlink": (_dangling_link, "is a symlink to"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT_CASES))
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_unwritable_output_paths_are_one_line(name, command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    change, expected = OUTPUT_CASES[name]
+    cfg = base_config(tmp_path)
+    change(cfg, tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    before = sorted(os.listdir(tmp_path))
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pixelbeam: error: ") and expected in err, err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written (not into the config's folder either)
+
+
+def test_a_folder_of_the_users_own_files_is_refused(tmp_path, capsys):
+    cfg = base_config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text("my own notes\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for args in (["run", str(path)], ["run", str(path), "--overwrite"], ["plan", str(path)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err == (f"pixelbeam: error: output.path: {str(out)!r} holds files pixelbeam did not write "
+                       "(manifest.jsonl); give an empty or new folder (pixelbeam never writes among, nor replaces, "
+                       "a folder's own files)\n")
+    assert os.listdir(out) == ["manifest.jsonl"] and (out / "manifest.jsonl").read_text() == "my own notes\n"
+
+
+def test_overwrite_deletes_only_what_pixelbeam_wrote(tmp_path, capsys):
+    cfg = base_config(tmp_path)
+    cfg["output"]["formats"] = ["tfrecord", "npy", "png"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 0
+    out = tmp_path / "out"
+    first = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    mine = ["npy/mine.npy", "npy/keep/deep.npy", "png/holiday.png", "tfrecord/my-records.tfrecord.gz",
+            "stats/my-stats.json", "notes.txt"]
+    for name in mine:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"the user's own " + name.encode())
+    cfg["grid"]["patch_size"] = 48  # other patches: none of the first run's files is rewritten
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--overwrite"]) == 0
+    for name in mine:
+        assert (out / name).read_bytes() == b"the user's own " + name.encode(), name
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["width"] == 48 for r in rows)
+    rewritten = {f for r in rows for f in r["files"] if "*" not in f}
+    assert rewritten and all(os.path.exists(out / f) for f in rewritten)
+    now = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    left = {str(p) for p in first if str(p) in now and p.parts[0] in ("npy", "png", "tfrecord", "stats")}
+    assert left - rewritten == set()  # every per-patch file, shard and statistic of the first run is gone
+
+
+# issue 15: inputs that raised a traceback (exit 1) instead of one line (exit 2)
+DEGENERATE_RING_WITH_A_HOLE = {"type": "Polygon", "coordinates": [
+    [[-78.0, 24.2], [-78.0, 24.2], [-78.0, 24.2], [-78.0, 24.2]],
+    [[-77.95, 24.25], [-77.9, 24.25], [-77.9, 24.3], [-77.95, 24.25]]]}
+
+TRACEBACK_CASES = {
+    "degenerate exterior ring with a hole": (with_regions(feature_collection(DEGENERATE_RING_WITH_A_HOLE)),
+                                             "invalid geometry (Too few points in geometry component"),
+    "features not a list": (with_regions({"type": "FeatureCollection", "features": {"a": 1}}),
+                            "the FeatureCollection's features is dict, not a list of Features"),
+    "features a string": (with_regions({"type": "FeatureCollection", "features": "abc"}),
+                          "the FeatureCollection's features is str, not a list of Features"),
+    "feature not an object": (with_regions({"type": "FeatureCollection", "features": ["abc"]}),
+                              "feature 0 is str, not a GeoJSON Feature object"),
+    "properties not an object": (with_regions({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": [1], "geometry": FAR_AWAY}]}), "feature 0: properties is list, not an object"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRACEBACK_CASES))
+def test_inputs_that_raised_tracebacks_are_one_line(name, tmp_path, capsys):
+    change, expected = TRACEBACK_CASES[name]
+    cfg = base_config(tmp_path)
+    change(cfg, tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pixelbeam: error: ") and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_degenerate_ring_with_a_hole_is_a_region_error():
+    """What tests/test_fuzz_inputs.py's hypothesis found (GEOSException from make_valid), kept explicitly."""
+    from pixelbeam.transforms.planning.regions import RegionError, regions_from_geojson
+    with pytest.raises(RegionError, match="cannot be repaired .*; fix the polygon"):
+        regions_from_geojson(DEGENERATE_RING_WITH_A_HOLE)
+
+
+def test_a_config_that_is_not_utf8_or_not_a_file(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(f"# caf\xe9\nsource: {{uri: {LANDSAT}}}\nregions: {REGIONS}\noutput: {{path: o}}\n".encode("latin-1"))
+    assert main(["plan", str(path)]) == 2
+    assert capsys.readouterr().err == "pixelbeam: error: latin1.yaml: not UTF-8 text (byte 5); save the config as UTF-8\n"
+    assert main(["plan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the config (Is a directory)" in err
+
+
+def test_emulate_refuses_a_non_loopback_host_in_one_line(capsys):
+    assert main(["emulate", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("pixelbeam emulate: error: --host: the EE emulator only binds loopback addresses, not '0.0.0.0'; "
+                   "give 127.0.0.1, ::1 or localhost\n")
+
+
+def test_emulate_help_names_the_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["emulate", "--help"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: pixelbeam emulate [-h] [--host HOST]")
+
+
+def test_an_unexpected_error_is_one_line_that_says_it_is_a_bug(tmp_path, capsys, monkeypatch):
+    from pixelbeam.pipeline import api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal state\nwith a second line")
+    monkeypatch.setattr(api, "plan", broken)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    assert main(["plan", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("pixelbeam: internal error (a bug in pixelbeam, not in your input): RuntimeError: internal state; "
+                   "rerun with --verbose for the details, and please report it\n")
+    assert main(["plan", "--verbose", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "with a second line" in err
+    assert err.splitlines()[-1].startswith("pixelbeam: internal error (a bug in pixelbeam")
+
+
+def test_ctrl_c_in_the_api_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    from pixelbeam.pipeline import api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(api, "run", interrupted)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    assert main(["run", str(path)]) == 130
+    assert capsys.readouterr().err == ("pixelbeam: interrupted; outputs of earlier completed runs are kept, and "
+                                       "rerunning the same command resumes\n")
+
+
+CTRL_C_RUN = """
+import sys, threading
+import pixelbeam.transforms.sources.raster as raster
+real, started = raster.read_onto_grid, threading.Event()
+def slow(*args, **kwargs):  # the first patch reads; every later one waits (a slow server)
+    if started.is_set():
+        threading.Event().wait()
+    started.set()
+    return real(*args, **kwargs)
+raster.read_onto_grid = slow
+from pixelbeam.pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_during_a_run_is_one_line_exit_130_and_keeps_earlier_runs(tmp_path):
+    import signal
+    import time
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    assert main(["run", str(path)]) == 0  # a completed run
+    out = tmp_path / "out"
+    files = sorted((out / "npy").iterdir())
+    for p in files[:3]:  # the rerun has these to fetch again
+        p.unlink()
+    kept = {p: p.read_bytes() for p in files[3:]}
+    manifest = (out / "manifest.jsonl").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_RUN, "run", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (out / "_running.json").exists() and proc.poll() is None:  # the rerun has started
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate()
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == ("pixelbeam: interrupted; outputs of earlier completed runs are kept, and "
+                                    "rerunning the same command resumes"), err
+    assert {p: p.read_bytes() for p in files[3:]} == kept and (out / "manifest.jsonl").read_bytes() == manifest
+    assert main(["run", str(path)]) == 0  # resumes: the three deleted patches come back
+    assert all(p.exists() for p in files)

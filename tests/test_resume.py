@@ -122,7 +122,8 @@ def test_a_changed_config_is_refused_unless_overwrite(tmp_path, capsys):
     changed = raster_config(tmp_path, patch_size=32)  # same output folder, other grid
     assert main(["run", changed]) == 2
     err = capsys.readouterr().err
-    assert "holds patches made with a different config" in err and err.count("\n") == 1
+    assert "holds patches made with a different config (grid.patch_size 48 -> 32); use a new output.path" in err
+    assert err.count("\n") == 1
     assert main(["run", changed, "--overwrite"]) == 0
     rows = audit(changed)
     assert all(r["width"] == 32 for r in rows)

@@ -143,3 +143,20 @@ def test_a_new_token_resumes_and_retry_failed_asks_for_the_config(server, tmp_pa
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "credentials, which pixelbeam never stores; rerun it with `pixelbeam run CONFIG`" in err
     assert "t0kenvalue42" not in err and "an0thertoken" not in err
+
+
+def test_a_collection_of_signed_urls_resumes_with_new_tokens(server, tmp_path, capfd):
+    """A collection's images are recorded in dataset.json without their tokens, and compared so."""
+    def config(token):
+        path = write_config(tmp_path, "unused")
+        doc = yaml.safe_load(open(path))
+        doc["source"] = {"kind": "raster", "bands": [1, 2, 3], "collection_mode": "mosaic",
+                         "images": [{"uri": f"{server.url}/scene.tif?token={token}", "time": "2020-01-05"}]}
+        open(path, "w").write(yaml.safe_dump(doc))
+        return path
+    assert main(["run", config("t0kenvalue42")]) == 0
+    files = written_bytes(tmp_path / "out")
+    assert b"t0kenvalue42" not in files["dataset.json"] and b"?REDACTED" in files["dataset.json"]
+    capfd.readouterr()
+    assert main(["run", config("an0thertoken")]) == 0
+    assert "nothing to do" in capfd.readouterr().out

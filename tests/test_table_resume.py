@@ -134,7 +134,7 @@ def test_a_changed_config_or_point_set_is_refused_unless_overwrite(tmp_path, cap
     changed, _ = variant(tmp_path, "changed", files, profile, SPREAD[:6], group_size=16)
     assert main(["run", changed]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds a table made with a different config" in err and "--overwrite" in err
+    assert err.count("\n") == 1 and "holds a table made with a different config (table." in err and "--overwrite" in err
     more = SPREAD[:8]  # the same config, two more points: groups would change under their ids
     same, _ = variant(tmp_path, "more", files, profile, more, group_size=8)
     assert main(["run", same]) == 2

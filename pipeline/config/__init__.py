@@ -69,6 +69,10 @@ def load_config(path: str, rewrite=None) -> Config:
         doc = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file; give the path to a YAML config", field=None) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {e.start}); save the config as UTF-8", field=None) from None
+    except OSError as e:  # a folder, no permission
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror}); give the path to a YAML file", field=None) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

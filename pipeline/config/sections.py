@@ -85,6 +85,13 @@ class OutputConfig(Strict):
     data_type: Optional[str] = None  # output type: Byte, UInt16, Int16, UInt32, Int32, Float32, Float64
     band_ranges: Optional[dict[str, dict[str, tuple[float, float]]]] = None  # per band: data_range, default_range, physical_range
 
+    @field_validator("path")
+    @classmethod
+    def _a_folder(cls, v):
+        if not v.strip():  # '' would be the config's own folder
+            raise ValueError("is empty; give a folder for the outputs (e.g. out/my_job)")
+        return v
+
     @field_validator("formats")
     @classmethod
     def _some_format(cls, v):

@@ -66,7 +66,7 @@ def image_id(uri: str) -> str:
 def prepare_table_job(config: Config) -> TableJob:
     """Checks the source, times and regions, and plans every pixel and group; sends no pixel
     request (an Earth Engine collection: one listing and one 1x1 px probe)."""
-    from pixelbeam.pipeline.plan import check_output_path
+    from pixelbeam.pipeline.output_folder import check_output_path
     table = config.table
     check_output_path(config.output.path)
     src = config.source

@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pixelbeam.pipeline import resume
 from pixelbeam.pipeline.config import ConfigError
 from pixelbeam.pipeline.records import RUNS_FOLDER, completed_runs, latest_record, read_records
+from pixelbeam.transforms.secrets import hide_secrets
 from pixelbeam.transforms.storage import join
 from pixelbeam.transforms.tables.sink import FOLDERS, GROUPS_PREFIX, SHARD_PREFIX
 
@@ -57,7 +58,7 @@ def table_plan_digest(job) -> str:
     group's window and pixels (point id, row, col)."""
     groups = [(spec.patch_id, list(spec.transform), spec.width, spec.height,
                [(p.point_id, p.row, p.col) for p in pixels]) for spec, pixels in job.groups]
-    doc = [[(i.image_id, i.time_ms) for i in job.images], list(job.bands), job.dtype,
+    doc = [[(hide_secrets(i.image_id), i.time_ms) for i in job.images], list(job.bands), job.dtype,  # no token
            dataclasses.asdict(job.grid), groups]
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -69,7 +70,7 @@ def plan_table_resume(job, overwrite: bool) -> TableResume:
     fingerprint = resume.check_fingerprint(job.config, out, overwrite)
     run_id, digest = resume.new_run_id(), table_plan_digest(job)
     if overwrite:
-        doomed = [join(out, f) for f in table_files(out)]
+        doomed = [join(out, f) for f in table_files(out) if pixelbeam_table_file(f)]  # never a file of the user's
         doomed += [join(out, n) for n in ("failed.jsonl", resume.TABLE_STATE_FILE) if FileSystems.exists(join(out, n))]
         doomed += [join(out, f"{RUNS_FOLDER}/{name}") for name in resume.existing_files(out, RUNS_FOLDER)]
         return TableResume(run_id, fingerprint, digest, doomed=doomed + staging_and_temporary(out))
@@ -97,8 +98,8 @@ def completed_shards(out: str, completed_runs: list[str]) -> tuple[set, list[str
     doomed = []
     for path in table_files(out):
         stem = unit_stem(path.split("/", 1)[1])
-        if stem is None:  # temporary files, shards without a run id, anything else
-            doomed.append(path)
+        if stem is None:  # temporary files and shards without a run id; a file of the user's stays
+            doomed += [path] if pixelbeam_table_file(path) else []
         else:
             units.setdefault(stem, []).append(path)
     done: set = set()
@@ -112,6 +113,13 @@ def completed_shards(out: str, completed_runs: list[str]) -> tuple[set, list[str
         else:
             doomed += files
     return done, [join(out, f) for f in doomed]
+
+
+def pixelbeam_table_file(path: str) -> bool:
+    """A file of a table folder (`table/...`) that pixelbeam writes: a shard, a groups record, a
+    temporary file of an atomic write."""
+    name = path.split("/", 1)[1]
+    return name.startswith((".tmp-", SHARD_NAME, GROUPS_NAME))
 
 
 def unit_stem(name: str) -> Optional[str]:

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import shapely
 import shapely.affinity
+from shapely.errors import GEOSException
 from shapely.geometry import box, shape
 from shapely.validation import explain_validity, make_valid
 
@@ -147,6 +148,9 @@ def regions_from_geojson(doc: Any, where: str = "regions", skipped: Optional[lis
     crs = _legacy_crs(doc, where)
     if doc["type"] == "FeatureCollection":
         features = doc.get("features") or []
+        if not isinstance(features, list):
+            raise RegionError(f"{where}: the FeatureCollection's features is {type(features).__name__}, not a list "
+                              "of Features; fix the file")
     elif doc["type"] == "Feature":
         features = [doc]
     else:
@@ -196,7 +200,11 @@ def _legacy_crs(doc: dict, where: str):
 
 
 def _region_from_feature(feature: Any, index: int, where: str, crs=None) -> Region:
-    props = (feature or {}).get("properties") or {}
+    if not isinstance(feature, dict):
+        raise RegionError(f"{where}: feature {index} is {type(feature).__name__}, not a GeoJSON Feature object; fix the file")
+    props = feature.get("properties") or {}
+    if not isinstance(props, dict):
+        raise RegionError(f"{where}: feature {index}: properties is {type(props).__name__}, not an object; fix the file")
     rid = feature.get("id", props.get("id", props.get("name"))) if isinstance(feature, dict) else None
     region_id = str(rid) if rid is not None else f"region-{index:04d}"
     label = f"{where}: feature {index} ({region_id!r})"
@@ -225,7 +233,11 @@ def _region_from_feature(feature: Any, index: int, where: str, crs=None) -> Regi
     geom = unwrap_antimeridian(geom)
     if not geom.is_valid:
         reason = explain_validity(geom)
-        geom = _polygonal_part(make_valid(geom))
+        try:
+            geom = _polygonal_part(make_valid(geom))
+        except GEOSException as e:  # e.g. a degenerate exterior ring around a hole
+            raise RegionError(f"{label}: invalid geometry ({reason}) cannot be repaired ({one_line(e)}); "
+                              "fix the polygon") from None
         if geom.is_empty:
             raise RegionError(f"{label}: invalid geometry ({reason}) has no area once repaired; fix the polygon")
         log.warning("%s: invalid geometry (%s) repaired with make_valid", label, reason)

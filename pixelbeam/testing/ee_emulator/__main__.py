@@ -16,8 +16,8 @@ from .catalog import Catalog
 from .server import EmulatorConfig, EmulatorServer
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pixelbeam.testing.ee_emulator", description=__doc__)
+def _parser(prog: str = "python -m pixelbeam.testing.ee_emulator") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--catalog", help="catalog JSON file (see pixelbeam.testing.ee_emulator.catalog)")
@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m pixelbeam.testing.ee_emulator") -> int:
+    """Runs the emulator until killed; 2 (one line on stderr) for an address it may not bind."""
+    args = _parser(prog).parse_args(argv)
     # rasterio suppresses this warning with the thread-unsafe warnings.catch_warnings,
     # so under concurrent requests it leaks spuriously (the warped pixels are correct).
     warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -46,14 +47,23 @@ def main(argv: list[str] | None = None) -> None:
         fault_truncate=args.fault_truncate, hang_s=args.hang_s,
         retry_after_s=args.retry_after_s, seed=args.seed)
     catalog = Catalog.from_file(args.catalog) if args.catalog else Catalog()
-    server = EmulatorServer(catalog, config, host=args.host, port=args.port)
+    try:
+        server = EmulatorServer(catalog, config, host=args.host, port=args.port)
+    except ValueError as e:  # a non-loopback --host
+        print(f"{prog}: error: --host: {e}; give 127.0.0.1, ::1 or localhost", file=sys.stderr)
+        return 2
+    except OSError as e:  # the port is taken
+        print(f"{prog}: error: --port: cannot listen on {args.host}:{args.port} ({e.strerror}); give another port "
+              "or 0", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"EMULATOR_URL={server.url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
