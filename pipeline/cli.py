@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -58,11 +59,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
 BUG = 1
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader closed the pipe
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command; never a traceback: Ctrl-C is one line and exit 130, an error pixelbeam did
-    not expect (a bug) is one line that says so and exit 1 (--verbose also prints its traceback)."""
+    """The command; never a traceback: Ctrl-C is one line and exit 130, a closed pipe (`| head`)
+    quietly exit 141, an error pixelbeam did not expect (a bug) is one line that says so and exit 1 (--verbose also prints its traceback)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
         return run_command(arguments)
@@ -70,6 +72,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say("pixelbeam: interrupted; outputs of earlier completed runs are kept, and rerunning the same command "
             "resumes", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`pixelbeam plan ... | head`): nothing more to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        except (OSError, ValueError):
+            pass
+        return BROKEN_PIPE
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if "-v" in arguments or "--verbose" in arguments:
             import traceback

@@ -736,3 +736,16 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_keeps_earlier_runs(tmp_pat
     assert {p: p.read_bytes() for p in files[3:]} == kept and (out / "manifest.jsonl").read_bytes() == manifest
     assert main(["run", str(path)]) == 0  # resumes: the three deleted patches come back
     assert all(p.exists() for p in files)
+
+
+def test_a_reader_that_closes_the_pipe_is_no_error():
+    """`pixelbeam plan cfg | head`: the reader went away; no traceback, no "internal error" line
+    (before: BrokenPipeError reported as a bug), exit 141 as a shell would report it."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before anything is written: the first write meets a broken pipe
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pixelbeam", "plan", os.path.join(ROOT, "configs", "demo.yaml")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=600)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 141
