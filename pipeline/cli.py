@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Optional, Sequence
 
 from pixelbeam.version import __version__
@@ -64,14 +65,24 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader cl
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command; never a traceback: Ctrl-C is one line and exit 130, a closed pipe (`| head`)
-    quietly exit 141, an error pixelbeam did not expect (a bug) is one line that says so and exit 1 (--verbose also prints its traceback)."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    quietly exit 141, an error pixelbeam did not expect (a bug) is one line that says so and
+    exit 1 (--verbose also prints its traceback). Called as the program (`argv` None), a failed
+    command ends the process at once: fetch threads still blocked in a read must not hold it."""
+    code = command_status(list(sys.argv[1:] if argv is None else argv))
+    if argv is None and code != 0 and any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                                          if t is not threading.main_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def command_status(arguments: list) -> int:
+    """`run_command`'s exit status, every exception turned into its one line (see `main`)."""
     try:
         return run_command(arguments)
     except KeyboardInterrupt:
-        say("pixelbeam: interrupted; outputs of earlier completed runs are kept, and rerunning the same command "
-            "resumes", file=sys.stderr)
-        return INTERRUPTED
+        return interrupted()
     except BrokenPipeError:  # the reader went away (`pixelbeam plan ... | head`): nothing more to say
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
@@ -79,6 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
         return BROKEN_PIPE
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if any(isinstance(c, KeyboardInterrupt) for c in causes(e)):  # Ctrl-C inside a step Beam re-raised
+            return interrupted()
         if "-v" in arguments or "--verbose" in arguments:
             import traceback
             say("".join(traceback.format_exception(e)).rstrip(), file=sys.stderr)
@@ -87,6 +100,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{': ' + detail if detail else ''}; rerun with --verbose for the details, and please report it",
             file=sys.stderr)
         return BUG
+
+
+def one_line_beam_records(record: logging.LogRecord) -> bool:
+    """A log filter: Beam's records keep their first line, without a traceback (--verbose shows it)."""
+    if record.name.startswith("apache_beam"):
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        message = record.getMessage()
+        record.msg, record.args = message.split("\n", 1)[0], ()
+    return True
+
+
+def interrupted() -> int:
+    say("pixelbeam: interrupted; outputs of earlier completed runs are kept, and rerunning the same command "
+        "resumes", file=sys.stderr)
+    return INTERRUPTED
+
+
+def causes(e: BaseException):
+    """`e` and the exceptions it was raised from or during, outermost first."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -105,8 +142,11 @@ def run_command(argv: Sequence[str]) -> int:
         return status(args.output)
     if args.command == "plan" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # Beam logs a failed or interrupted step with its traceback; pixelbeam says it in one line
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(one_line_beam_records)
     from pixelbeam.pipeline import api  # here, not above: --help and --version stay instant
     from pixelbeam.pipeline.config import ConfigError
     from pixelbeam.transforms.secrets import hide_secrets_in_logs

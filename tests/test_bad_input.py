@@ -703,7 +703,7 @@ def slow(*args, **kwargs):  # the first patch reads; every later one waits (a sl
     return real(*args, **kwargs)
 raster.read_onto_grid = slow
 from pixelbeam.pipeline.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main())  # as the console script calls it
 """
 
 
