@@ -123,3 +123,15 @@ def test_run_all_quick_ee_expression_prints_its_rows():
     rows = [[x.strip() for x in line.split("|")] for line in proc.stdout.splitlines() if line.startswith("ee_expression")]
     assert [r[1].split(": ")[-1] for r in rows] == ["throughput", "CPU s / 1,000 patches", "throughput"]
     assert all(float(r[5]) > 0 for r in rows)
+
+
+def test_startup_summary_compares_each_command_with_importing_beam():
+    def cmd(seconds, cpu):
+        return {"seconds": seconds, "cpu_s": cpu}
+    doc = {"commands": {"python -c pass": cmd(0.05, 0.02), "python -c 'import apache_beam'": cmd(2.0, 1.5),
+                        "pixelbeam --help": cmd(0.1, 0.1), "pixelbeam plan": cmd(0.8, 0.5),
+                        "pixelbeam run (43 patches)": cmd(6.0, 4.0)},
+           "run_parts": {"import_run_path": 2.5, "plan": 0.1, "run_job": 3.0, "pictures": 1.0, "pipeline": 2.0}}
+    table = run_all.startup_rows(doc)
+    assert [round(ratio, 6) for *_, ratio, _ in table] == [0.05, 0.4, 3.0, 0.5]
+    assert table[-1][2] == "the pipeline itself"
