@@ -139,3 +139,15 @@ def test_resume_scale_summary_names_the_target_where_rows_were_not_parsed():
     ((what, value, reference, target, ratio, better),) = run_all.resume_scale_rows(doc)
     assert what == "rerun planning, 10,000,000 rows (peak 268 MB)" and (reference, target) == ("target", "10 s")
     assert round(ratio, 6) == 0.002 and better == "time, lower"
+
+
+def test_startup_summary_compares_each_command_with_importing_beam():
+    def cmd(seconds, cpu):
+        return {"seconds": seconds, "cpu_s": cpu}
+    doc = {"commands": {"python -c pass": cmd(0.05, 0.02), "python -c 'import apache_beam'": cmd(2.0, 1.5),
+                        "pixelbeam --help": cmd(0.1, 0.1), "pixelbeam plan": cmd(0.8, 0.5),
+                        "pixelbeam run (43 patches)": cmd(6.0, 4.0)},
+           "run_parts": {"import_run_path": 2.5, "plan": 0.1, "run_job": 3.0, "pictures": 1.0, "pipeline": 2.0}}
+    table = run_all.startup_rows(doc)
+    assert [round(ratio, 6) for *_, ratio, _ in table] == [0.05, 0.4, 3.0, 0.5]
+    assert table[-1][2] == "the pipeline itself"
