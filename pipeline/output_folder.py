@@ -1,7 +1,7 @@
 """The output folder: where a job may write, and what `--overwrite` may delete.
 
 - `check_output_path(path)`: on the launcher, before anything is fetched or written: a local
-  folder must be creatable and writable on a real filesystem (not /proc, /sys, /dev; not a
+  folder must be creatable and writable on a real filesystem (not /proc, /sys, /dev but /dev/shm; not a
   dangling symlink), and a folder that already holds files must be a pixelbeam output (its
   dataset.json, table.json, its runs/ records or the marker of a run that did not finish): pixelbeam never writes
   into, nor replaces, a folder of the user's own files.
@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 
 from pixelbeam.pipeline.config import ConfigError
-from pixelbeam.pipeline.records import RUNS_FOLDER
-from pixelbeam.pipeline.resume import RUNNING_FILE, STATE_FILE, TABLE_STATE_FILE
-
-# a folder holding one of them is a pixelbeam output (runs/: a job that recorded itself, then died)
-MARKERS = (STATE_FILE, TABLE_STATE_FILE, RUNNING_FILE, RUNS_FOLDER)
-PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # the kernel's: nothing can be written there
+# A folder holding one of them is a pixelbeam output: resume.STATE_FILE, resume.TABLE_STATE_FILE,
+# records.RUNNING_FILE and records.RUNS_FOLDER (runs/: a job that recorded itself, then died).
+# Spelled out, not imported: `pixelbeam plan` checks the folder without importing Beam (tested).
+MARKERS = ("dataset.json", "table.json", "_running.json", "runs")
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # the kernel's: nothing can be written there...
+MEMORY_FILESYSTEMS = ("/dev/shm",)  # ...but /dev/shm, a tmpfs (a fast scratch output, e.g. benchmarks)
 
 
 def check_output_path(path: str) -> None:
@@ -36,7 +36,8 @@ def check_output_path(path: str) -> None:
                 raise ConfigError("output.path: gs:// needs the GCP extra; pip install 'pixelbeam[gcp]'") from None
         return
     real = os.path.realpath(path)
-    if any(real == root or real.startswith(root + os.sep) for root in PSEUDO_FILESYSTEMS):
+    if any(real == root or real.startswith(root + os.sep) for root in PSEUDO_FILESYSTEMS) and not any(
+            real == shm or real.startswith(shm + os.sep) for shm in MEMORY_FILESYSTEMS):
         raise ConfigError(f"output.path: {path!r} is on the kernel's {real.split(os.sep)[1]!r} filesystem, where no "
                           "file can be written; choose another path")
     probe = path

@@ -535,6 +535,7 @@ OUTPUT_CASES = {
     "output under /proc": (setter("output", "path", value="/proc/pixelbeam-out"),
                            "output.path: '/proc/pixelbeam-out' is on the kernel's 'proc' filesystem"),
     "output under /sys": (setter("output", "path", value="/sys/kernel/pixelbeam"), "is on the kernel's 'sys' filesystem"),
+    "output under /dev": (setter("output", "path", value="/dev/pixelbeam-out"), "is on the kernel's 'dev' filesystem"),
     "output a dangling symlink": (_dangling_link, "is a symlink to"),
 }
 
@@ -553,6 +554,14 @@ def test_unwritable_output_paths_are_one_line(name, command, tmp_path, capsys, m
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pixelbeam: error: ") and expected in err, err
     assert sorted(os.listdir(tmp_path)) == before  # nothing written (not into the config's folder either)
+
+
+def test_an_output_on_dev_shm_is_allowed(tmp_path):
+    """/dev/shm is a tmpfs (the benchmarks' scratch outputs), not the kernel's /dev."""
+    from pixelbeam.pipeline.output_folder import check_output_path
+    import tempfile
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        check_output_path(os.path.join(shm, "out"))  # raises on refusal
 
 
 def test_a_folder_of_the_users_own_files_is_refused(tmp_path, capsys):

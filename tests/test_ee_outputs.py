@@ -48,7 +48,7 @@ def ee_job(tmp_path, url, source=None, grid=None, output=None):
                       "project": "demo", **(source or {})},
            "regions": REGIONS,
            "grid": {"crs": "EPSG:32618", "scale": 250, "patch_size": 40, **(grid or {})},
-           "output": {"path": str(tmp_path / "out"), "formats": ["npy"], **(output or {})},
+           "output": {"path": str(tmp_path / "out"), "formats": ["npy"], "keep_empty": True, **(output or {})},
            "fetch": {"max_concurrent_requests": 8}}
     path = tmp_path / "ee.yaml"
     path.write_text(yaml.safe_dump(doc))

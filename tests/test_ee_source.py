@@ -69,7 +69,7 @@ def ee_config(tmp_path, url, source=None, grid=None, fetch=None, output=None):
                    "project": "demo", **(source or {})},
         "regions": REGIONS,
         "grid": {**NATIVE, "patch_size": 64, **(grid or {})},
-        "output": {"path": str(tmp_path / "out"), **(output or {})},
+        "output": {"path": str(tmp_path / "out"), "keep_empty": True, **(output or {})},  # every patch, empty ones too
         "fetch": {"max_concurrent_requests": 8, **(fetch or {})},
     }
     path = tmp_path / "ee.yaml"
@@ -248,3 +248,26 @@ def test_get_pixels_sends_the_configured_bands(tmp_path, collection_files):
             arr = np.load(os.path.join(out, "npy", f"{row['patch_id']}.npy"))
             expected = ds.read([3, 1], window=window_of(ds, row), boundless=True, fill_value=0)
             np.testing.assert_array_equal(arr, expected)
+
+
+def test_an_interpreter_glitch_while_parsing_an_npy_answer_is_not_a_dead_letter(monkeypatch):
+    """CI saw numpy's header parse fail with "SystemError: AST constructor recursion depth
+    mismatch" (CPython 3.11, threads), which turned whole groups into dead letters: the same bytes
+    are parsed again, and a truly broken answer is still a permanent error."""
+    import io
+    from pixelbeam.transforms.fetching.retry import PermanentError
+    from pixelbeam.transforms.sources import earthengine
+    buf = io.BytesIO()
+    np.save(buf, np.arange(6, dtype="<f4").reshape(2, 3))
+    real, calls = np.load, []
+
+    def glitchy(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=42, after=37)")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(earthengine.np, "load", glitchy)
+    np.testing.assert_array_equal(earthengine.decode_npy(buf.getvalue()), np.arange(6, dtype="<f4").reshape(2, 3))
+    assert len(calls) == 2
+    with pytest.raises(PermanentError, match="undecodable NPY answer"):
+        earthengine.decode_npy(b"\x93NUMPY not an array")

@@ -149,3 +149,11 @@ def test_hypothesis_is_derandomized_for_every_test():
     """conftest.py's profile: each run tries the same examples (see its docstring)."""
     from hypothesis import settings
     assert settings.default.derandomize and settings.default.database is None and settings.default.deadline is None
+
+
+def test_the_output_folder_markers_are_the_state_files():
+    """pipeline/output_folder.py spells them out (plan imports no Beam); they must stay the real names."""
+    from pixelbeam.pipeline.output_folder import MARKERS
+    from pixelbeam.pipeline.records import RUNNING_FILE, RUNS_FOLDER
+    from pixelbeam.pipeline.resume import STATE_FILE, TABLE_STATE_FILE
+    assert set(MARKERS) == {STATE_FILE, TABLE_STATE_FILE, RUNNING_FILE, RUNS_FOLDER}

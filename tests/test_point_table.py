@@ -355,13 +355,22 @@ def test_earth_engine_mask_none_gives_values_where_the_image_is_masked(tmp_path)
                                                                           expected[("p1", "img002")][1][2])
 
 
-def test_a_point_id_with_a_newline_and_quotes_survives_csv(tmp_path):
+def test_a_point_id_with_commas_and_quotes_survives_csv_and_one_with_a_newline_is_refused(tmp_path, capsys):
+    """CSV quoting round-trips an id with a comma, quotes and non-ASCII; ids with control
+    characters (a newline, NUL) are refused before anything is written (issue 15 item 11)."""
     files, profile = write_collection(tmp_path, 2)
     points = write_points(tmp_path, profile, [(1, 3), (30, 40)])
     doc = json.load(open(points))
-    doc["features"][0]["properties"]["name"] = 'line\nbreak, "quoted"'
+    name = 'comma, "quoted"; caf\u00e9'
+    doc["features"][0]["properties"]["name"] = name
     open(points, "w").write(json.dumps(doc))
     cfg, _ = write_config(tmp_path, files, points, formats=["csv"])
     assert main(["run", cfg]) == 0  # the row count read back from the CSV matches the plan
     rows = read_table(str(tmp_path / "out"), "csv")
-    assert [r["point_id"] for r in rows].count('line\nbreak, "quoted"') == 2 and len(rows) == 4
+    assert [r["point_id"] for r in rows].count(name) == 2 and len(rows) == 4
+    doc["features"][0]["properties"]["name"] = "line\nbreak"
+    open(points, "w").write(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["run", cfg, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the region id holds a control character ('\\n')" in err, err

@@ -160,3 +160,12 @@ def test_a_collection_of_signed_urls_resumes_with_new_tokens(server, tmp_path, c
     capfd.readouterr()
     assert main(["run", config("an0thertoken")]) == 0
     assert "nothing to do" in capfd.readouterr().out
+
+
+def test_a_query_of_harmless_names_is_kept_and_any_other_is_hidden_whole():
+    """A Dataflow console link keeps `?project=`; a query with any other parameter is redacted."""
+    from pixelbeam.transforms.secrets import hide_secrets
+    link = "https://console.cloud.google.com/dataflow/jobs/europe-west4/j-1?project=p"
+    assert hide_secrets(link) == link
+    assert hide_secrets("https://x/a.tif?project=p&sig=abc") == "https://x/a.tif?REDACTED"
+    assert hide_secrets("https://x/a.tif?token=abc") == "https://x/a.tif?REDACTED"

@@ -150,7 +150,7 @@ def config_doc(**output):
     ({"visualization": {"min": 3, "max": 3}}, "output.visualization: min and max are both 3"),
     ({"formats": ["npy"], "visualization": {"min": 0}}, "output: visualization applies to png and jpeg"),
     ({"visualization": {"bands": ["B1"], "opacity": 1}}, "output.visualization.opacity: unknown key"),
-    ({"formats": ["gif"]}, "output.formats.0: Input should be 'tfrecord', 'npy', 'geotiff', 'png' or 'jpeg'"),
+    ({"formats": ["gif"]}, "output.formats.0: Input should be 'tfrecord', 'npy', 'geotiff', 'png', 'jpeg' or 'webdataset'"),
     ({"bands_axis": 1}, "output.bands_axis: Input should be 0 or -1"),
 ])
 def test_config_errors_are_one_line_and_name_the_field(output, message):

@@ -1,8 +1,8 @@
 """Credentials kept out of everything pixelbeam writes or prints: the one place that redacts
 them. Pure, Beam-free.
 
-A URL's query string (a signed URL's `X-Goog-Signature`, a `?token=`, a SAS token's `sig=`)
-and its userinfo (`user:password@`) are replaced by `REDACTED`, and so is any secret string
+A URL's query string (a signed URL's `X-Goog-Signature`, a `?token=`, a SAS token's `sig=`;
+all but a harmless `?project=`) and its userinfo (`user:password@`) are replaced by `REDACTED`, and so is any secret string
 given (a signing token). Where it is used: dataset.json and table.json (the recorded config),
 manifest and dead-letter lines (`transforms/storage.to_json_line`), `ConfigError` messages,
 plan output, every line the command prints, and log records (`hide_secrets_in_logs`: every
@@ -22,6 +22,9 @@ import threading
 from typing import Any
 
 REDACTED = "REDACTED"
+# A query string naming only these is kept: a Dataflow console link's `?project=` (any other
+# parameter may be a credential, so a query with one is redacted whole)
+SAFE_QUERY_NAMES = frozenset({"project"})
 
 _URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@'\"<>]*@)?"
                   r"(?P<rest>[^\s?'\"<>]*)(?P<query>\?[^\s'\"<>]*)?")
@@ -37,7 +40,15 @@ def hide_secrets(text: str, secrets: tuple[str, ...] = ()) -> str:
     if "://" not in text:  # the common case (a manifest row): no regex
         return text
     return _URL.sub(lambda m: (m["scheme"] + (f"{REDACTED}@" if m["userinfo"] else "") + m["rest"]
-                               + (f"?{REDACTED}" if m["query"] and len(m["query"]) > 1 else "")), text)
+                               + _hidden_query(m["query"])), text)
+
+
+def _hidden_query(query) -> str:
+    """A URL's query string, redacted unless it names only harmless parameters (SAFE_QUERY_NAMES)."""
+    if not query or len(query) == 1:
+        return query or ""
+    names = {pair.split("=", 1)[0] for pair in query[1:].split("&")}
+    return query if names <= SAFE_QUERY_NAMES else f"?{REDACTED}"
 
 
 def hide_secrets_in(doc: Any, secrets: tuple[str, ...] = ()) -> Any:

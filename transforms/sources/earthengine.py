@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import threading
 from typing import Optional
 
 import numpy as np
@@ -239,11 +240,22 @@ class EarthEngineSource:
         return EarthEngineReader(self, info or self.describe())
 
 
+# numpy parses an NPY header with ast.literal_eval; on CPython 3.11 two threads parsing at once can
+# fail with "SystemError: AST constructor recursion depth mismatch" (seen in CI as dead letters of
+# whole point-table groups, not reproduced on demand). One header at a time, microseconds against
+# a request's seconds, and a SystemError parses the same bytes once more.
+NPY_HEADER_LOCK = threading.Lock()
+
+
 def decode_npy(payload: bytes) -> np.ndarray:
     """An NPY answer as a structured (H, W) array; a partial answer is a permanent error (the
     server sent it so; a cut connection fails in the transport first)."""
     try:  # numpy refuses headers over 10 kB by default; 1,024 named fields take about 25 kB
-        return np.load(io.BytesIO(payload), allow_pickle=False, max_header_size=NPY_MAX_HEADER)
+        with NPY_HEADER_LOCK:
+            try:
+                return np.load(io.BytesIO(payload), allow_pickle=False, max_header_size=NPY_MAX_HEADER)
+            except SystemError:  # the interpreter's glitch (above), not the answer's: parse it again
+                return np.load(io.BytesIO(payload), allow_pickle=False, max_header_size=NPY_MAX_HEADER)
     except Exception as e:
         raise PermanentError(f"undecodable NPY answer ({len(payload)} bytes): {e}", cause="decode") from e
 
