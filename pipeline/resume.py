@@ -96,6 +96,19 @@ def changed_keys(recorded: Optional[dict], config: Config, limit: int = 3) -> st
 MISSING = "(unset)"
 
 
+def added_formats_note(recorded: Optional[dict], config: Config) -> str:
+    """Why adding an output format to a finished output is refused, when that is the change: the
+    new files would be encoded from the fetched pixels, which pixelbeam does not keep apart from
+    the formats written (NPY is the patch as written after scaling; TFRecord holds float32)."""
+    old = ((recorded or {}).get("output") or {}).get("formats")
+    new = list(getattr(getattr(config, "output", None), "formats", None) or [])
+    if not isinstance(old, list) or set(new) <= set(old) or changed_keys(recorded, config, limit=99).count("->") != 1:
+        return ""
+    added = ", ".join(f for f in new if f not in old)
+    return (f"pixelbeam does not yet write a new format ({added}) from the stored patches, so adding one means "
+            "fetching every patch again: ")
+
+
 def flatten(doc, prefix: str = "") -> dict:
     """{dotted key: leaf value} of a JSON document; a list of named layers by name."""
     if isinstance(doc, list) and doc and all(isinstance(d, dict) and "name" in d for d in doc):
@@ -180,7 +193,7 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
             keys = changed_keys(state.get("config"), config)
             raise ConfigError(
                 f"output.path: {output_path!r} holds {holds} made with a different config ({keys or changed + ' changed'}); "
-                f"use a new output.path, or --overwrite to replace {them}")
+                f"{added_formats_note(state.get('config'), config)}use a new output.path, or --overwrite to replace {them}")
     return fingerprint
 
 

@@ -116,6 +116,24 @@ def test_a_deleted_npy_is_refetched_beside_mask_files(tmp_path, capsys):
     assert "1 fetched in this run" in out and os.path.exists(lost), out
 
 
+def test_adding_a_format_to_a_finished_output_says_why_it_is_refused(tmp_path, capsys):
+    """Issue 15 item 12: the refusal names the added format and why it means fetching again."""
+    cfg = raster_config(tmp_path, patch_size=48)
+    assert main(["run", cfg]) == 0
+    doc = yaml.safe_load(open(cfg))
+    doc["output"]["formats"] = ["tfrecord", "npy", "geotiff"]
+    open(cfg, "w").write(yaml.safe_dump(doc))
+    capsys.readouterr()
+    assert main(["run", cfg]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'output.formats ["tfrecord", "npy"] -> ["tfrecord", "npy", "geotiff"]' in err, err
+    assert "does not yet write a new format (geotiff) from the stored patches" in err, err
+    doc["grid"]["patch_size"] = 32  # another change too: no note about formats
+    open(cfg, "w").write(yaml.safe_dump(doc))
+    assert main(["run", cfg]) == 2
+    assert "does not yet write a new format" not in capsys.readouterr().err
+
+
 def test_a_changed_config_is_refused_unless_overwrite(tmp_path, capsys):
     cfg = raster_config(tmp_path, patch_size=48)
     assert main(["run", cfg]) == 0
