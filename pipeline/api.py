@@ -297,7 +297,10 @@ class Output:
         fmt = self.dataset["config"]["table"]["formats"][0]
         files = [f for f in self.dataset["files"] if f.endswith(f".{fmt}")]
         read = pq.read_table if fmt == "parquet" else pcsv.read_csv
-        return pa.concat_tables([read(io.BytesIO(read_bytes(join_path(self.path, f)))) for f in files])
+        # an Arrow buffer, not a Python file object: Arrow's threads may drop their last reference
+        # to a Python file while the interpreter exits, which aborts it ("terminate called
+        # without an active exception", seen in 1 of 6 runs of docs/api.md's example)
+        return pa.concat_tables([read(pa.BufferReader(read_bytes(join_path(self.path, f)))) for f in files])
 
     @property
     def preview(self) -> Optional[str]:

@@ -129,8 +129,9 @@ def count_table_files(out: str, fmt: str) -> tuple[int, int, list[str]]:
                 rows += pq.ParquetFile(f).metadata.num_rows
         elif fmt == "csv" and path.endswith(".csv"):  # parsed: a quoted point id may hold a newline
             import pyarrow.csv as pcsv
-            with FileSystems.open(path) as f:
-                rows += sum(batch.num_rows for batch in pcsv.open_csv(f))
+            import pyarrow as pa
+            with FileSystems.open(path) as f:  # an Arrow buffer, not the Python file (api.py OutputFolder.table)
+                rows += sum(batch.num_rows for batch in pcsv.open_csv(pa.BufferReader(f.read())))
     lost = 0
     failed = join(out, "failed.jsonl")
     if FileSystems.exists(failed):
