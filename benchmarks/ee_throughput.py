@@ -278,7 +278,8 @@ def write_job(tmp: str, url: str, patches: int, concurrency: int, latency: float
                       "project": "bench", "mask": "none"},
            "regions": regions,
            "grid": {"crs": crs.to_string(), "scale": [t.a, -t.e], "origin": [t.c, t.f], "patch_size": PATCH_PX},
-           "output": {"path": os.path.join(tmp, name), "formats": ["npy"]},
+           # every answer written, masked or not, as the other clients keep every answer
+           "output": {"path": os.path.join(tmp, name), "formats": ["npy"], "keep_empty": True},
            "fetch": {"max_concurrent_requests": concurrency,
                      "max_requests_per_second": 10 * concurrency / latency, "timeout_s": TIMEOUT_S}}
     path = os.path.join(tmp, f"{name}.yaml")

@@ -123,6 +123,7 @@ def test_run_all_quick_ee_expression_prints_its_rows():
     rows = [[x.strip() for x in line.split("|")] for line in proc.stdout.splitlines() if line.startswith("ee_expression")]
     assert [r[1].split(": ")[-1] for r in rows] == ["throughput", "CPU s / 1,000 patches", "throughput"]
     assert all(float(r[5]) > 0 for r in rows)
+    assert rows[0][2].endswith("lost 0"), rows[0]  # every planned patch written (masked ones too)
 
 
 def test_run_all_quick_resume_scale_compares_the_record_with_parsing_every_row():
