@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,8 +109,9 @@ def child(folder: str, planned: int) -> dict:
 
 def in_child(*args: str) -> dict:
     """This script with `args` in a fresh process (its own peak RSS); its last stdout line."""
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from summary_scale import in_child as run_in_child
+    return run_in_child(*args, script=__file__)
 
 
 def main(argv=None) -> int:

@@ -96,11 +96,11 @@ def child(mode: str, output_path: str) -> dict:
             "duplicates": duplicates}
 
 
-def in_child(*args: str) -> dict:
-    """Run this script with `args` in a fresh process; its last stdout line, as JSON. This
-    process stays small (no Beam, no rows): Linux carries a parent's peak RSS into the
-    ru_maxrss of a child it starts, which would hide a child's smaller peak."""
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, check=True)
+def in_child(*args: str, script: str = __file__) -> dict:
+    """Run `script` (this one by default) with `args` in a fresh process; its last stdout line,
+    as JSON. This process stays small (no Beam, no rows): Linux carries a parent's peak RSS into
+    the ru_maxrss of a child it starts, which would hide a child's smaller peak."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
