@@ -13,6 +13,7 @@ from typing import Iterable, Mapping
 
 from pixelbeam.pipeline.config import ConfigError, FetchConfig
 from pixelbeam.transforms.planning.grid import GridSpec, is_geographic
+from pixelbeam.transforms.planning.point_regions import ProjectedPoints
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def check_plan_size(projected: Mapping[str, Iterable], grid: GridSpec) -> None:
     total, largest, largest_id = 0, 0, None
     for crs, regions in projected.items():
         for region in regions:
-            if not hasattr(region, "geometry"):  # the points of a CRS in bulk (planning/point_regions.py)
+            if isinstance(region, ProjectedPoints):  # the points of a CRS in bulk
                 n, region_id = len(region.rows), "the point regions"
             elif region.is_points:
                 n, region_id = len(getattr(region.geometry, "geoms", [region.geometry])), region.region_id
