@@ -16,6 +16,7 @@ from pixelbeam.pipeline.stats import layer_roles
 from pixelbeam.transforms.fetch import FAILED, FetchLayers, FetchPatches
 from pixelbeam.transforms.planning import staged
 from pixelbeam.transforms.planning.staged import StageTo
+from pixelbeam.transforms.restore import RestorePatches
 from pixelbeam.transforms.sinks import FILTERED, JudgePatches, WritePatches, WriteReports
 from pixelbeam.transforms.skip_done import SkipDonePatches
 from pixelbeam.transforms.statistics import PatchStatistics
@@ -38,9 +39,12 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
         regions = staged.stage(job.regions, stage_to.folder, "regions", stage_to.write)
         sample = staged.stage(job.sample, stage_to.folder, "sample", stage_to.write)
     specs = pipeline | "TilePatches" >> TilePatches(cells, regions, job.grid, sample)
+    restored = None
     if resume.previous_manifest:
-        specs, carried = specs | "SkipDonePatches" >> SkipDonePatches(
-            resume.previous_manifest, tuple(resume.completed_runs), out.path)
+        skip = SkipDonePatches(resume.previous_manifest, tuple(resume.completed_runs), out.path, resume.restore)
+        specs, carried = specs | "SkipDonePatches" >> skip
+        if resume.restore is not None:  # formats added: written patches read back from their NPY files, not fetched
+            restored = skip.restore | "RestorePatches" >> RestorePatches(out.path, resume.restore)
     else:
         carried = pipeline | "NothingCarried" >> beam.Create([])
     if job.layered:  # every layer of a patch in one DoFn, each under its own limits
@@ -55,14 +59,18 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
         patches = patches | "MaskAndScale" >> beam.Map(rules)
     judged = patches | "JudgePatches" >> beam.ParDo(JudgePatches(out.max_masked_ratio, out.keep_empty)).with_outputs(
         FILTERED, main="keep")
+    kept = judged.keep
+    if restored is not None:
+        kept = (judged.keep, restored[0]) | "KeptAndRestored" >> beam.Flatten()
     writer = WritePatches(
         out.path, tuple(out.formats), out.tfrecord_shards, run_id=resume.run_id, file_options=job_file_options(job),
         splits=job.split_names, layers=tuple(layer.name for layer in job.layers) if job.layered else (),
         with_written=True, tfrecord_level=out.tfrecord_compression_level, shards=job_shard_naming(job, resume.run_id))
-    written_rows, write_failures, written = judged.keep | "WritePatches" >> writer
+    written_rows, write_failures, written = kept | "WritePatches" >> writer
     stats = written | "PatchStatistics" >> PatchStatistics(out.path, resume.run_id, layer_roles(job))  # stats/<run>.json (issue 14)
     rows = (written_rows, judged[FILTERED]) | "KeptAndFilteredRows" >> beam.Flatten()
-    failures = (fetched[FAILED], write_failures) | "AllFailures" >> beam.Flatten()
+    failures = (fetched[FAILED], write_failures, *([restored[1]] if restored is not None else [])) \
+        | "AllFailures" >> beam.Flatten()
     reports = WriteReports(out.path, resume.run_id)
     manifest_rows = (rows, failures, carried) | "WriteReports" >> reports
     if end is not None:

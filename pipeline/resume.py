@@ -25,9 +25,11 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from pixelbeam.pipeline.add_formats import added_formats, stored_layout, why_not_from_stored
 from pixelbeam.pipeline.config import Config, ConfigError
 from pixelbeam.pipeline.records import RUNNING_FILE, RUNS_FOLDER, completed_runs, latest_record, read_records
 from pixelbeam.pipeline.shards import shards_missing
+from pixelbeam.transforms.formats.stored import StoredLayout
 from pixelbeam.transforms.formats.webdataset import shard_run_id as webdataset_shard_run_id
 from pixelbeam.transforms.patch import FILTERED, WRITTEN
 from pixelbeam.transforms.secrets import hide_secrets_in
@@ -84,29 +86,32 @@ def changed_keys(recorded: Optional[dict], config: Config, limit: int = 3) -> st
     a recorded config (dataset.json's, defaults included) and `config`; '' when unknown."""
     if not isinstance(recorded, dict):
         return ""
+    old, new = flatten(decisive_part(recorded)), flatten(decisive_part(config.model_dump(mode="json")))
+    keys = changed_key_names(recorded, config)
+    words = [f"{k} {short(old.get(k, MISSING))} -> {short(new.get(k, MISSING))}" for k in keys[:limit]]
+    return ", ".join(words) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def changed_key_names(recorded: Optional[dict], config: Config) -> list[str]:
+    """The dotted keys of `changed_keys`, sorted; [] when the recorded config is unknown."""
+    if not isinstance(recorded, dict):
+        return []
     new = decisive_part(config.model_dump(mode="json"))
     given = flatten(decisive_part(config.model_dump(mode="json", exclude_defaults=True)))
     old, new = flatten(decisive_part(recorded)), flatten(new)
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k, MISSING) != new.get(k, MISSING)
+    return [k for k in sorted(set(old) | set(new)) if old.get(k, MISSING) != new.get(k, MISSING)
             and (k in old or k in given)]  # a key a newer pixelbeam added, at its default, is no change
-    words = [f"{k} {short(old.get(k, MISSING))} -> {short(new.get(k, MISSING))}" for k in keys[:limit]]
-    return ", ".join(words) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 MISSING = "(unset)"
 
 
-def added_formats_note(recorded: Optional[dict], config: Config) -> str:
-    """Why adding an output format to a finished output is refused, when that is the change: the
-    new files would be encoded from the fetched pixels, which pixelbeam does not keep apart from
-    the formats written (NPY is the patch as written after scaling; TFRecord holds float32)."""
-    old = ((recorded or {}).get("output") or {}).get("formats")
-    new = list(getattr(getattr(config, "output", None), "formats", None) or [])
-    if not isinstance(old, list) or set(new) <= set(old) or changed_keys(recorded, config, limit=99).count("->") != 1:
-        return ""
-    added = ", ".join(f for f in new if f not in old)
-    return (f"pixelbeam does not yet write a new format ({added}) from the stored patches, so adding one means "
-            "fetching every patch again: ")
+def formats_added(recorded: Optional[dict], config: Config) -> list[str]:
+    """The output formats `config` adds to a finished output's recorded config, when that is
+    the only change (pipeline/add_formats.py), else []."""
+    if getattr(config, "table", None) is not None:
+        return []
+    return added_formats(changed_key_names(recorded, config), recorded, config)
 
 
 def flatten(doc, prefix: str = "") -> dict:
@@ -157,6 +162,8 @@ class ResumeState:
     nothing_to_do: bool = False
     done_before: int = 0  # rows of done patches in the previous manifest
     manifest_counts: Optional[dict] = None  # {status: rows} of that manifest, from its run's record (if it has one)
+    formats_added: tuple[str, ...] = ()  # formats this run adds to the written patches, from their stored NPY files
+    restore: Optional[StoredLayout] = None  # with formats_added: what each written patch must have (add_formats.py)
 
 
 def plan_digest(job) -> str:
@@ -180,6 +187,7 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
     states = [(holds, read_json(join(output_path, name)) or {}) for name, holds in (
         (STATE_FILE, "patches"), (TABLE_STATE_FILE, "a table"), (RUNNING_FILE, current))]
     states += [(current, records[max(records)])] if records else []
+    adding = formats_added((read_json(join(output_path, STATE_FILE)) or {}).get("config"), config)
     for holds, state in states:
         old = state.get("fingerprint")
         if old and old != fingerprint:
@@ -188,12 +196,18 @@ def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
                 raise ConfigError(f"output.path: {output_path!r} holds {holds} made with another image ({field} now "
                                   "builds another expression than the one recorded there); use a new output.path, "
                                   "or --overwrite to replace them")
+            if adding and old == states[0][1].get("fingerprint"):  # dataset.json's config plus formats
+                why = why_not_from_stored(adding, states[0][1]["config"], config)
+                if why is None:
+                    continue  # the added formats are written from the stored patches
+                raise ConfigError(f"output.path: {output_path!r} holds patches without {', '.join(adding)}: {why}; "
+                                  "use a new output.path, or --overwrite to replace them")
             changed, them = (("source, grid or output settings", "them") if holds == "patches"
                              else ("source, table or output settings", "it"))
             keys = changed_keys(state.get("config"), config)
             raise ConfigError(
                 f"output.path: {output_path!r} holds {holds} made with a different config ({keys or changed + ' changed'}); "
-                f"{added_formats_note(state.get('config'), config)}use a new output.path, or --overwrite to replace {them}")
+                f"use a new output.path, or --overwrite to replace {them}")
     return fingerprint
 
 
@@ -230,6 +244,10 @@ def plan_resume(job, run_id: str, overwrite: bool) -> ResumeState:
         file_count(out, folder, suffix, others) >= written for folder, suffix, others in per_patch_files(job)) \
         and not shards_missing(job, manifest, existing_files(out, "shards"))
     counts = {k: v for k, v in latest["manifest"].items() if k not in ("rows", "bytes")} if recorded else None
+    adding = tuple(formats_added(state.get("config"), job.config)) if state.get("fingerprint") != config_fingerprint(
+        job.config) else ()  # check_fingerprint let it through: the only change is formats written from stored patches
+    if adding:
+        return ResumeState(run_id, completed, manifest, False, done, counts, adding, stored_layout(job))
     return ResumeState(run_id, completed, manifest, nothing, done, counts)
 
 

@@ -33,6 +33,7 @@ class RunSummary:
     metrics: dict
     duplicates: int = 0
     carried: int = 0  # patches done by earlier runs and not fetched again
+    restored: int = 0  # written patches read back from their NPY files to write the formats this run adds
 
     @property
     def accounted(self) -> int:
@@ -45,14 +46,17 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         c = self.counts
-        fetched = self.accounted - self.carried
+        fetched = self.accounted - self.carried - self.restored
         rate = fetched / self.elapsed_s if self.elapsed_s > 0 else 0.0
         table = {"planned": self.planned, "written": c.get(WRITTEN, 0), "filtered": c.get(FILTERED, 0),
                  "failed": c.get(FAILED, 0), "seconds": f"{self.elapsed_s:.1f}", "patches/s": f"{rate:.1f}"}
         widths = [max(len(k), len(str(v))) for k, v in table.items()]
         out = ["  ".join(k.rjust(w) for k, w in zip(table, widths)),
                "  ".join(str(v).rjust(w) for v, w in zip(table.values(), widths))]
-        if self.carried:
+        if self.restored:
+            out.append(f"added formats: {self.restored} written patches read back from their NPY files "
+                       f"(not fetched), {fetched} fetched in this run")
+        elif self.carried:
             out.append(f"resumed: {self.carried} patches done by earlier runs, {fetched} fetched in this run")
         if self.metrics:
             r = Requests.from_counters(self.metrics)
@@ -289,4 +293,5 @@ def summarize(job: Job, result, elapsed_s: float) -> RunSummary:
     counts, duplicates = manifest_outcomes(job.config.output.path)
     metrics = beam_metrics(result)
     return RunSummary(planned=job.planned, counts=counts, elapsed_s=elapsed_s, metrics=metrics,
-                      duplicates=duplicates, carried=metrics.get("patches_carried", 0))
+                      duplicates=duplicates, carried=metrics.get("patches_carried", 0),
+                      restored=metrics.get("patches_restored", 0))

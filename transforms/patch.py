@@ -39,11 +39,12 @@ class PatchSpec:
     margin: int = 0
     start: Optional[str] = None  # ISO date, inclusive (collections)
     end: Optional[str] = None  # ISO date, exclusive (collections)
-    in_tfrecord: bool = False  # a rerun refetching a patch whose example a completed run wrote
+    in_tfrecord: bool = False  # a rerun writing again a patch whose TFRecord example a completed run wrote
     tfrecord_files: tuple[str, ...] = ()  # with in_tfrecord: the earlier row's entries naming the shards that hold it
     label: Optional[Union[int, float, str]] = None  # the owner region's label (sample.label_property)
     split: Optional[str] = None  # train / val / test ... (config split:, transforms/planning/splits.py)
     shard: Optional[str] = None  # a rerun refetching a patch that this completed run's WebDataset shard holds
+    written_before: bool = False  # a rerun writing again (missing file, added format) a patch a completed run wrote
 
     @property
     def fetch_width(self) -> int:

@@ -7,7 +7,8 @@ statistics per bundle before the shuffle, never a patch), and one small JSON fil
 run's mergeable states. The launcher merges the files of the completed runs into dataset.json
 (pipeline/stats.py), so a rerun that fetches only what is missing still reports statistics of
 every written patch: patches carried over are counted by the run that wrote them, and a patch
-fetched again because one of its files went missing (`in_tfrecord`) is not counted twice.
+fetched again because one of its files went missing, or written again in a format a rerun adds
+(`written_before`), is not counted twice.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def patch_layers(patch: Patch, roles: dict[str, str]) -> list[LayerValues]:
 def keyed_layers(patch: Patch, roles: dict[str, str]) -> Iterator[tuple[tuple, LayerValues]]:
     """((split, layer), pixels) for each layer of a patch this run adds to the dataset; a
     patch refetched only to rewrite a missing file is counted by the run that first wrote it."""
-    if patch.spec.in_tfrecord:
+    if patch.spec.written_before:
         return
     for layer in patch_layers(patch, roles):
         yield (patch.spec.split, layer.layer), layer
