@@ -59,6 +59,10 @@ def audit(cfg):
     written = {r["patch_id"] for r in rows if r["status"] == "written"}
     assert {r["status"] for r in rows} <= {"written", "filtered"}
     npys = glob.glob(os.path.join(out, "npy", "*"))
+    if config.mask.npy:  # each written patch's mask beside it
+        masks = sorted(os.path.basename(p)[:-len(".mask.npy")] for p in npys if p.endswith(".mask.npy"))
+        assert masks == sorted(written)
+        npys = [p for p in npys if not p.endswith(".mask.npy")]
     assert sorted(os.path.basename(p)[:-4] for p in npys) == sorted(written)  # nothing extra, no .tmp-*
     for path in npys:
         assert np.load(path).ndim == 3
@@ -116,22 +120,21 @@ def test_a_deleted_npy_is_refetched_beside_mask_files(tmp_path, capsys):
     assert "1 fetched in this run" in out and os.path.exists(lost), out
 
 
-def test_adding_a_format_to_a_finished_output_says_why_it_is_refused(tmp_path, capsys):
-    """Issue 15 item 12: the refusal names the added format and why it means fetching again."""
+def test_adding_a_format_with_another_change_is_refused_as_a_changed_config(tmp_path, capsys):
+    """Issue 15 item 12: an added format alone is written from the stored patches
+    (tests/test_add_formats.py); with another change too the refusal names the changed keys."""
     cfg = raster_config(tmp_path, patch_size=48)
     assert main(["run", cfg]) == 0
     doc = yaml.safe_load(open(cfg))
     doc["output"]["formats"] = ["tfrecord", "npy", "geotiff"]
+    doc["grid"]["patch_size"] = 32
     open(cfg, "w").write(yaml.safe_dump(doc))
     capsys.readouterr()
     assert main(["run", cfg]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and 'output.formats ["tfrecord", "npy"] -> ["tfrecord", "npy", "geotiff"]' in err, err
-    assert "does not yet write a new format (geotiff) from the stored patches" in err, err
-    doc["grid"]["patch_size"] = 32  # another change too: no note about formats
-    open(cfg, "w").write(yaml.safe_dump(doc))
-    assert main(["run", cfg]) == 2
-    assert "does not yet write a new format" not in capsys.readouterr().err
+    assert err.count("\n") == 1 and "grid.patch_size 48 -> 32" in err, err
+    assert 'output.formats ["tfrecord", "npy"] -> ["tfrecord", "npy", "geotiff"]' in err, err
+    assert "stored" not in err, err
 
 
 def test_a_changed_config_is_refused_unless_overwrite(tmp_path, capsys):

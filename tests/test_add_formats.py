@@ -1,0 +1,190 @@
+"""Adding output formats to a finished output (issue 15 item 12): the new formats are written from
+the stored NPY patches, not fetched, and equal what a fresh run with every format writes; where
+the stored patches cannot give them, a one-line refusal says why."""
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from pixelbeam.pipeline.cli import main
+from tests.outputs_compare import RUN_IN_SHARD, dataset_description, examples_by_id, manifest_by_id, per_patch_files
+from tests.test_resume import LANDSAT, REGIONS, audit
+
+wds = pytest.importorskip("webdataset")
+
+
+def write_config(tmp_path, raster, out, formats, bands_axis=0, mask_npy=True, margin=2):
+    doc = {"source": {"uri": str(raster)}, "regions": REGIONS,
+           "grid": {"crs": "native", "scale": "native", "patch_size": 40, "margin": margin},
+           "output": {"path": str(tmp_path / out), "formats": list(formats), "max_masked_ratio": 0.9,
+                      "bands_axis": bands_axis, "shard_size_mb": 0.05},
+           "mask": {"npy": mask_npy}, "fetch": {"max_concurrent_requests": 2}}
+    cfg = tmp_path / f"{out}.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    return str(cfg)
+
+
+def set_formats(cfg, formats):
+    with open(cfg) as f:
+        doc = yaml.safe_load(f)
+    doc["output"]["formats"] = list(formats)
+    with open(cfg, "w") as f:
+        f.write(yaml.safe_dump(doc))
+
+
+def replace_pixels(path):
+    """The raster at `path` with other pixels (255 - value) and the same georeferencing: a
+    rerun that fetched would write other data than the stored patches hold."""
+    with rasterio.open(path) as src:
+        profile, data = src.profile, src.read()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(255 - data)
+
+
+def samples_by_key(out):
+    """{patch_id: (shard name, {member: bytes or row})} of every WebDataset sample (the real package)."""
+    shards = sorted(glob.glob(os.path.join(out, "shards", "*.tar")))
+    found = {}
+    for sample in wds.WebDataset(shards, shardshuffle=False):
+        key = sample["__key__"]
+        assert key not in found, f"{key} is in the shards twice"
+        row = json.loads(sample["json"])
+        row.pop("run_id")
+        row["files"] = [RUN_IN_SHARD.sub("patches-RUN-", f) for f in row["files"]]
+        found[key] = (os.path.basename(sample["__url__"]), {"npy": sample["npy"], "mask.npy": sample["mask.npy"],
+                                                             "json": row})
+    return found
+
+
+def rows(out):
+    with open(os.path.join(out, "manifest.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("bands_axis", [0, -1])
+def test_added_formats_are_written_from_the_stored_npy_as_a_fresh_run_writes_them(tmp_path, capsys, bands_axis):
+    raster = tmp_path / "source.tif"
+    shutil.copy(LANDSAT, raster)
+    all_formats = ["npy", "tfrecord", "geotiff", "webdataset"]
+    cfg = write_config(tmp_path, raster, "added", ["npy"], bands_axis)
+    assert main(["run", cfg]) == 0
+    fresh = write_config(tmp_path, raster, "fresh", all_formats, bands_axis)
+    assert main(["run", fresh]) == 0
+    replace_pixels(raster)  # from here on a fetch would give other pixels
+    stored = per_patch_files(str(tmp_path / "added"), "npy")
+    set_formats(cfg, all_formats)
+    capsys.readouterr()
+    assert main(["run", cfg]) == 0
+    out = capsys.readouterr().out
+    written = sum(r["status"] == "written" for r in rows(str(tmp_path / "added")))
+    assert f"{written} written patches read back from their NPY files (not fetched), 0 fetched" in out, out
+    assert "requests 0 " in out, out
+    a, b = str(tmp_path / "added"), str(tmp_path / "fresh")
+    assert per_patch_files(a, "npy") == stored == per_patch_files(b, "npy")
+    assert per_patch_files(a, "geotiff") == per_patch_files(b, "geotiff")  # byte for byte
+    with rasterio.open(glob.glob(os.path.join(a, "geotiff", "*.tif"))[0]) as src:
+        assert src.read().shape[0] == 3 and src.read_masks(1).any()
+    ex_a, ex_b = examples_by_id(a), examples_by_id(b)
+    assert sorted(ex_a) == sorted(ex_b) and len(ex_a) == written
+    for pid, features in ex_a.items():
+        assert sorted(features) == sorted(ex_b[pid])
+        for name, value in features.items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(ex_b[pid][name]), err_msg=f"{pid} {name}")
+    samples_a, samples_b = samples_by_key(a), samples_by_key(b)
+    assert sorted(samples_a) == sorted(samples_b) and len(samples_a) == written
+    for key, (shard, members) in samples_a.items():
+        other = samples_b[key][1]
+        assert members["npy"] == other["npy"] and members["mask.npy"] == other["mask.npy"], key
+        for row in (members["json"], other["json"]):
+            row.pop("requests"), row.pop("attempts"), row.pop("bytes")  # the fresh run fetched once more
+        assert members["json"] == other["json"], key
+    manifest_a, manifest_b = manifest_by_id(a), manifest_by_id(b)
+    assert manifest_a == manifest_b  # every row names its files and shards as a fresh run's does
+    assert dataset_description(a) == dataset_description(b)  # statistics counted once
+    check_rows_point_at_real_shards(a)
+    audit(cfg)
+    capsys.readouterr()
+    assert main(["run", cfg]) == 0 and "nothing to do" in capsys.readouterr().out
+
+
+def check_rows_point_at_real_shards(out):
+    """Each written row's TFRecord pattern matches the shard holding its example, and its
+    WebDataset shard is the one holding its sample."""
+    import tensorflow as tf
+    samples = samples_by_key(out)
+    for row in rows(out):
+        if row["status"] != "written":
+            continue
+        (pattern,) = [f for f in row["files"] if "*" in f]
+        held = []
+        for shard in glob.glob(os.path.join(out, pattern)):
+            for raw in tf.data.TFRecordDataset([shard], compression_type="GZIP"):
+                feature = tf.train.Example.FromString(raw.numpy()).features.feature["patch_id"]
+                held += [shard] if feature.bytes_list.value[0].decode() == row["patch_id"] else []
+        assert len(held) == 1, (row["patch_id"], pattern)
+        (tar,) = [f for f in row["files"] if f.startswith("shards/")]
+        assert samples[row["patch_id"]][0] == os.path.basename(tar)
+
+
+def test_adding_geotiff_keeps_each_row_on_the_tfrecord_shard_of_the_run_that_wrote_it(tmp_path, capsys):
+    """An output with NPY and TFRecord gains GeoTIFF: the TFRecords are not written again, and
+    every row still names the first run's shards (issue 15 item 7's rule)."""
+    raster = tmp_path / "source.tif"
+    shutil.copy(LANDSAT, raster)
+    cfg = write_config(tmp_path, raster, "out", ["npy", "tfrecord"])
+    assert main(["run", cfg]) == 0
+    first = per_patch_files(str(tmp_path / "out"), "tfrecord")
+    replace_pixels(raster)
+    set_formats(cfg, ["npy", "tfrecord", "geotiff"])
+    capsys.readouterr()
+    assert main(["run", cfg]) == 0
+    assert "0 fetched in this run" in capsys.readouterr().out
+    now = per_patch_files(str(tmp_path / "out"), "tfrecord")
+    assert {name: now[name] for name in first} == first  # the first run's shards as they were
+    import tensorflow as tf
+    for name in set(now) - set(first):  # Beam's sink leaves this run an empty shard, as on any resume
+        assert not list(tf.data.TFRecordDataset([str(tmp_path / "out" / "tfrecord" / name)], compression_type="GZIP"))
+    written = [r for r in rows(str(tmp_path / "out")) if r["status"] == "written"]
+    assert all(os.path.exists(tmp_path / "out" / f"geotiff/{r['patch_id']}.tif") for r in written)
+    (pattern,) = {f for r in written for f in r["files"] if "*" in f}
+    assert sorted(glob.glob(str(tmp_path / "out" / pattern))) == sorted(str(tmp_path / "out" / "tfrecord" / n) for n in first)
+    audit(cfg)
+
+
+def test_without_stored_masks_only_fully_valid_patches_are_restored(tmp_path, capsys):
+    """mask.npy off: a patch whose every pixel is valid has its mask in its row (valid_fraction 1);
+    the others are fetched again (and written whole) rather than written with a guessed mask."""
+    raster = tmp_path / "source.tif"
+    shutil.copy(LANDSAT, raster)
+    cfg = write_config(tmp_path, raster, "out", ["npy"], mask_npy=False, margin=0)
+    assert main(["run", cfg]) == 0
+    written = [r for r in rows(str(tmp_path / "out")) if r["status"] == "written"]
+    full = sum(r["valid_fraction"] == 1.0 for r in written)
+    assert 0 < full < len(written)
+    set_formats(cfg, ["npy", "tfrecord"])
+    capsys.readouterr()
+    assert main(["run", cfg]) == 0
+    out = capsys.readouterr().out
+    assert f"{full} written patches read back from their NPY files (not fetched), {len(written) - full} fetched" in out
+    audit(cfg)
+
+
+def test_adding_a_format_without_stored_npy_is_refused_in_one_line(tmp_path, capsys):
+    raster = tmp_path / "source.tif"
+    shutil.copy(LANDSAT, raster)
+    cfg = write_config(tmp_path, raster, "out", ["tfrecord"])
+    assert main(["run", cfg]) == 0
+    before = sorted(glob.glob(str(tmp_path / "out" / "**"), recursive=True))
+    set_formats(cfg, ["tfrecord", "geotiff"])
+    capsys.readouterr()
+    assert main(["run", cfg]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds patches without geotiff" in err, err
+    assert "formats ['tfrecord'] stored none" in err and "--overwrite" in err, err
+    assert sorted(glob.glob(str(tmp_path / "out" / "**"), recursive=True)) == before
