@@ -210,7 +210,7 @@ def load_output_config(output_path: str):
             if has_redactions(state["config"]):
                 raise ConfigError(f"{output_path}: the config recorded in {name} had a URL's credentials, which pixelbeam "
                                   "never stores; rerun it with `pixelbeam run CONFIG` (it resumes the same way)", field=None)
-            return parse_config(state["config"], name=f"{output_path}/{name}")
+            return parse_config(state["config"], name=f"{output_path}/{name}", recorded=True)
     raise ConfigError(f"{output_path}: no dataset.json or table.json with a config; "
                       "give an output folder of a finished run", field=None)
 

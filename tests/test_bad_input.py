@@ -92,6 +92,7 @@ def with_layers(*edits):
 DELETE = object()
 EE_LAYER = {"kind": "earthengine", "role": "input", "asset": "a/b", "url": "http://127.0.0.1:9",
             "credentials": "anonymous", "project": "p"}
+EE_SOURCE = {k: v for k, v in EE_LAYER.items() if k != "role"}
 
 def laughs(levels=9, width=9):
     """A billion laughs: nested lists of one shared list, which yaml.safe_dump writes as
@@ -290,6 +291,16 @@ CASES = {
                                                              "indexes or names, or leave bands out for all (got [])"),
     "empty band list of a layer": (with_layers((("layers", "image", "bands"), [])),
                                    "layers.image.bands: an empty list selects no band"),
+    "empty band list of earthengine": (setter("source", value={**EE_SOURCE, "bands": []}),
+                                       "source.bands: an empty list selects no band; give band names, or leave bands "
+                                       "out for all (got [])"),
+    "empty band list of an earthengine collection": (setter("source", value={
+        "kind": "earthengine", "collection": "C", "composite": "median", "url": "http://127.0.0.1:9",
+        "credentials": "anonymous", "project": "p", "bands": []}), "source.bands: an empty list selects no band"),
+    "empty band list of an earthengine layer": (with_layers((("layers", "image"), {**EE_LAYER, "bands": []})),
+                                                "layers.image.bands: an empty list selects no band; give band names"),
+    "empty band list of stac": (setter("source", value={"kind": "stac", "catalog": "catalog.json", "bands": []}),
+                                "source.bands: give a list of 1-based band indexes or band names (stac: asset keys) (got [])"),
     "bbox of strings": (setter("regions", value=["-78", "24", "-77", "25"]),
                         "regions: give a GeoJSON path or a [min_lon, min_lat, max_lon, max_lat] bbox (got ['-78', "),
     "coordinates as strings": (with_regions(named_features(("quoted", {"type": "Polygon", "coordinates": [[
@@ -758,3 +769,16 @@ def test_a_reader_that_closes_the_pipe_is_no_error():
     finally:
         os.close(write_end)
     assert proc.stderr == "" and proc.returncode == 141
+
+
+def test_a_recorded_config_with_the_default_empty_band_list_still_loads(tmp_path):
+    """dataset.json records every key, defaults included: an Earth Engine source's `bands: []`
+    (every band) there is no empty list given by a user."""
+    from pixelbeam.pipeline.config import ConfigError, parse_config
+    doc = base_config(tmp_path)
+    doc["source"] = dict(EE_SOURCE)
+    recorded = parse_config(doc).model_dump(mode="json")
+    assert recorded["source"]["bands"] == []
+    assert parse_config(recorded, recorded=True).source.bands == []
+    with pytest.raises(ConfigError, match="source.bands: an empty list selects no band"):
+        parse_config(recorded)

@@ -91,10 +91,11 @@ def load_config(path: str, rewrite=None) -> Config:
     return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
 
 
-def parse_config(doc: dict, base_dir: str = ".", name: str = "config") -> Config:
-    """Validate a config mapping and resolve its relative paths against `base_dir`."""
+def parse_config(doc: dict, base_dir: str = ".", name: str = "config", recorded: bool = False) -> Config:
+    """Validate a config mapping and resolve its relative paths against `base_dir`; `recorded`:
+    a config an output folder recorded (every key, defaults included, e.g. `bands: []`)."""
     try:
-        config = Config.model_validate(doc, context={"table": doc.get("table") is not None})
+        config = Config.model_validate(doc, context={"table": doc.get("table") is not None, "recorded": recorded})
     except ValidationError as e:
         problem = describe_validation_error(e, layer_names(doc))
         raise ConfigError(f"{name}: {problem}", field=leading_field(problem)) from None

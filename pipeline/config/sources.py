@@ -156,6 +156,13 @@ class EarthEngineSourceConfig(Strict):
     # inline (a mapping; pixelbeam records the one it ran here, beside `expression`, in dataset.json)
     expression_json: Optional[Union[str, dict[str, Any]]] = None
 
+    @field_validator("bands")
+    @classmethod
+    def _some_bands(cls, v, info: ValidationInfo):  # runs only on a given list: left out, every band
+        if not v and not (info.context or {}).get("recorded"):  # a recorded config lists the default []
+            raise ValueError("an empty list selects no band; give band names, or leave bands out for all")
+        return v
+
     @field_validator("resampling")
     @classmethod
     def _ee_resampling(cls, v):
