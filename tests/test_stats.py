@@ -137,7 +137,7 @@ def test_combiner_in_a_pipeline_writes_the_runs_stats_file(tmp_path):
     patches = []
     for i in range(12):
         spec = PatchSpec(f"p{i}", "r", "EPSG:32618", (1, 0, 0, 0, -1, 0), 6, 6, split=["train", "val"][i % 2],
-                         in_tfrecord=i == 11)  # p11 was counted by the run that first wrote it
+                         written_before=i == 11)  # p11 was counted by the run that first wrote it
         patches.append(Patch(spec, rng.integers(0, 2 ** 16, size=(2, 6, 6)).astype(np.uint16), rng.random((6, 6)) > 0.2,
                              ("x", "y")))
     with beam.Pipeline() as p:
