@@ -78,6 +78,7 @@ def test_added_formats_are_written_from_the_stored_npy_as_a_fresh_run_writes_the
     assert main(["run", fresh]) == 0
     replace_pixels(raster)  # from here on a fetch would give other pixels
     stored = per_patch_files(str(tmp_path / "added"), "npy")
+    stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(tmp_path / "added" / "npy" / "*"))}
     set_formats(cfg, all_formats)
     capsys.readouterr()
     assert main(["run", cfg]) == 0
@@ -87,6 +88,7 @@ def test_added_formats_are_written_from_the_stored_npy_as_a_fresh_run_writes_the
     assert "requests 0 " in out, out
     a, b = str(tmp_path / "added"), str(tmp_path / "fresh")
     assert per_patch_files(a, "npy") == stored == per_patch_files(b, "npy")
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps  # read, not written again
     assert per_patch_files(a, "geotiff") == per_patch_files(b, "geotiff")  # byte for byte
     with rasterio.open(glob.glob(os.path.join(a, "geotiff", "*.tif"))[0]) as src:
         assert src.read().shape[0] == 3 and src.read_masks(1).any()

@@ -45,6 +45,7 @@ class PatchSpec:
     split: Optional[str] = None  # train / val / test ... (config split:, transforms/planning/splits.py)
     shard: Optional[str] = None  # a rerun refetching a patch that this completed run's WebDataset shard holds
     written_before: bool = False  # a rerun writing again (missing file, added format) a patch a completed run wrote
+    kept_files: tuple[str, ...] = ()  # a rerun adding formats: the patch's stored per-patch files, kept as they are
 
     @property
     def fetch_width(self) -> int:

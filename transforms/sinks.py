@@ -115,19 +115,23 @@ class WritePatchFiles(beam.DoFn):
             self.pool.close()
 
     def process(self, patch: Patch, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        kept = patch.spec.kept_files  # a rerun adding formats: the stored files, not written again
         try:
             encoded = [(join(self.output_path, relpath), relpath, data)
-                       for relpath, data in encode_patch_files(patch, self.options)]
+                       for relpath, data in encode_patch_files(patch, self.options, kept)]
             if self.pool is None:
                 for path, _, data in encoded:
                     write_atomically(path, data)
         except Exception as e:  # e.g. a full disk or a permission error: dead-letter the patch
             yield self._failed(patch, e)
             return
+        listed = [relpath for _, relpath, _ in encoded]
+        if kept:
+            listed = [path for _, _, path in self.options.files(patch.spec.patch_id)]
         if self.pool is None:
-            yield from self._outputs(patch, [relpath for _, relpath, _ in encoded])
+            yield from self._outputs(patch, listed)
             return
-        finished = self.pool.submit((patch, [r for _, r, _ in encoded], window, timestamp),
+        finished = self.pool.submit((patch, listed, window, timestamp),
                                     [(path, data) for path, _, data in encoded])
         for (done, files, _, _), error in finished:
             yield from ([self._failed(done, error)] if error is not None else self._outputs(done, files))

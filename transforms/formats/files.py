@@ -18,7 +18,7 @@ GeoTIFF is band-sequential by nature, and PNG/JPEG are pictures.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 
@@ -107,10 +107,13 @@ def npy_shape(bands: int, height: int, width: int, bands_axis: int = 0,
     return ([time_steps] if time_steps else []) + shape
 
 
-def encode_patch_files(patch: Patch, options: PatchFileOptions) -> list[tuple[str, bytes]]:
-    """[(relative path, file bytes)] for every per-patch format in `options`, in order."""
+def encode_patch_files(patch: Patch, options: PatchFileOptions, skip: Collection[str] = ()) -> list[tuple[str, bytes]]:
+    """[(relative path, file bytes)] for every per-patch format in `options`, in order, but the
+    paths in `skip` (files already there: a rerun adding formats keeps the stored NPY files)."""
     out = []
     for fmt, layer, path in options.files(patch.spec.patch_id):
+        if path in skip:
+            continue
         one = patch if layer is None else patch.layer_patch(layer)
         if fmt == "npy":
             data = npy_bytes(npy_layout(one.data, options.bands_axis))

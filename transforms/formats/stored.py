@@ -106,10 +106,12 @@ def stored_patch(spec: PatchSpec, row: dict, layout: StoredLayout, read: Callabl
 
 def restored_spec(spec: PatchSpec, row: dict) -> PatchSpec:
     """The planned spec of a written patch that a completed run wrote: which TFRecord shards
-    and WebDataset shard already hold it (they are not written again), from its row."""
+    and WebDataset shard already hold it and which per-patch files it has (none is written
+    again), from its row."""
     files = row.get("files") or []
     held_by = tuple(f for f in files if "*" in f)
     shard = next((f for f in files if f.startswith(SHARD_FOLDER + "/")), None)
+    kept = tuple(f for f in files if "*" not in f and not f.startswith(SHARD_FOLDER + "/"))
     return dataclasses.replace(spec, written_before=True, in_tfrecord=bool(held_by), tfrecord_files=held_by,
-                               shard=shard)
+                               shard=shard, kept_files=kept)
 
