@@ -238,3 +238,33 @@ def set_patch_size(cfg, size):
     doc["grid"]["patch_size"] = size
     with open(cfg, "w") as f:
         f.write(yaml.safe_dump(doc))
+
+
+def test_a_stored_patch_reads_back_as_written():
+    """The Beam-free core: a patch's NPY and mask bytes, in either layout, read back into the
+    Patch they were encoded from; a row without a stored mask is restorable only when all valid."""
+    from pixelbeam.transforms.formats.encode import npy_bytes
+    from pixelbeam.transforms.formats.files import npy_layout
+    from pixelbeam.transforms.formats.stored import StoredLayout, StoredPatchError, restorable, stored_patch
+    from pixelbeam.transforms.patch import PatchSpec
+    spec = PatchSpec("p1", "r", "EPSG:32618", (30.0, 0, 0, 0, -30.0, 0), 4, 3, margin=1)
+    data = np.arange(2 * 5 * 6, dtype=np.uint16).reshape(2, 5, 6)
+    mask = np.ones((5, 6), dtype=bool)
+    mask[0, 0] = False
+    row = {"patch_id": "p1", "status": "written", "width": 4, "height": 3, "margin": 1, "valid_fraction": 0.966667,
+           "files": ["npy/p1.npy", "npy/p1.mask.npy"], "requests": 2, "attempts": 3, "bytes": 120}
+    for axis in (0, -1):
+        files = {"npy/p1.npy": npy_bytes(npy_layout(data, axis)), "npy/p1.mask.npy": npy_bytes(mask.astype(np.uint8))}
+        layout = StoredLayout(("npy/{patch_id}.npy",), tfrecord=True, webdataset=False, band_names=("a", "b"),
+                              bands_axis=axis)
+        patch = stored_patch(spec, row, layout, files.__getitem__)
+        np.testing.assert_array_equal(patch.data, data)
+        np.testing.assert_array_equal(patch.mask, mask)
+        assert (patch.requests, patch.retries, patch.bytes, patch.band_names) == (2, 1, 120, ("a", "b"))
+        assert layout.lacks(row) == ["tfrecord"]
+    assert restorable(row)
+    no_mask = {**row, "files": ["npy/p1.npy"]}
+    assert not restorable(no_mask) and restorable({**no_mask, "valid_fraction": 1.0})
+    assert not restorable({**no_mask, "valid_fraction": 1.0, "times": ["2020-01-01"]})  # a stack's mask shape is unknown
+    with pytest.raises(StoredPatchError, match="not 3 bands"):
+        stored_patch(spec, row, StoredLayout((), False, False, ("a", "b", "c")), files.__getitem__)
