@@ -90,7 +90,10 @@ def case_config(workdir: str, case: str, stride: int, tfrecord_level: Optional[i
         raise SystemExit(f"unknown case {case!r}; use demo or scene")
     doc = {"source": {"kind": "raster", "uri": SCENE, "bands": [1, 2, 3]}, "regions": regions,
            "grid": {"crs": "native", "scale": "native", "min_coverage": 0.0, **grid},
-           "output": {"path": os.path.join(workdir, "out"), "formats": ["npy"], "max_masked_ratio": 1.0}}
+           "output": {"path": os.path.join(workdir, "out"), "formats": ["npy"], "max_masked_ratio": 1.0,
+                      # every planned patch written, as the raw loop writes it (the scene's corners
+                      # hold patches without a valid pixel, filtered by default)
+                      "keep_empty": True}}
     if tfrecord_level is not None:
         doc["output"]["tfrecord_compression_level"] = tfrecord_level
     path = os.path.join(workdir, f"{case}.yaml")
