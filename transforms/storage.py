@@ -23,6 +23,9 @@ from pixelbeam.transforms.secrets import hide_secrets
 
 
 def join(base: str, relpath: str) -> str:
+    """`relpath` ('/'-separated) under `base`, a local folder or a `scheme://` prefix."""
+    if "://" not in base:  # what Beam's LocalFileSystem.join does, without its look-up per call
+        return os.path.join(base, *relpath.split("/"))
     return FileSystems.join(base, *relpath.split("/"))
 
 
@@ -86,14 +89,19 @@ def write_local_atomically(path: str, data: bytes) -> None:
     only when missing), renamed over `path`."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    try:
-        f = open(tmp, "wb")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    try:  # os.open/os.write: a file object (FileIO + buffer) per patch costs more than the write
+        fd = os.open(tmp, flags, 0o666)
     except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
-        f = open(tmp, "wb")
+        fd = os.open(tmp, flags, 0o666)
     try:
-        with f:
-            f.write(data)
+        try:
+            view, done = memoryview(data), 0
+            while done < len(view):  # os.write may write less than asked
+                done += os.write(fd, view[done:])
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
