@@ -147,3 +147,26 @@ def test_local_reads_go_to_the_fetch_threads_in_batches():
     emitted += [wv.value.spec.col for wv in dofn.finish_bundle()]
     dofn.worker.pool.submit = submit
     assert submitted == [8, 8, 4] and sorted(emitted) == list(range(20))
+
+
+def test_manifest_rows_hold_plain_python_values():
+    """A numpy scalar in a row (valid_fraction was numpy.float64) made Beam pickle every row
+    between stages; the value stays numpy's rounding of the fraction."""
+    from pixelbeam.transforms.outcomes import written_row
+    from pixelbeam.transforms.patch import Patch
+    from pixelbeam.transforms.planning.grid import GridSpec, make_spec
+
+    spec = make_spec(GridSpec("EPSG:32618", (10.0, 10.0), patch_size=(7, 7)), "EPSG:32618", 0, 0, "r")
+    mask = np.zeros((7, 7), bool)
+    mask.flat[:17] = True
+    patch = Patch(spec=spec, data=np.zeros((1, 7, 7), np.uint8), mask=mask, band_names=("a",))
+    row = written_row(patch, ["npy/x.npy"])
+
+    def types(v):
+        if isinstance(v, dict):
+            return set().union(*map(types, v.values())) if v else set()
+        if isinstance(v, (list, tuple)):
+            return set().union(*map(types, v)) if v else set()
+        return {type(v)}
+    assert types(row) <= {int, float, str, bool, type(None)}, types(row)
+    assert row["valid_fraction"] == float(round(np.float64(17 / 49), 6))
