@@ -12,6 +12,7 @@ temporary name (`.tmp-<uuid>-<name>`, in the same folder) and renamed, which is 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import uuid
@@ -84,11 +85,17 @@ def write_atomically(path: str, data: bytes) -> None:
         f.write(data)
 
 
+# temporary names unique without a uuid4 (an os.urandom call) per file: random per import, the
+# process id (a forked process shares the first and the counter, not the pid), a counter
+_TMP_PREFIX = uuid.uuid4().hex[:12]
+_TMP_COUNTER = itertools.count()
+
+
 def write_local_atomically(path: str, data: bytes) -> None:
     """`write_atomically` for a local path: a temporary file in the same folder (the folder made
     only when missing), renamed over `path`."""
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    tmp = os.path.join(directory, f".tmp-{_TMP_PREFIX}-{os.getpid()}-{next(_TMP_COUNTER)}-{os.path.basename(path)}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     try:  # os.open/os.write: a file object (FileIO + buffer) per patch costs more than the write
         fd = os.open(tmp, flags, 0o666)
