@@ -17,7 +17,10 @@ For each case, times and CPU-seconds of:
   tfrecord     - TFRecord only.
 Prints seconds, patches/s and CPU-seconds per 1,000 patches (user + system of the whole process
 tree), and the ratios the issue asks for: each job against the raw loop (throughput, higher is
-better), 2 processes against in-memory, NPY + TFRecord against NPY.
+better), 2 processes against in-memory, NPY + TFRecord against NPY. With the npy job, the scene
+case also runs `fixed` (not with --quick): the same job cut without overlap (48 patches), a run's fixed cost
+(imports, planning, Beam's start, the pictures), and prints the NPY job's rate beyond it,
+(patches - 48) / (seconds - fixed seconds), against the raw loop's: the per-patch overhead alone.
 
     .venv/bin/python benchmarks/extract_overhead.py [--repeat 1] [--quick] [--json FILE] [--cases demo,scene]
 """
@@ -90,7 +93,10 @@ def case_config(workdir: str, case: str, stride: int, tfrecord_level: Optional[i
         raise SystemExit(f"unknown case {case!r}; use demo or scene")
     doc = {"source": {"kind": "raster", "uri": SCENE, "bands": [1, 2, 3]}, "regions": regions,
            "grid": {"crs": "native", "scale": "native", "min_coverage": 0.0, **grid},
-           "output": {"path": os.path.join(workdir, "out"), "formats": ["npy"], "max_masked_ratio": 1.0}}
+           "output": {"path": os.path.join(workdir, "out"), "formats": ["npy"], "max_masked_ratio": 1.0,
+                      # every planned patch written, as the raw loop writes it (the scene's corners
+                      # hold patches without a valid pixel, filtered by default)
+                      "keep_empty": True}}
     if tfrecord_level is not None:
         doc["output"]["tfrecord_compression_level"] = tfrecord_level
     path = os.path.join(workdir, f"{case}.yaml")
@@ -154,7 +160,8 @@ def folder_digest(folder: str) -> str:
     return digest.hexdigest()
 
 
-def measure(case: str, repeat: int, stride: int, jobs: list[str], tfrecord_level: Optional[int] = None) -> dict:
+def measure(case: str, repeat: int, stride: int, jobs: list[str], tfrecord_level: Optional[int] = None,
+            fixed: bool = True) -> dict:
     workdir = tmpfs_dir()
     try:
         path, doc = case_config(workdir, case, stride, tfrecord_level)
@@ -169,13 +176,22 @@ def measure(case: str, repeat: int, stride: int, jobs: list[str], tfrecord_level
                 if name == "npy" and same is None:
                     same = folder_digest(os.path.join(doc["output"]["path"], "npy")) == folder_digest(
                         os.path.join(workdir, "raw"))
+        if fixed and case == "scene" and "npy" in jobs:  # a run's fixed cost: the same job with (almost) no patches
+            small = {**doc, "grid": {**doc["grid"], "overlap": 0}}
+            runs["fixed"] = [run_pixelbeam(small, workdir, ["npy"], []) for _ in range(repeat)]
+            fixed_patches = len(prepare_job(load_config(case_config(workdir, case, doc["grid"]["patch_size"])[0])).specs)
         patches = len(job.specs)
         out = {"case": case, "patches": patches, "patch_px": doc["grid"]["patch_size"],
                "stride_px": doc["grid"]["patch_size"] - doc["grid"]["overlap"], "npy_identical_to_raw": same}
         for name, values in runs.items():
             seconds = statistics.median(v["seconds"] for v in values)
             cpu = statistics.median(v["cpu_s"] for v in values)
-            out[name] = {"seconds": seconds, "patches_per_s": patches / seconds, "cpu_s_per_1000": 1000 * cpu / patches}
+            n = fixed_patches if name == "fixed" else patches
+            out[name] = {"seconds": seconds, "patches_per_s": n / seconds, "cpu_s_per_1000": 1000 * cpu / n}
+        if "fixed" in out:
+            out["fixed"]["patches"] = fixed_patches
+            extra = out["npy"]["seconds"] - out["fixed"]["seconds"]
+            out["npy_beyond_fixed"] = {"patches_per_s": (patches - fixed_patches) / extra if extra > 0 else None}
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -187,10 +203,15 @@ def print_case(r: dict) -> None:
     print(f"  {'job':<14} {'seconds':>8} {'patches/s':>10} {'CPU s/1000':>11} {'of raw':>7}")
     raw = r["raw"]["patches_per_s"]
     for name in ["raw", *JOBS]:
-        if name in r:
+        if name in r:  # (fixed: printed below)
             v = r[name]
             print(f"  {name:<14} {v['seconds']:>8.2f} {v['patches_per_s']:>10.0f} {v['cpu_s_per_1000']:>11.3f} "
                   f"{v['patches_per_s'] / raw:>7.3f}")
+    if "fixed" in r:
+        f, beyond = r["fixed"], r["npy_beyond_fixed"]["patches_per_s"]
+        print(f"  fixed cost (the same job, {f['patches']} patches): {f['seconds']:.2f} s, "
+              f"{f['cpu_s_per_1000'] * f['patches'] / 1000:.2f} CPU-s; npy beyond it: "
+              + (f"{beyond:.0f} patches/s, {beyond / raw:.3f} of raw" if beyond else "n/a"))
     if "npy_2proc" in r and "npy" in r:
         print(f"  2 processes / in-memory: {r['npy_2proc']['patches_per_s'] / r['npy']['patches_per_s']:.2f}x")
     if "npy_tfrecord" in r and "npy" in r:
@@ -216,7 +237,8 @@ def main(argv=None) -> int:
     print(f"load average before: {os.getloadavg()[0]:.2f} | {os.cpu_count()} cores", flush=True)
     results = []
     for case in args.cases.split(","):
-        results.append(measure(case, args.repeat, args.stride or (32 if args.quick else 8), jobs, args.tfrecord_level))
+        results.append(measure(case, args.repeat, args.stride or (32 if args.quick else 8), jobs, args.tfrecord_level,
+                               fixed=not args.quick))  # at --quick's 754 patches the difference is all noise
         print_case(results[-1])
         sys.stdout.flush()
     if args.json:

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pixelbeam.pipeline.limits import JOB, MACHINE, Limits, fetch_section_limits, job_limits
-from pixelbeam.transforms.fetch import FetchLayer, FetchSettings
+from pixelbeam.transforms.fetch import LOCAL_BATCH, FetchLayer, FetchSettings
 from pixelbeam.transforms.patch import SOURCE_LAYER
 from pixelbeam.transforms.fetching.throttle import per_worker_limits
 
@@ -103,7 +103,8 @@ def process_settings(limits: Limits, options: PipelineOptions, progress_dir: Opt
     local = limits.local  # a local file: as many threads as reads at once, no hand-off to abandon a hung call
     return FetchSettings(max_concurrent=concurrent, max_requests_per_second=rate, max_attempts=limits.max_attempts,
                          timeout_s=limits.timeout_s, threads=concurrent if local else fetch_threads(concurrent),
-                         progress_dir=progress_dir, quota_pool=limits.pool, abandon_hung_calls=not local)
+                         progress_dir=progress_dir, quota_pool=limits.pool, abandon_hung_calls=not local,
+                         batch=LOCAL_BATCH if local else 1)
 
 
 def layer_fetch_settings(job, options: PipelineOptions,

@@ -106,3 +106,67 @@ def test_local_atomic_write_makes_a_missing_folder_again(tmp_path):
     with open(path, "rb") as f:
         assert f.read() == b"three"
     assert os.listdir(tmp_path / "out" / "npy") == ["a.npy"]
+
+
+def test_local_reads_go_to_the_fetch_threads_in_batches():
+    """A local raster's patches are handed to the fetch threads 8 at a time (one future per 8
+    patches), every patch emitted once; a server's one at a time."""
+    from pixelbeam.pipeline.limits import Limits
+    from pixelbeam.pipeline.runner import pipeline_options, process_settings
+    from pixelbeam.transforms.fetch import FetchDoFn, hand_off_batch, FetchLayer
+    from pixelbeam.transforms.patch import INPUT, SOURCE_LAYER
+    from pixelbeam.transforms.planning.grid import GridSpec, make_spec
+    from pixelbeam.transforms.sources.base import PartResult, SourceInfo
+
+    options = pipeline_options([])
+    local = process_settings(Limits(2, "machine", None, 3, 10.0, "local file", local=True), options)
+    server = process_settings(Limits(40, "job", 100.0, 3, 10.0, "earthengine"), options)
+    assert (local.batch, server.batch) == (8, 1)
+
+    class Source:
+        def open(self, info=None):
+            return self
+
+        def fetch(self, spec, part):
+            data = np.full((1, part.height, part.width), spec.col, dtype=np.uint8)
+            return PartResult(data=data, mask=np.ones((part.height, part.width), bool), nbytes=data.nbytes)
+
+    info = SourceInfo(band_names=("a",), dtypes=("uint8",))
+    layer = FetchLayer(SOURCE_LAYER, INPUT, Source(), info, local)
+    assert hand_off_batch([layer]) == 8 and hand_off_batch([layer, FetchLayer("b", INPUT, Source(), info, server)]) == 1
+    dofn = FetchDoFn(Source(), info, local)
+    dofn.setup()
+    submitted = []
+    submit = dofn.worker.pool.submit
+    dofn.worker.pool.submit = lambda fn, specs: submitted.append(len(specs)) or submit(fn, specs)
+    grid = GridSpec("EPSG:32618", (10.0, 10.0), patch_size=(4, 4))
+    dofn.start_bundle()
+    emitted = []
+    for col in range(20):
+        emitted += [p.spec.col for p in dofn.process(make_spec(grid, "EPSG:32618", 0, col, "r"))]
+    emitted += [wv.value.spec.col for wv in dofn.finish_bundle()]
+    dofn.worker.pool.submit = submit
+    assert submitted == [8, 8, 4] and sorted(emitted) == list(range(20))
+
+
+def test_manifest_rows_hold_plain_python_values():
+    """A numpy scalar in a row (valid_fraction was numpy.float64) made Beam pickle every row
+    between stages; the value stays numpy's rounding of the fraction."""
+    from pixelbeam.transforms.outcomes import written_row
+    from pixelbeam.transforms.patch import Patch
+    from pixelbeam.transforms.planning.grid import GridSpec, make_spec
+
+    spec = make_spec(GridSpec("EPSG:32618", (10.0, 10.0), patch_size=(7, 7)), "EPSG:32618", 0, 0, "r")
+    mask = np.zeros((7, 7), bool)
+    mask.flat[:17] = True
+    patch = Patch(spec=spec, data=np.zeros((1, 7, 7), np.uint8), mask=mask, band_names=("a",))
+    row = written_row(patch, ["npy/x.npy"])
+
+    def types(v):
+        if isinstance(v, dict):
+            return set().union(*map(types, v.values())) if v else set()
+        if isinstance(v, (list, tuple)):
+            return set().union(*map(types, v)) if v else set()
+        return {type(v)}
+    assert types(row) <= {int, float, str, bool, type(None)}, types(row)
+    assert row["valid_fraction"] == float(round(np.float64(17 / 49), 6))

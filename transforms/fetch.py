@@ -11,7 +11,9 @@ The DoFn brings its own concurrency: the DirectRunner runs a stage's bundle on o
 each worker process keeps one thread pool, one throttler and one retry policy (shared between
 DoFn instances with Beam's `Shared`) and keeps up to `threads` patches in flight across the
 elements of a bundle, yielding each patch as soon as it is done (no waves, no stragglers
-holding a batch back). Request logic lives in `fetch_patch` and the request runner, not here.
+holding a batch back). Local reads are handed to the threads `FetchSettings.batch` patches at a
+time (one future and one thread wake-up per 8 patches, not per patch); requests to a server one
+patch at a time. Request logic lives in `fetch_patch` and the request runner, not here.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pixelbeam.transforms.sources.base import PixelReader, PixelSource, SourceIn
 from pixelbeam.transforms.fetching.throttle import AdaptiveThrottler, Throttler
 
 METRICS_NAMESPACE = "pixelbeam"
+LOCAL_BATCH = 8  # patches per hand-off to a fetch thread for local reads (FetchSettings.batch)
 REPORT_EVERY = 64  # patches between two reports of the request stats (and always at the end of a bundle)
 
 
@@ -54,6 +57,10 @@ class FetchSettings:
     # each call on a helper thread that the caller abandons after 1.5 x timeout_s (a hung HTTP
     # request); off for local files, where that hand-off per read costs more than the read
     abandon_hung_calls: bool = True
+    # patches handed to a fetch thread at once: 1 for requests that wait on a server (each
+    # patch emitted as soon as it is done); more for local reads, where a hand-off per patch
+    # (a future, a queue put, a thread wake-up) costs a good part of the read itself
+    batch: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +152,15 @@ class _WorkerFetcher:
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="pixelbeam-fetch")
         self.progress = ProgressFile(progress_dir)
 
-    def submit(self, spec: PatchSpec) -> concurrent.futures.Future:
+    def submit(self, specs: Sequence[PatchSpec]) -> concurrent.futures.Future:
+        """One hand-off to a fetch thread: a future of the results of `specs`, in order."""
+        return self.pool.submit(self.fetch_all, tuple(specs))
+
+    def fetch_all(self, specs: Sequence[PatchSpec]) -> list[Patch | FailedPatch]:
         if len(self.layers) == 1 and self.layers[0][0].name == SOURCE_LAYER:  # one source: as it always was
             layer, reader, runner = self.layers[0]
-            return self.pool.submit(fetch_patch, spec, layer.info, reader, runner)
-        return self.pool.submit(fetch_layers, spec, self.layers)
+            return [fetch_patch(spec, layer.info, reader, runner) for spec in specs]
+        return [fetch_layers(spec, self.layers) for spec in specs]
 
 
 class FetchLayersDoFn(beam.DoFn):
@@ -157,6 +168,7 @@ class FetchLayersDoFn(beam.DoFn):
 
     def __init__(self, layers: Sequence[FetchLayer], threads: int, progress_dir: Optional[str] = None):
         self.layers, self.threads, self.progress_dir = tuple(layers), threads, progress_dir
+        self.batch = hand_off_batch(layers)
         self._shared = Shared()
 
     def setup(self):
@@ -168,26 +180,35 @@ class FetchLayersDoFn(beam.DoFn):
 
     def start_bundle(self):
         self.pending: set[concurrent.futures.Future] = set()
+        self.waiting: list[PatchSpec] = []  # not yet handed off (fewer than `batch`)
         self._unreported = 0
 
     def process(self, spec: PatchSpec):
-        self.pending.add(self.worker.submit(spec))
-        # Block only when 2x threads patches are pending (the pool stays busy meanwhile), and
+        self.waiting.append(spec)
+        if len(self.waiting) >= self.batch:
+            self.pending.add(self.worker.submit(self.waiting))
+            self.waiting = []
+        # Block only when 2x threads hand-offs are pending (the pool stays busy meanwhile), and
         # then only until *any* is done: waiting for the oldest would let one patch in retry
         # backoff hold back every patch behind it and drain the pool.
         if len(self.pending) >= self.threads * 2:
             concurrent.futures.wait(self.pending, return_when=concurrent.futures.FIRST_COMPLETED)
         for future in [f for f in self.pending if f.done()]:  # in completion, not arrival, order
             self.pending.discard(future)
-            yield self._output(future.result())
+            for result in future.result():
+                yield self._output(result)
         self._unreported += 1
         if self._unreported >= REPORT_EVERY:  # request stats to Beam's counters in batches, not per patch
             self._unreported = 0
             self._report_metrics()
 
     def finish_bundle(self):
+        if self.waiting:
+            self.pending.add(self.worker.submit(self.waiting))
+            self.waiting = []
         for future in concurrent.futures.as_completed(self.pending):
-            yield self._output(future.result(), windowed=True)
+            for result in future.result():
+                yield self._output(result, windowed=True)
         self.pending = set()
         self._report_metrics(final=True)
 
@@ -207,6 +228,13 @@ class FetchLayersDoFn(beam.DoFn):
         self.worker.progress.add(requests=int(deltas.get("requests", 0)), quota_errors=int(deltas.get("quota_errors", 0)),
                                  retries=int(sum((deltas.get("retries_by_cause") or {}).values())))
         self.worker.progress.flush(force=final)
+
+
+def hand_off_batch(layers: Sequence[FetchLayer]) -> int:
+    """Patches per hand-off to a fetch thread: the smallest `batch` of the layers that send
+    requests (1 as soon as one waits on a server), that of local reads otherwise."""
+    batches = [layer.settings.batch for layer in layers if layer.settings is not None]
+    return max(1, min(batches)) if batches else LOCAL_BATCH
 
 
 def report_request_metrics(deltas: dict, latency=None, carry_s: float = 0.0) -> float:

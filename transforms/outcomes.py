@@ -41,7 +41,7 @@ def manifest_row(spec: PatchSpec, status: str, *, reason: Optional[str] = None, 
     if spec.split is not None:  # every row (written, filtered, failed) when a split is configured
         row["split"] = spec.split
     if patch is not None:
-        row.update(valid_fraction=round(patch.valid_fraction, 6), requests=patch.requests,
+        row.update(valid_fraction=plain_round(patch.valid_fraction), requests=patch.requests,
                    attempts=patch.requests + patch.retries, bytes=patch.bytes)
         if patch.times:
             row["times"] = list(patch.times)
@@ -52,9 +52,15 @@ def manifest_row(spec: PatchSpec, status: str, *, reason: Optional[str] = None, 
     return row
 
 
+def plain_round(fraction, digits: int = 6) -> float:
+    """`round(fraction, digits)` (numpy's rounding for a numpy float, as the rows always had) as
+    a Python float: a numpy scalar in a row made Beam pickle the whole row between stages."""
+    return float(round(fraction, digits))
+
+
 def layer_summary(layer) -> dict:
     """A layer's entry in a manifest row: its valid fraction, requests, bytes (and times, images)."""
-    out = {"role": layer.role, "valid_fraction": round(layer.valid_fraction, 6), "requests": layer.requests,
+    out = {"role": layer.role, "valid_fraction": plain_round(layer.valid_fraction), "requests": layer.requests,
            "bytes": layer.bytes}
     if layer.times:
         out["times"] = list(layer.times)

@@ -12,6 +12,7 @@ temporary name (`.tmp-<uuid>-<name>`, in the same folder) and renamed, which is 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import uuid
@@ -23,6 +24,9 @@ from pixelbeam.transforms.secrets import hide_secrets
 
 
 def join(base: str, relpath: str) -> str:
+    """`relpath` ('/'-separated) under `base`, a local folder or a `scheme://` prefix."""
+    if "://" not in base:  # what Beam's LocalFileSystem.join does, without its look-up per call
+        return os.path.join(base, *relpath.split("/"))
     return FileSystems.join(base, *relpath.split("/"))
 
 
@@ -81,19 +85,30 @@ def write_atomically(path: str, data: bytes) -> None:
         f.write(data)
 
 
+# temporary names unique without a uuid4 (an os.urandom call) per file: random per import, the
+# process id (a forked process shares the first and the counter, not the pid), a counter
+_TMP_PREFIX = uuid.uuid4().hex[:12]
+_TMP_COUNTER = itertools.count()
+
+
 def write_local_atomically(path: str, data: bytes) -> None:
     """`write_atomically` for a local path: a temporary file in the same folder (the folder made
     only when missing), renamed over `path`."""
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    try:
-        f = open(tmp, "wb")
+    tmp = os.path.join(directory, f".tmp-{_TMP_PREFIX}-{os.getpid()}-{next(_TMP_COUNTER)}-{os.path.basename(path)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    try:  # os.open/os.write: a file object (FileIO + buffer) per patch costs more than the write
+        fd = os.open(tmp, flags, 0o666)
     except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
-        f = open(tmp, "wb")
+        fd = os.open(tmp, flags, 0o666)
     try:
-        with f:
-            f.write(data)
+        try:
+            view, done = memoryview(data), 0
+            while done < len(view):  # os.write may write less than asked
+                done += os.write(fd, view[done:])
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -400,8 +400,23 @@ def layers_feature_spec(layers: Sequence[tuple[str, Sequence[str], Optional[int]
     return spec
 
 
+_NPY_HEADERS: dict = {}  # (dtype, shape) -> the .npy header numpy writes for a C-ordered array
+
+
 def npy_bytes(array: Any) -> bytes:
-    """`array` as the bytes of a `.npy` file (no pickle; object arrays raise ValueError)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
+    """`array` as the bytes of a `.npy` file (no pickle; object arrays raise ValueError): what
+    `numpy.lib.format.write_array` writes, its header made once per dtype and shape."""
+    array = np.asarray(array)
+    if not array.flags.c_contiguous or array.dtype.hasobject:  # e.g. Fortran order: numpy's own path
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, array, allow_pickle=False)
+        return buf.getvalue()
+    key = (array.dtype, array.shape)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, array, allow_pickle=False)
+        whole = buf.getvalue()
+        header = _NPY_HEADERS[key] = whole[:len(whole) - array.nbytes]
+        return whole
+    return header + array.tobytes()

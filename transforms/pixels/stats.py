@@ -126,6 +126,9 @@ class BandStats:
         values = np.asarray(values).ravel()
         if values.dtype.kind == "b":
             values = values.astype(np.uint8)
+        if self.exact and values.dtype.kind in "iu":
+            self._add_exact(values)
+            return
         if values.dtype.kind == "f":
             values = values[np.isfinite(values)]
         if not values.size:
@@ -144,6 +147,29 @@ class BandStats:
             self.zeros += int(small.sum())
             self.positive.add_indices(log_index(mag[(x > 0) & ~small]))
             self.negative.add_indices(log_index(mag[(x < 0) & ~small]))
+
+    def _add_exact(self, values: np.ndarray) -> None:
+        """`add` for integers of at most 16 bits, from one histogram (a bincount, no float copy
+        of the values): count, min, max and the bins as `add` gives them; mean and m2 exactly
+        from integer sums (sum x / n; (n sum x^2 - (sum x)^2) / n), correctly rounded."""
+        if not values.size:
+            return
+        if values.dtype.kind == "u":
+            offset, counts = 0, np.bincount(values)
+        else:
+            offset = int(values.min())
+            counts = np.bincount(values.astype(np.int64) - offset)
+        nz = np.flatnonzero(counts)
+        first, last = int(nz[0]), int(nz[-1])
+        counts, offset = counts[first:last + 1].astype(np.int64), offset + first
+        n, top = int(values.size), max(abs(offset), abs(offset + last - first))
+        v = np.arange(offset, offset + len(counts), dtype=np.int64 if n * top * top < 2 ** 62 else object)
+        s1, s2 = int(counts @ v), int(counts @ (v * v))
+        self._merge_moments(n, s1 / n, (n * s2 - s1 * s1) / n)
+        lo, hi = offset, offset + last - first
+        self.min = lo if self.min is None else min(self.min, lo)
+        self.max = hi if self.max is None else max(self.max, hi)
+        self.values.add_counts(offset, counts)
 
     def _merge_moments(self, n: int, mean: float, m2: float) -> None:
         """Chan, Golub and LeVeque's pairwise update of (count, mean, m2)."""
@@ -288,8 +314,9 @@ class LayerStats:
         data, mask = np.asarray(data), np.asarray(mask, bool)
         if data.shape[-3] != len(self.bands) or data.shape[:-3] + data.shape[-2:] != mask.shape:
             raise ValueError(f"pixels {data.shape} and mask {mask.shape} do not match bands {self.bands}")
+        every = bool(mask.all())  # the common case: no boolean-index copy per band
         for c, band in enumerate(self.stats):
-            values = data[..., c, :, :][mask]
+            values = data[..., c, :, :] if every else data[..., c, :, :][mask]
             band.add(values)
             if self.classes is not None:
                 self.classes[c].add(values)

@@ -176,7 +176,8 @@ def read_onto_grid(ds, indexes: Sequence[int], spec: PatchSpec, part: RequestPar
     if nodata is not None and ds.nodata is not None and float(ds.nodata) == float(nodata):
         nodata = None  # the file says so already
     a, b, c, d, e, f = spec.fetch_transform
-    part_transform = Affine(a, b, c, d, e, f) * Affine.translation(part.col_off, part.row_off)
+    col, row = part.col_off, part.row_off  # the part's origin: Affine(...) * translation(col, row), without Affine
+    part_transform = (a, b, a * col + b * row + c, d, e, d * col + e * row + f) if col or row else (a, b, c, d, e, f)
     offset = aligned_offset(ds, spec.crs, part_transform)
     if offset is not None:
         data, mask = _window_read(ds, indexes, Window(offset[1], offset[0], part.width, part.height), ignore)
@@ -184,7 +185,7 @@ def read_onto_grid(ds, indexes: Sequence[int], spec: PatchSpec, part: RequestPar
             mask &= np.all(~np.isnan(data) if np.isnan(nodata) else data != nodata, axis=0)
         return data, mask
     extra = {"src_nodata": nodata, "nodata": nodata} if nodata is not None else {}
-    with WarpedVRT(ds, crs=spec.crs, transform=part_transform, width=part.width, height=part.height,
+    with WarpedVRT(ds, crs=spec.crs, transform=Affine(*part_transform), width=part.width, height=part.height,
                    resampling=resampling, add_alpha=ds.nodata is None and nodata is None and not _has_mask(ds),
                    **extra) as vrt:
         if resampling == Resampling.nearest:
@@ -196,19 +197,34 @@ def read_onto_grid(ds, indexes: Sequence[int], spec: PatchSpec, part: RequestPar
     return data, mask
 
 
-def aligned_offset(ds, crs: str, transform: Affine, tol: float = 1e-6) -> Optional[tuple[int, int]]:
-    """(row, col) of `transform`'s origin in `ds` pixels if the two grids coincide, else None."""
-    t = ds.transform
-    if ds.crs is None or ds.crs != rasterio.crs.CRS.from_user_input(crs):
+def aligned_offset(ds, crs: str, transform: Sequence[float], tol: float = 1e-6) -> Optional[tuple[int, int]]:
+    """(row, col) of `transform`'s origin in `ds` pixels if the two grids coincide, else None;
+    `transform` an Affine or its first six numbers (a, b, c, d, e, f)."""
+    ta, tb, tc, td, te, tf = _grid_facts(ds, crs)
+    if ta is None:  # another CRS
         return None
-    if abs(t.b) > 0 or abs(t.d) > 0 or abs(transform.b) > 0 or abs(transform.d) > 0:
+    a, b, c, d, e, f = tuple(transform)[:6]
+    if abs(tb) > 0 or abs(td) > 0 or abs(b) > 0 or abs(d) > 0:
         return None
-    if abs(t.a - transform.a) > tol * abs(t.a) or abs(t.e - transform.e) > tol * abs(t.e):
+    if abs(ta - a) > tol * abs(ta) or abs(te - e) > tol * abs(te):
         return None
-    col, row = (transform.c - t.c) / t.a, (transform.f - t.f) / t.e
+    col, row = (c - tc) / ta, (f - tf) / te
     if abs(col - round(col)) > tol or abs(row - round(row)) > tol:
         return None
     return int(round(row)), int(round(col))
+
+
+_GRIDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # dataset -> {crs: its transform or Nones}
+
+
+def _grid_facts(ds, crs: str) -> tuple:
+    """The dataset's transform (a, b, c, d, e, f) if its CRS is `crs`, else six Nones: the CRS
+    comparison (a PROJ call) made once per open dataset and CRS, not once per patch."""
+    per_ds = _GRIDS.setdefault(ds, {})
+    if crs not in per_ds:
+        same = ds.crs is not None and ds.crs == rasterio.crs.CRS.from_user_input(crs)
+        per_ds[crs] = tuple(ds.transform)[:6] if same else (None,) * 6
+    return per_ds[crs]
 
 
 def _has_mask(ds) -> bool:
