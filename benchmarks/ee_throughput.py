@@ -37,6 +37,7 @@ import dataclasses
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -75,14 +76,44 @@ def fetch_ok(grid: dict) -> bool:
     """One getPixels request; True if a whole (H, W) NPY array with every band came back."""
     import ee
     payload = ee.data.getPixels({"assetId": ASSET, "fileFormat": "NPY", "grid": grid, "bandIds": BANDS})
-    arr = np.load(io.BytesIO(payload), allow_pickle=False)
+    return npy_ok(np.load(io.BytesIO(payload), allow_pickle=False), grid)
+
+
+def npy_ok(arr: np.ndarray, grid: dict) -> bool:
     dims = grid["dimensions"]
     return arr.shape == (dims["height"], dims["width"]) and list(arr.dtype.names) == BANDS
 
 
+class LeanClient:
+    """The machine's ceiling: urllib3 with a pool of `threads` connections posting the
+    getPixels body (built from pre-encoded bytes) and reading the NPY with np.frombuffer; no
+    retries of its own, no auth (the emulator is anonymous)."""
+
+    def __init__(self, url: str, threads: int):
+        import urllib3
+        self.http = urllib3.PoolManager(maxsize=threads, retries=False, timeout=TIMEOUT_S)
+        self.url = f"{url}/v1/{ASSET}:getPixels"
+        self.prefix = json.dumps({"fileFormat": "NPY", "bandIds": BANDS})[:-1].encode() + b', "grid": '
+
+    def fetch_ok(self, grid: dict) -> bool:
+        r = self.http.request("POST", self.url, body=self.prefix + json.dumps(grid).encode() + b"}",
+                              headers={"Content-Type": "application/json"})
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}")
+        buf = io.BytesIO(r.data)
+        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(np.lib.format.read_magic(buf),
+                                                                 np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(buf, max_header_size=1 << 20)
+        arr = np.frombuffer(r.data, dtype=dtype, offset=buf.tell()).reshape(shape)
+        return npy_ok(arr, grid)
+
+
+_FETCH = fetch_ok  # the client's fetch: ee.data.getPixels, or LeanClient.fetch_ok for `ideal`
+
+
 def try_fetch(grid: dict, errors: collections.Counter, lock: threading.Lock) -> bool:
     try:
-        return fetch_ok(grid)
+        return _FETCH(grid)
     except Exception as e:  # noqa: BLE001 - counted, the patch is lost (or requeued by ideal)
         with lock:
             errors[type(e).__name__] += 1
@@ -114,10 +145,14 @@ def run_ideal(grids: list, threads: int, errors, lock, max_attempts: int = 50) -
 
 def run_client(kind: str, url: str, grids: list, threads: int, seconds: float) -> dict:
     """Run one baseline client; returns delivered/attempted patch counts and errors by type."""
-    init_ee(url, client_retries=(kind == "notebook"))
+    global _FETCH
+    if kind == "ideal":
+        _FETCH = LeanClient(url, threads).fetch_ok
+    else:
+        init_ee(url, client_retries=(kind == "notebook"))
     errors, lock = collections.Counter(), threading.Lock()
     started = time.monotonic()
-    if kind == "ideal":
+    if kind in ("ideal", "eepool"):
         attempted, delivered = len(grids), run_ideal(grids, threads, errors, lock)
     elif kind == "notebook":
         with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
@@ -157,28 +192,43 @@ def emulator_call(url: str, path: str, post: bool = False) -> dict:
         return json.loads(r.read())
 
 
-class StatsSampler(threading.Thread):
-    """Polls the emulator's stats every POLL_S s: (monotonic s, received, answered 200, in flight)."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (and its waited-for children), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, url: str):
+
+class StatsSampler(threading.Thread):
+    """Polls the emulator's stats every POLL_S s: (monotonic s, received, answered 200, in flight,
+    the client process's CPU seconds so far)."""
+
+    def __init__(self, url: str, pid: int):
         super().__init__(daemon=True)
-        self.url, self.samples, self.stopped = url, [], threading.Event()
+        self.url, self.pid, self.samples, self.stopped = url, pid, [], threading.Event()
 
     def run(self):
         while not self.stopped.is_set():
             s = emulator_call(self.url, "/_emulator/stats")
-            self.samples.append((time.monotonic(), s["requests_received"], s["answered_200"], s["in_flight"]))
+            cpu = process_cpu_s(self.pid)
+            self.samples.append((time.monotonic(), s["requests_received"], s["answered_200"], s["in_flight"], cpu))
             self.stopped.wait(POLL_S)
 
-    def window(self, skip: int, answered: int) -> tuple[float, float]:
+    def window(self, skip: int, answered: int) -> tuple[float, float, float]:
         """(seconds from the first request after `skip` ones to the `answered`-th 200,
-        mean in-flight over that span)."""
-        start = next((t for t, rec, _, _ in self.samples if rec > skip), None)
-        end = next((t for t, _, ok, _ in self.samples if ok >= answered), None)
-        if start is None or end is None:
-            return float("nan"), 0.0
-        inside = [f for t, _, _, f in self.samples if start <= t <= end]
-        return max(end - start, POLL_S), sum(inside) / max(1, len(inside))
+        mean in-flight over that span, the client's CPU seconds over that span)."""
+        first = next((k for k, (_, rec, _, _, _) in enumerate(self.samples) if rec > skip), None)
+        last = next((k for k, (_, _, ok, _, _) in enumerate(self.samples) if ok >= answered), None)
+        if first is None or last is None:
+            return float("nan"), 0.0, float("nan")
+        start, end = self.samples[first][0], self.samples[last][0]
+        inside = [f for t, _, _, f, _ in self.samples if start <= t <= end]
+        cpus = [c for _, _, _, _, c in self.samples[max(0, first - 1):last + 1] if c == c]
+        cpu = cpus[-1] - cpus[0] if len(cpus) > 1 else float("nan")
+        return max(end - start, POLL_S), sum(inside) / max(1, len(inside)), cpu
 
 
 @dataclasses.dataclass
@@ -194,35 +244,42 @@ class Row:
     peak: int
     mean_in_flight: float
     lost: int
+    cpu_s: float = float("nan")  # the client process's user + system CPU seconds, start to exit
+    span_cpu_s: float = float("nan")  # of which over the fetch span (`seconds`)
     note: str = ""
 
 
-def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float, "StatsSampler", dict]:
+def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float, float, "StatsSampler", dict]:
     """Reset the emulator's stats, run `cmd` in its own process while sampling them; (process,
-    wall seconds, the sampler, the emulator's final stats)."""
+    wall seconds, its CPU seconds, the sampler, the emulator's final stats)."""
     emulator_call(url, "/_emulator/reset", post=True)
-    sampler = StatsSampler(url)
-    sampler.start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the emulator is not waited for until the end
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    popen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = StatsSampler(url, popen.pid)
+    sampler.start()
+    out, err = popen.communicate()
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     time.sleep(2 * POLL_S)
     sampler.stopped.set()
     sampler.join()
-    return proc, wall, sampler, emulator_call(url, "/_emulator/stats")
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return proc, wall, cpu, sampler, emulator_call(url, "/_emulator/stats")
 
 
 def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = False) -> Row:
     """Reset the emulator, run `cmd`, and read delivered patches, timing and quota stats."""
-    proc, wall, sampler, stats = sampled_run(url, cmd)
+    proc, wall, cpu, sampler, stats = sampled_run(url, cmd)
     delivered, attempted, note = count_delivered(proc)
     skip = max(0, stats["answered_200"] - delivered)  # pixelbeam's describe probe (1 request)
-    seconds, mean_in_flight = sampler.window(skip, stats["answered_200"])
+    seconds, mean_in_flight, span_cpu = sampler.window(skip, stats["answered_200"])
     rejected = stats["rejected_429"]
     return Row(name, f"{delivered}" + (" (subset)" if subset else ""), seconds, delivered / seconds, wall,
                rejected["concurrency"] + rejected["rate"], rejected["injected"],
                sum(stats["faults"].values()), stats["peak_in_flight"], mean_in_flight,
-               attempted - delivered, note)
+               attempted - delivered, cpu, span_cpu, note)
 
 
 def client_result(proc) -> tuple[int, int, str]:
@@ -315,8 +372,9 @@ def run_clients(args, tmp: str, catalog: str, faults: float, kinds: list[str]) -
                 rows.append(measure("pixelbeam" + suffix, url, [sys.executable, "-m", "pixelbeam", "run", config],
                                     pixelbeam_result(out, [pid for pid, _ in specs])))
             else:
-                threads = {"ideal": args.concurrency, "notebook": 64, "sequential": 1}[kind]
-                label = {"ideal": f"ideal ({threads} threads)", "notebook": "notebook (64 threads)",
+                threads = {"ideal": args.concurrency, "eepool": args.concurrency, "notebook": 64, "sequential": 1}[kind]
+                label = {"ideal": f"ideal ({threads} threads)", "eepool": f"ee pool ({threads} threads)",
+                         "notebook": "notebook (64 threads)",
                          "sequential": "sequential loop"}[kind] + suffix
                 cmd = me + ["--client", kind, "--threads", str(threads), "--sequential-s", str(args.sequential_s)]
                 rows.append(measure(label, url, cmd, client_result, subset=(kind == "sequential")))
@@ -332,11 +390,22 @@ def print_table(rows: list[Row], quota_rate: float) -> None:
         if r.client.startswith("ideal"):
             ideal["faults" in r.client] = r.rate
     head = ["client", "patches", "seconds", "patches/s", "/ (C/L)", "/ ideal", "429 over C",
-            "429 inj.", "5xx/reset/trunc", "peak in flight", "mean in flight", "lost", "wall s"]
-    body = [[r.client, r.patches, f"{r.seconds:.1f}", f"{r.rate:.2f}", f"{r.rate / quota_rate:.3f}",
-             f"{r.rate / ideal.get('faults' in r.client, float('nan')):.3f}", str(r.over_quota_429),
-             str(r.injected_429), str(r.other_faults), str(r.peak), f"{r.mean_in_flight:.1f}", str(r.lost),
-             f"{r.wall_s:.1f}"] for r in rows]
+            "429 inj.", "5xx/reset/trunc", "peak in flight", "mean in flight", "lost", "wall s",
+            "wall patches/s", "wall / ideal", "CPU s", "CPU s/1000", "span CPU s/1000"]
+
+    def per_1000(cpu: float, r: Row) -> str:
+        n = int(r.patches.split()[0])
+        return f"{1000 * cpu / n:.2f}" if n else "nan"
+
+    body = []
+    for r in rows:
+        ref = ideal.get("faults" in r.client, float("nan"))
+        n = int(r.patches.split()[0])
+        body.append([r.client, r.patches, f"{r.seconds:.1f}", f"{r.rate:.2f}", f"{r.rate / quota_rate:.3f}",
+                     f"{r.rate / ref:.3f}", str(r.over_quota_429), str(r.injected_429), str(r.other_faults),
+                     str(r.peak), f"{r.mean_in_flight:.1f}", str(r.lost), f"{r.wall_s:.1f}",
+                     f"{n / r.wall_s:.2f}", f"{n / r.wall_s / ref:.3f}", f"{r.cpu_s:.1f}", per_1000(r.cpu_s, r),
+                     per_1000(r.span_cpu_s, r)])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     for line in [head, ["-" * w for w in widths]] + body:
         print(" | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
@@ -353,6 +422,8 @@ def main(argv=None) -> int:
     p.add_argument("--faults", type=float, default=0.05, help="injected transient fault rate (0 = skip)")
     p.add_argument("--max-rps", type=float, default=0.0, help="emulator rate quota, requests/s (0 = off)")
     p.add_argument("--sequential-s", type=float, default=20.0, help="time budget of the sequential loop, s")
+    p.add_argument("--clients", default="ideal,eepool,pixelbeam,sequential,notebook",
+                   help="clients to run, comma-separated (ideal first: the ratios are to it)")
     p.add_argument("--quick", action="store_true", help="smoke run: L 0.5 s, C 10, 200 patches, 5 s loop")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one baseline client
@@ -375,9 +446,10 @@ def main(argv=None) -> int:
         catalog = os.path.join(tmp, "catalog.json")
         with open(catalog, "w") as f:
             json.dump({"images": {ASSET: {"path": SCENE, "bands": BANDS}}}, f)
-        rows = run_clients(args, tmp, catalog, 0.0, ["ideal", "pixelbeam", "sequential", "notebook"])
+        kinds = args.clients.split(",")
+        rows = run_clients(args, tmp, catalog, 0.0, kinds)
         if args.faults:
-            rows += run_clients(args, tmp, catalog, args.faults, ["ideal", "pixelbeam"])
+            rows += run_clients(args, tmp, catalog, args.faults, [k for k in kinds if k in ("ideal", "eepool", "pixelbeam")])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"L {args.latency:g} s | C {args.concurrency} | N {args.patches} patches of {PATCH_PX}x{PATCH_PX} px x "
