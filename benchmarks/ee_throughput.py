@@ -4,28 +4,41 @@ A local Earth Engine REST emulator runs in its own process serving data/RGB.byte
 asset, with per-request latency L (s) and a concurrency quota C (requests in flight; more get an
 immediate 429). The emulator's rate quota is off (--max-rps 0) unless --max-rps is given, so
 the ceiling is C/L patches/s. Every client fetches the same N one-request patches (16x16 px
-PixelGrids planned by pixelbeam over the scene) through the real `ee` client (`getPixels`, NPY),
-each in its own process:
+PixelGrids planned by pixelbeam over the scene) with `getPixels` (NPY), each in its own process:
 
-  ideal        C threads pull from a queue (told the quota), ee retries off, a failed patch is
-               requeued at once: the machine's own ceiling.
+  ideal        C threads pull from a queue (told the quota), a failed patch is requeued at once,
+               and each request is as lean as it can be written: urllib3 with a pool of C
+               connections, the body concatenated from pre-encoded bytes, the NPY read with
+               np.frombuffer. The machine's own ceiling, in patches/s and in CPU.
+  ee pool      the same queue and threads through the bare `ee` client (ee.data.getPixels, its
+               retries off, np.load): what the `ee` client costs.
   pixelbeam    `python -m pixelbeam run CONFIG` (the real job, local runner, NPY only) with
-               fetch.max_concurrent_requests C and max_requests_per_second 10*C/L.
+               fetch.max_concurrent_requests C and max_requests_per_second 10*C/L. Its pixel
+               requests go through transforms/sources/ee_rest.py (the REST methods over
+               google-auth + urllib3), not through the `ee` client.
   sequential   a plain loop of ee.data.getPixels, for --sequential-s seconds (a subset).
   notebook-64  ThreadPoolExecutor(max_workers=64) over all patches, ee's own retries at their
                default (as in Earth Engine's example notebooks).
-Then ideal and pixelbeam again against an emulator injecting --faults transient faults
+Then ideal, ee pool and pixelbeam again against an emulator injecting --faults transient faults
 (429 40 %, 500 20 %, 503 20 %, connection reset 10 %, truncated body 10 % of the faults).
+`--clients` picks the clients (ideal first: the ratios are to it).
 
 `seconds` is measured on the emulator (its /_emulator/stats polled every 50 ms): from the first
 pixel request of the client's bulk fetch to its last successful answer, so interpreter, Beam
 start-up and pixelbeam's 1x1 px describe probe are excluded; `wall s` is the client process's
-wall time including all of that. `lost` counts patches that did not arrive: for pixelbeam,
-planned patches without a `written` manifest row whose NPY file has the right shape.
+wall time including all of that, and `wall patches/s` / `wall / ideal` the whole process's rate
+(against the ideal client's rate over its fetch span). `CPU s` is the client process's user +
+system CPU seconds, start to exit (getrusage of the waited-for child); `CPU s/1000` per 1,000
+delivered patches, and `span CPU s/1000` only the CPU spent during the fetch span (the
+process's /proc/<pid>/stat, sampled with the stats). `lost` counts patches that did not
+arrive: for pixelbeam, planned patches without a `written` manifest row whose NPY file has the
+right shape.
 
     .venv/bin/python benchmarks/ee_throughput.py                       # L 1 s, C 40, 800 patches
     .venv/bin/python benchmarks/ee_throughput.py --quick               # smoke run, ~1 min
     .venv/bin/python benchmarks/ee_throughput.py --latency 1 --concurrency 40 --patches 1000 --faults 0.05
+    .venv/bin/python benchmarks/ee_throughput.py --latency 0.5 --concurrency 20 --patches 1000 --faults 0 \
+        --clients ideal,eepool,pixelbeam                                # the CPU comparison (~2 min)
 """
 
 from __future__ import annotations
@@ -209,6 +222,7 @@ class StatsSampler(threading.Thread):
     def __init__(self, url: str, pid: int):
         super().__init__(daemon=True)
         self.url, self.pid, self.samples, self.stopped = url, pid, [], threading.Event()
+        self.cpu_s = float("nan")  # set by sampled_run when the process has exited
 
     def run(self):
         while not self.stopped.is_set():
@@ -217,18 +231,29 @@ class StatsSampler(threading.Thread):
             self.samples.append((time.monotonic(), s["requests_received"], s["answered_200"], s["in_flight"], cpu))
             self.stopped.wait(POLL_S)
 
-    def window(self, skip: int, answered: int) -> tuple[float, float, float]:
-        """(seconds from the first request after `skip` ones to the `answered`-th 200,
-        mean in-flight over that span, the client's CPU seconds over that span)."""
+    def _span(self, skip: int, answered: int):
+        """Indices of the first sample after `skip` requests and of the `answered`-th 200."""
         first = next((k for k, (_, rec, _, _, _) in enumerate(self.samples) if rec > skip), None)
         last = next((k for k, (_, _, ok, _, _) in enumerate(self.samples) if ok >= answered), None)
+        return first, last
+
+    def window(self, skip: int, answered: int) -> tuple[float, float]:
+        """(seconds from the first request after `skip` ones to the `answered`-th 200,
+        mean in-flight over that span)."""
+        first, last = self._span(skip, answered)
         if first is None or last is None:
-            return float("nan"), 0.0, float("nan")
+            return float("nan"), 0.0
         start, end = self.samples[first][0], self.samples[last][0]
         inside = [f for t, _, _, f, _ in self.samples if start <= t <= end]
+        return max(end - start, POLL_S), sum(inside) / max(1, len(inside))
+
+    def window_cpu_s(self, skip: int, answered: int) -> float:
+        """The client's CPU seconds over the same span (from the sample before it)."""
+        first, last = self._span(skip, answered)
+        if first is None or last is None:
+            return float("nan")
         cpus = [c for _, _, _, _, c in self.samples[max(0, first - 1):last + 1] if c == c]
-        cpu = cpus[-1] - cpus[0] if len(cpus) > 1 else float("nan")
-        return max(end - start, POLL_S), sum(inside) / max(1, len(inside)), cpu
+        return cpus[-1] - cpus[0] if len(cpus) > 1 else float("nan")
 
 
 @dataclasses.dataclass
@@ -249,9 +274,10 @@ class Row:
     note: str = ""
 
 
-def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float, float, "StatsSampler", dict]:
+def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float, "StatsSampler", dict]:
     """Reset the emulator's stats, run `cmd` in its own process while sampling them; (process,
-    wall seconds, its CPU seconds, the sampler, the emulator's final stats)."""
+    wall seconds, the sampler, the emulator's final stats). The process's CPU seconds, start to
+    exit, are `sampler.cpu_s`."""
     emulator_call(url, "/_emulator/reset", post=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the emulator is not waited for until the end
     started = time.monotonic()
@@ -265,16 +291,17 @@ def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float
     sampler.stopped.set()
     sampler.join()
     proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return proc, wall, cpu, sampler, emulator_call(url, "/_emulator/stats")
+    sampler.cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return proc, wall, sampler, emulator_call(url, "/_emulator/stats")
 
 
 def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = False) -> Row:
     """Reset the emulator, run `cmd`, and read delivered patches, timing and quota stats."""
-    proc, wall, cpu, sampler, stats = sampled_run(url, cmd)
+    proc, wall, sampler, stats = sampled_run(url, cmd)
     delivered, attempted, note = count_delivered(proc)
     skip = max(0, stats["answered_200"] - delivered)  # pixelbeam's describe probe (1 request)
-    seconds, mean_in_flight, span_cpu = sampler.window(skip, stats["answered_200"])
+    seconds, mean_in_flight = sampler.window(skip, stats["answered_200"])
+    cpu, span_cpu = sampler.cpu_s, sampler.window_cpu_s(skip, stats["answered_200"])
     rejected = stats["rejected_429"]
     return Row(name, f"{delivered}" + (" (subset)" if subset else ""), seconds, delivered / seconds, wall,
                rejected["concurrency"] + rejected["rate"], rejected["injected"],
