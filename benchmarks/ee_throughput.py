@@ -70,6 +70,7 @@ BANDS = ["B1", "B2", "B3"]
 PATCH_PX = 16
 FAULT_SPLIT = {"429": 0.4, "500": 0.2, "503": 0.2, "reset": 0.1, "truncate": 0.1}
 POLL_S = 0.05
+CLIENTS = ("ideal", "eepool", "pixelbeam", "sequential", "notebook")
 TIMEOUT_S = 30.0
 
 
@@ -449,7 +450,7 @@ def main(argv=None) -> int:
     p.add_argument("--faults", type=float, default=0.05, help="injected transient fault rate (0 = skip)")
     p.add_argument("--max-rps", type=float, default=0.0, help="emulator rate quota, requests/s (0 = off)")
     p.add_argument("--sequential-s", type=float, default=20.0, help="time budget of the sequential loop, s")
-    p.add_argument("--clients", default="ideal,eepool,pixelbeam,sequential,notebook",
+    p.add_argument("--clients", default=",".join(CLIENTS),
                    help="clients to run, comma-separated (ideal first: the ratios are to it)")
     p.add_argument("--quick", action="store_true", help="smoke run: L 0.5 s, C 10, 200 patches, 5 s loop")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
@@ -468,15 +469,20 @@ def main(argv=None) -> int:
     if args.patches < 20 * args.concurrency:
         print(f"warning: {args.patches} patches are fewer than 20 waves of {args.concurrency}", file=sys.stderr)
     quota_rate = args.concurrency / args.latency
-    tmp = tempfile.mkdtemp(prefix="pixelbeam-ee-bench-")
+    kinds = args.clients.split(",")
+    unknown = [k for k in kinds if k not in CLIENTS]
+    if unknown:
+        print(f"--clients: unknown client {unknown[0]!r}; choose among {', '.join(CLIENTS)}", file=sys.stderr)
+        return 2
+    tmp = tempfile.mkdtemp(prefix="pixelbeam-ee-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
         catalog = os.path.join(tmp, "catalog.json")
         with open(catalog, "w") as f:
             json.dump({"images": {ASSET: {"path": SCENE, "bands": BANDS}}}, f)
-        kinds = args.clients.split(",")
         rows = run_clients(args, tmp, catalog, 0.0, kinds)
         if args.faults:
-            rows += run_clients(args, tmp, catalog, args.faults, [k for k in kinds if k in ("ideal", "eepool", "pixelbeam")])
+            again = [k for k in kinds if k in ("ideal", "eepool", "pixelbeam")]
+            rows += run_clients(args, tmp, catalog, args.faults, again)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"L {args.latency:g} s | C {args.concurrency} | N {args.patches} patches of {PATCH_PX}x{PATCH_PX} px x "

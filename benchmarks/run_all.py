@@ -100,7 +100,8 @@ def ee_throughput_rows(doc: dict) -> list[Row]:
             whole = int(str(pb["patches"]).split()[0]) / pb["wall_s"]
             rows.append((f"{setup}: whole process", f"{whole:.2f} patches/s", "ideal client over its fetch span",
                          f"{ideal['rate']:.2f} patches/s", whole / ideal["rate"], "rate, higher (target >= 0.85)"))
-        for key, what in (("span_cpu_s", "CPU s / 1,000 patches, fetch span"), ("cpu_s", "CPU s / 1,000 patches, whole process")):
+        for key, what in (("span_cpu_s", "CPU s / 1,000 patches, fetch span"),
+                          ("cpu_s", "CPU s / 1,000 patches, whole process")):
             if faults or pb.get(key) is None:
                 continue
             per = {name: 1000 * r[key] / max(1, int(str(r["patches"]).split()[0]))

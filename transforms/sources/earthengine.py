@@ -282,8 +282,8 @@ def _npy_header(payload: bytes):
     """(shape, fortran_order, dtype, data offset) of an NPY payload, or None for a version other
     than 1.0 and 2.0; numpy refuses headers over 10 kB by default, 1,024 named fields take
     about 25 kB."""
-    version = tuple(payload[6:8])
-    size = 10 + int.from_bytes(payload[8:10], "little") if version == (1, 0) else 12 + int.from_bytes(payload[8:12], "little")
+    length = 2 if tuple(payload[6:8]) == (1, 0) else 4  # bytes of the header's length field
+    size = 8 + length + int.from_bytes(payload[8:8 + length], "little")
     head = io.BytesIO(memoryview(payload)[:min(size, NPY_MAX_HEADER + 12)])  # copies the header only
     read = _NPY_HEADER_READERS.get(np.lib.format.read_magic(head))
     if read is None:
@@ -326,7 +326,8 @@ class EarthEngineReader:
         self.expression = self.expressions = None
         transport = rest()
         if source.uses_get_pixels:
-            self.url, self.templates = transport.get_pixels_url(source.asset), [transport.template({"fileFormat": "NPY"})]
+            self.url = transport.get_pixels_url(source.asset)
+            self.templates = [transport.template({"fileFormat": "NPY"})]
             return
         if plan and image_id is None:
             self.expressions = ee_expression.serialize_each(
