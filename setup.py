@@ -27,7 +27,7 @@ CORE = [
     "matplotlib>=3.8",  # footprints.png
 ]
 GCP = ["apache-beam[gcp]==2.77.*", "google-cloud-storage>=2.14"]
-EE = ["earthengine-api>=1.5"]
+EE = ["earthengine-api>=1.5", "google-auth>=2.0", "urllib3>=1.26"]  # ee_rest: the pixel requests' transport
 TF = ["tensorflow-cpu>=2.16"]
 # source.kind stac: pystac-client searches STAC APIs (paging, the query/filter extensions, CQL2
 # text -> JSON through cql2), pystac reads static catalogs and ItemCollections, and cql2 evaluates

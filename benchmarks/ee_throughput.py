@@ -4,28 +4,41 @@ A local Earth Engine REST emulator runs in its own process serving data/RGB.byte
 asset, with per-request latency L (s) and a concurrency quota C (requests in flight; more get an
 immediate 429). The emulator's rate quota is off (--max-rps 0) unless --max-rps is given, so
 the ceiling is C/L patches/s. Every client fetches the same N one-request patches (16x16 px
-PixelGrids planned by pixelbeam over the scene) through the real `ee` client (`getPixels`, NPY),
-each in its own process:
+PixelGrids planned by pixelbeam over the scene) with `getPixels` (NPY), each in its own process:
 
-  ideal        C threads pull from a queue (told the quota), ee retries off, a failed patch is
-               requeued at once: the machine's own ceiling.
+  ideal        C threads pull from a queue (told the quota), a failed patch is requeued at once,
+               and each request is as lean as it can be written: urllib3 with a pool of C
+               connections, the body concatenated from pre-encoded bytes, the NPY read with
+               np.frombuffer. The machine's own ceiling, in patches/s and in CPU.
+  ee pool      the same queue and threads through the bare `ee` client (ee.data.getPixels, its
+               retries off, np.load): what the `ee` client costs.
   pixelbeam    `python -m pixelbeam run CONFIG` (the real job, local runner, NPY only) with
-               fetch.max_concurrent_requests C and max_requests_per_second 10*C/L.
+               fetch.max_concurrent_requests C and max_requests_per_second 10*C/L. Its pixel
+               requests go through transforms/sources/ee_rest.py (the REST methods over
+               google-auth + urllib3), not through the `ee` client.
   sequential   a plain loop of ee.data.getPixels, for --sequential-s seconds (a subset).
   notebook-64  ThreadPoolExecutor(max_workers=64) over all patches, ee's own retries at their
                default (as in Earth Engine's example notebooks).
-Then ideal and pixelbeam again against an emulator injecting --faults transient faults
+Then ideal, ee pool and pixelbeam again against an emulator injecting --faults transient faults
 (429 40 %, 500 20 %, 503 20 %, connection reset 10 %, truncated body 10 % of the faults).
+`--clients` picks the clients (ideal first: the ratios are to it).
 
 `seconds` is measured on the emulator (its /_emulator/stats polled every 50 ms): from the first
 pixel request of the client's bulk fetch to its last successful answer, so interpreter, Beam
 start-up and pixelbeam's 1x1 px describe probe are excluded; `wall s` is the client process's
-wall time including all of that. `lost` counts patches that did not arrive: for pixelbeam,
-planned patches without a `written` manifest row whose NPY file has the right shape.
+wall time including all of that, and `wall patches/s` / `wall / ideal` the whole process's rate
+(against the ideal client's rate over its fetch span). `CPU s` is the client process's user +
+system CPU seconds, start to exit (getrusage of the waited-for child); `CPU s/1000` per 1,000
+delivered patches, and `span CPU s/1000` only the CPU spent during the fetch span (the
+process's /proc/<pid>/stat, sampled with the stats). `lost` counts patches that did not
+arrive: for pixelbeam, planned patches without a `written` manifest row whose NPY file has the
+right shape.
 
     .venv/bin/python benchmarks/ee_throughput.py                       # L 1 s, C 40, 800 patches
     .venv/bin/python benchmarks/ee_throughput.py --quick               # smoke run, ~1 min
     .venv/bin/python benchmarks/ee_throughput.py --latency 1 --concurrency 40 --patches 1000 --faults 0.05
+    .venv/bin/python benchmarks/ee_throughput.py --latency 0.5 --concurrency 20 --patches 1000 --faults 0 \
+        --clients ideal,eepool,pixelbeam                                # the CPU comparison (~2 min)
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import dataclasses
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -56,6 +70,7 @@ BANDS = ["B1", "B2", "B3"]
 PATCH_PX = 16
 FAULT_SPLIT = {"429": 0.4, "500": 0.2, "503": 0.2, "reset": 0.1, "truncate": 0.1}
 POLL_S = 0.05
+CLIENTS = ("ideal", "eepool", "pixelbeam", "sequential", "notebook")
 TIMEOUT_S = 30.0
 
 
@@ -75,14 +90,44 @@ def fetch_ok(grid: dict) -> bool:
     """One getPixels request; True if a whole (H, W) NPY array with every band came back."""
     import ee
     payload = ee.data.getPixels({"assetId": ASSET, "fileFormat": "NPY", "grid": grid, "bandIds": BANDS})
-    arr = np.load(io.BytesIO(payload), allow_pickle=False)
+    return npy_ok(np.load(io.BytesIO(payload), allow_pickle=False), grid)
+
+
+def npy_ok(arr: np.ndarray, grid: dict) -> bool:
     dims = grid["dimensions"]
     return arr.shape == (dims["height"], dims["width"]) and list(arr.dtype.names) == BANDS
 
 
+class LeanClient:
+    """The machine's ceiling: urllib3 with a pool of `threads` connections posting the
+    getPixels body (built from pre-encoded bytes) and reading the NPY with np.frombuffer; no
+    retries of its own, no auth (the emulator is anonymous)."""
+
+    def __init__(self, url: str, threads: int):
+        import urllib3
+        self.http = urllib3.PoolManager(maxsize=threads, retries=False, timeout=TIMEOUT_S)
+        self.url = f"{url}/v1/{ASSET}:getPixels"
+        self.prefix = json.dumps({"fileFormat": "NPY", "bandIds": BANDS})[:-1].encode() + b', "grid": '
+
+    def fetch_ok(self, grid: dict) -> bool:
+        r = self.http.request("POST", self.url, body=self.prefix + json.dumps(grid).encode() + b"}",
+                              headers={"Content-Type": "application/json"})
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}")
+        buf = io.BytesIO(r.data)
+        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(np.lib.format.read_magic(buf),
+                                                                 np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(buf, max_header_size=1 << 20)
+        arr = np.frombuffer(r.data, dtype=dtype, offset=buf.tell()).reshape(shape)
+        return npy_ok(arr, grid)
+
+
+_FETCH = fetch_ok  # the client's fetch: ee.data.getPixels, or LeanClient.fetch_ok for `ideal`
+
+
 def try_fetch(grid: dict, errors: collections.Counter, lock: threading.Lock) -> bool:
     try:
-        return fetch_ok(grid)
+        return _FETCH(grid)
     except Exception as e:  # noqa: BLE001 - counted, the patch is lost (or requeued by ideal)
         with lock:
             errors[type(e).__name__] += 1
@@ -114,10 +159,14 @@ def run_ideal(grids: list, threads: int, errors, lock, max_attempts: int = 50) -
 
 def run_client(kind: str, url: str, grids: list, threads: int, seconds: float) -> dict:
     """Run one baseline client; returns delivered/attempted patch counts and errors by type."""
-    init_ee(url, client_retries=(kind == "notebook"))
+    global _FETCH
+    if kind == "ideal":
+        _FETCH = LeanClient(url, threads).fetch_ok
+    else:
+        init_ee(url, client_retries=(kind == "notebook"))
     errors, lock = collections.Counter(), threading.Lock()
     started = time.monotonic()
-    if kind == "ideal":
+    if kind in ("ideal", "eepool"):
         attempted, delivered = len(grids), run_ideal(grids, threads, errors, lock)
     elif kind == "notebook":
         with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
@@ -157,28 +206,55 @@ def emulator_call(url: str, path: str, post: bool = False) -> dict:
         return json.loads(r.read())
 
 
-class StatsSampler(threading.Thread):
-    """Polls the emulator's stats every POLL_S s: (monotonic s, received, answered 200, in flight)."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (and its waited-for children), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, url: str):
+
+class StatsSampler(threading.Thread):
+    """Polls the emulator's stats every POLL_S s: (monotonic s, received, answered 200, in flight,
+    the client process's CPU seconds so far)."""
+
+    def __init__(self, url: str, pid: int):
         super().__init__(daemon=True)
-        self.url, self.samples, self.stopped = url, [], threading.Event()
+        self.url, self.pid, self.samples, self.stopped = url, pid, [], threading.Event()
+        self.cpu_s = float("nan")  # set by sampled_run when the process has exited
 
     def run(self):
         while not self.stopped.is_set():
             s = emulator_call(self.url, "/_emulator/stats")
-            self.samples.append((time.monotonic(), s["requests_received"], s["answered_200"], s["in_flight"]))
+            cpu = process_cpu_s(self.pid)
+            self.samples.append((time.monotonic(), s["requests_received"], s["answered_200"], s["in_flight"], cpu))
             self.stopped.wait(POLL_S)
+
+    def _span(self, skip: int, answered: int):
+        """Indices of the first sample after `skip` requests and of the `answered`-th 200."""
+        first = next((k for k, (_, rec, _, _, _) in enumerate(self.samples) if rec > skip), None)
+        last = next((k for k, (_, _, ok, _, _) in enumerate(self.samples) if ok >= answered), None)
+        return first, last
 
     def window(self, skip: int, answered: int) -> tuple[float, float]:
         """(seconds from the first request after `skip` ones to the `answered`-th 200,
         mean in-flight over that span)."""
-        start = next((t for t, rec, _, _ in self.samples if rec > skip), None)
-        end = next((t for t, _, ok, _ in self.samples if ok >= answered), None)
-        if start is None or end is None:
+        first, last = self._span(skip, answered)
+        if first is None or last is None:
             return float("nan"), 0.0
-        inside = [f for t, _, _, f in self.samples if start <= t <= end]
+        start, end = self.samples[first][0], self.samples[last][0]
+        inside = [f for t, _, _, f, _ in self.samples if start <= t <= end]
         return max(end - start, POLL_S), sum(inside) / max(1, len(inside))
+
+    def window_cpu_s(self, skip: int, answered: int) -> float:
+        """The client's CPU seconds over the same span (from the sample before it)."""
+        first, last = self._span(skip, answered)
+        if first is None or last is None:
+            return float("nan")
+        cpus = [c for _, _, _, _, c in self.samples[max(0, first - 1):last + 1] if c == c]
+        return cpus[-1] - cpus[0] if len(cpus) > 1 else float("nan")
 
 
 @dataclasses.dataclass
@@ -194,21 +270,29 @@ class Row:
     peak: int
     mean_in_flight: float
     lost: int
+    cpu_s: float = float("nan")  # the client process's user + system CPU seconds, start to exit
+    span_cpu_s: float = float("nan")  # of which over the fetch span (`seconds`)
     note: str = ""
 
 
 def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float, "StatsSampler", dict]:
     """Reset the emulator's stats, run `cmd` in its own process while sampling them; (process,
-    wall seconds, the sampler, the emulator's final stats)."""
+    wall seconds, the sampler, the emulator's final stats). The process's CPU seconds, start to
+    exit, are `sampler.cpu_s`."""
     emulator_call(url, "/_emulator/reset", post=True)
-    sampler = StatsSampler(url)
-    sampler.start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the emulator is not waited for until the end
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    popen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = StatsSampler(url, popen.pid)
+    sampler.start()
+    out, err = popen.communicate()
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     time.sleep(2 * POLL_S)
     sampler.stopped.set()
     sampler.join()
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
+    sampler.cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return proc, wall, sampler, emulator_call(url, "/_emulator/stats")
 
 
@@ -218,11 +302,12 @@ def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = Fals
     delivered, attempted, note = count_delivered(proc)
     skip = max(0, stats["answered_200"] - delivered)  # pixelbeam's describe probe (1 request)
     seconds, mean_in_flight = sampler.window(skip, stats["answered_200"])
+    cpu, span_cpu = sampler.cpu_s, sampler.window_cpu_s(skip, stats["answered_200"])
     rejected = stats["rejected_429"]
     return Row(name, f"{delivered}" + (" (subset)" if subset else ""), seconds, delivered / seconds, wall,
                rejected["concurrency"] + rejected["rate"], rejected["injected"],
                sum(stats["faults"].values()), stats["peak_in_flight"], mean_in_flight,
-               attempted - delivered, note)
+               attempted - delivered, cpu, span_cpu, note)
 
 
 def client_result(proc) -> tuple[int, int, str]:
@@ -315,8 +400,9 @@ def run_clients(args, tmp: str, catalog: str, faults: float, kinds: list[str]) -
                 rows.append(measure("pixelbeam" + suffix, url, [sys.executable, "-m", "pixelbeam", "run", config],
                                     pixelbeam_result(out, [pid for pid, _ in specs])))
             else:
-                threads = {"ideal": args.concurrency, "notebook": 64, "sequential": 1}[kind]
-                label = {"ideal": f"ideal ({threads} threads)", "notebook": "notebook (64 threads)",
+                threads = {"ideal": args.concurrency, "eepool": args.concurrency, "notebook": 64, "sequential": 1}[kind]
+                label = {"ideal": f"ideal ({threads} threads)", "eepool": f"ee pool ({threads} threads)",
+                         "notebook": "notebook (64 threads)",
                          "sequential": "sequential loop"}[kind] + suffix
                 cmd = me + ["--client", kind, "--threads", str(threads), "--sequential-s", str(args.sequential_s)]
                 rows.append(measure(label, url, cmd, client_result, subset=(kind == "sequential")))
@@ -332,11 +418,22 @@ def print_table(rows: list[Row], quota_rate: float) -> None:
         if r.client.startswith("ideal"):
             ideal["faults" in r.client] = r.rate
     head = ["client", "patches", "seconds", "patches/s", "/ (C/L)", "/ ideal", "429 over C",
-            "429 inj.", "5xx/reset/trunc", "peak in flight", "mean in flight", "lost", "wall s"]
-    body = [[r.client, r.patches, f"{r.seconds:.1f}", f"{r.rate:.2f}", f"{r.rate / quota_rate:.3f}",
-             f"{r.rate / ideal.get('faults' in r.client, float('nan')):.3f}", str(r.over_quota_429),
-             str(r.injected_429), str(r.other_faults), str(r.peak), f"{r.mean_in_flight:.1f}", str(r.lost),
-             f"{r.wall_s:.1f}"] for r in rows]
+            "429 inj.", "5xx/reset/trunc", "peak in flight", "mean in flight", "lost", "wall s",
+            "wall patches/s", "wall / ideal", "CPU s", "CPU s/1000", "span CPU s/1000"]
+
+    def per_1000(cpu: float, r: Row) -> str:
+        n = int(r.patches.split()[0])
+        return f"{1000 * cpu / n:.2f}" if n else "nan"
+
+    body = []
+    for r in rows:
+        ref = ideal.get("faults" in r.client, float("nan"))
+        n = int(r.patches.split()[0])
+        body.append([r.client, r.patches, f"{r.seconds:.1f}", f"{r.rate:.2f}", f"{r.rate / quota_rate:.3f}",
+                     f"{r.rate / ref:.3f}", str(r.over_quota_429), str(r.injected_429), str(r.other_faults),
+                     str(r.peak), f"{r.mean_in_flight:.1f}", str(r.lost), f"{r.wall_s:.1f}",
+                     f"{n / r.wall_s:.2f}", f"{n / r.wall_s / ref:.3f}", f"{r.cpu_s:.1f}", per_1000(r.cpu_s, r),
+                     per_1000(r.span_cpu_s, r)])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     for line in [head, ["-" * w for w in widths]] + body:
         print(" | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
@@ -353,6 +450,8 @@ def main(argv=None) -> int:
     p.add_argument("--faults", type=float, default=0.05, help="injected transient fault rate (0 = skip)")
     p.add_argument("--max-rps", type=float, default=0.0, help="emulator rate quota, requests/s (0 = off)")
     p.add_argument("--sequential-s", type=float, default=20.0, help="time budget of the sequential loop, s")
+    p.add_argument("--clients", default=",".join(CLIENTS),
+                   help="clients to run, comma-separated (ideal first: the ratios are to it)")
     p.add_argument("--quick", action="store_true", help="smoke run: L 0.5 s, C 10, 200 patches, 5 s loop")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one baseline client
@@ -370,14 +469,20 @@ def main(argv=None) -> int:
     if args.patches < 20 * args.concurrency:
         print(f"warning: {args.patches} patches are fewer than 20 waves of {args.concurrency}", file=sys.stderr)
     quota_rate = args.concurrency / args.latency
-    tmp = tempfile.mkdtemp(prefix="pixelbeam-ee-bench-")
+    kinds = args.clients.split(",")
+    unknown = [k for k in kinds if k not in CLIENTS]
+    if unknown:
+        print(f"--clients: unknown client {unknown[0]!r}; choose among {', '.join(CLIENTS)}", file=sys.stderr)
+        return 2
+    tmp = tempfile.mkdtemp(prefix="pixelbeam-ee-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
         catalog = os.path.join(tmp, "catalog.json")
         with open(catalog, "w") as f:
             json.dump({"images": {ASSET: {"path": SCENE, "bands": BANDS}}}, f)
-        rows = run_clients(args, tmp, catalog, 0.0, ["ideal", "pixelbeam", "sequential", "notebook"])
+        rows = run_clients(args, tmp, catalog, 0.0, kinds)
         if args.faults:
-            rows += run_clients(args, tmp, catalog, args.faults, ["ideal", "pixelbeam"])
+            again = [k for k in kinds if k in ("ideal", "eepool", "pixelbeam")]
+            rows += run_clients(args, tmp, catalog, args.faults, again)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"L {args.latency:g} s | C {args.concurrency} | N {args.patches} patches of {PATCH_PX}x{PATCH_PX} px x "

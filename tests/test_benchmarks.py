@@ -61,6 +61,20 @@ def test_ee_throughput_summary_compares_pixelbeam_with_every_baseline():
     assert abs(ratios[(True, "ideal client (told the quota)")] - 33.6 / 33.7) < 1e-9
 
 
+def test_ee_throughput_summary_reports_cpu_per_1000_patches_and_the_whole_process_rate():
+    def row(client, rate, patches, wall_s, cpu_s, span_cpu_s):
+        return {"client": client, "rate": rate, "lost": 0, "patches": str(patches), "wall_s": wall_s,
+                "cpu_s": cpu_s, "span_cpu_s": span_cpu_s}
+    doc = {"latency_s": 0.5, "concurrency": 20, "patches": 1000, "faults": 0, "quota_rate": 40.0,
+           "rows": [row("ideal (20 threads)", 40.0, 1000, 26.0, 1.5, 1.25), row("ee pool (20 threads)", 38.0, 1000, 28.0, 4.0, 3.0),
+                    row("pixelbeam", 38.0, 1000, 32.0, 8.0, 3.0)]}
+    table = {(measure.split(": ")[1], ref): (value, ratio) for measure, value, ref, _, ratio, _ in run_all.ee_throughput_rows(doc)}
+    assert table[("whole process", "ideal client over its fetch span")] == ("31.25 patches/s", 31.25 / 40)
+    assert table[("CPU s / 1,000 patches, fetch span", "bare ee client pool")] == ("3.00 s", 1.0)
+    assert table[("CPU s / 1,000 patches, whole process", "ideal client")] == ("8.00 s", 8.0 / 1.5)
+    assert abs(table[("throughput", "bare ee client pool")][1] - 1.0) < 1e-9
+
+
 def test_run_all_quick_table_throughput_compares_both_sources_with_their_baselines():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"), "--quick",
                            "--only", "table_throughput"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -377,9 +377,10 @@ def test_an_unknown_algorithm_is_a_400_naming_it(emulator):
     from pixelbeam.transforms.sources.ee_client import post_compute_pixels
     grid = {"dimensions": {"width": 1, "height": 1}, "crsCode": "EPSG:4326",
             "affineTransform": {"scaleX": 1e-4, "scaleY": -1e-4, "translateX": -77.9, "translateY": 24.4}}
-    with pytest.raises(ee.EEException, match="'Image.pixelLonLat' is not supported") as err:
+    from pixelbeam.transforms.fetching.retry import PermanentError
+    with pytest.raises(PermanentError, match="HTTP 400: Function 'Image.pixelLonLat' is not supported") as err:
         post_compute_pixels({"expression": graph, "fileFormat": "NPY", "grid": grid})
-    assert err.value.__context__.resp.status == 400
+    assert err.value.status == 400
 
 
 # -- bad input: one line naming the field, exit 2, no patch request, nothing written ----------

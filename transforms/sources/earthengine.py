@@ -22,11 +22,14 @@ T images would hit the 1024-band and 48 MiB caps), and the images are combined b
 transforms/pixels/collections.py exactly as for raster files. Without `collection_mode`,
 `composite` is reduced by Earth Engine (one request per patch).
 
-Each request expression is serialized once per worker process (the reader's) and posted as
-is (`ee_client.post_compute_pixels`), never re-serialized per request. The `ee` client is
-initialized once per worker process, with its own retries off (pixelbeam's request runner is
-the only one deciding) and its HTTP deadline set to `timeout_s`; the launcher's listing and
-band probe are retried by `call_with_retries`.
+Each request expression is serialized once per worker process (the reader's), its request
+body encoded once to bytes but for the grid and band ids, and posted through the lean REST
+transport (transforms/sources/ee_rest.py: google-auth's AuthorizedHttp over a urllib3 pool,
+with the credentials, url and headers `ee` was initialized with); the answer's NPY is decoded
+as a view of the received bytes. The `ee` client is initialized once per worker process, with
+its own retries off (pixelbeam's request runner is the only one deciding) and its HTTP
+deadline set to `timeout_s` (the REST transport's too); the launcher's listing and band probe
+are retried by `call_with_retries`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from pixelbeam.transforms.fetching.sizing import EE_MAX_BANDS, EE_MAX_BYTES, Req
 from pixelbeam.transforms.sources import ee_expression
 from pixelbeam.transforms.sources.base import PartResult, SourceError, SourceInfo
 from pixelbeam.transforms.sources.ee_client import (EE_SCOPES, initialize_earth_engine, is_loopback,  # noqa: F401
-                                                    load_credentials, post_compute_pixels)
+                                                    load_credentials, rest)
 
 VALID_BAND = "pixelbeam_valid"
 NPY_MAX_HEADER = 1 << 20  # bytes of an NPY header (a dtype of up to 1,024 fields; no pickle either way)
@@ -248,16 +251,45 @@ NPY_HEADER_LOCK = threading.Lock()
 
 
 def decode_npy(payload: bytes) -> np.ndarray:
-    """An NPY answer as a structured (H, W) array; a partial answer is a permanent error (the
-    server sent it so; a cut connection fails in the transport first)."""
-    try:  # numpy refuses headers over 10 kB by default; 1,024 named fields take about 25 kB
+    """An NPY answer as a structured (H, W) array, a read-only view of `payload` (no copy of the
+    pixels: the header parsed by numpy.lib.format, the data by np.frombuffer); a partial answer
+    is a permanent error (the server sent it so; a cut connection fails in the transport first)."""
+    try:
         with NPY_HEADER_LOCK:
             try:
-                return np.load(io.BytesIO(payload), allow_pickle=False, max_header_size=NPY_MAX_HEADER)
+                header = _npy_header(payload)
             except SystemError:  # the interpreter's glitch (above), not the answer's: parse it again
+                header = _npy_header(payload)
+        if header is None:  # another NPY version: numpy's own reader (one copy)
+            with NPY_HEADER_LOCK:
                 return np.load(io.BytesIO(payload), allow_pickle=False, max_header_size=NPY_MAX_HEADER)
+        shape, fortran_order, dtype, offset = header
+        if dtype.hasobject:
+            raise ValueError("object arrays cannot be loaded without pickle")
+        count = int(np.prod(shape, dtype=np.int64))
+        if len(payload) - offset < count * dtype.itemsize:
+            raise ValueError(f"expected {count * dtype.itemsize} bytes of data, got {len(payload) - offset}")
+        data = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
+        return data.reshape(shape[::-1]).transpose() if fortran_order else data.reshape(shape)
     except Exception as e:
         raise PermanentError(f"undecodable NPY answer ({len(payload)} bytes): {e}", cause="decode") from e
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npy_header(payload: bytes):
+    """(shape, fortran_order, dtype, data offset) of an NPY payload, or None for a version other
+    than 1.0 and 2.0; numpy refuses headers over 10 kB by default, 1,024 named fields take
+    about 25 kB."""
+    length = 2 if tuple(payload[6:8]) == (1, 0) else 4  # bytes of the header's length field
+    size = 8 + length + int.from_bytes(payload[8:8 + length], "little")
+    head = io.BytesIO(memoryview(payload)[:min(size, NPY_MAX_HEADER + 12)])  # copies the header only
+    read = _NPY_HEADER_READERS.get(np.lib.format.read_magic(head))
+    if read is None:
+        return None
+    shape, fortran_order, dtype = read(head, max_header_size=NPY_MAX_HEADER)
+    return shape, fortran_order, dtype, head.tell()
 
 
 def valid_band(ee, img, band_names):
@@ -292,7 +324,10 @@ class EarthEngineReader:
         self.limits = info.limits if info else None
         plan = info.collection if info else None
         self.expression = self.expressions = None
+        transport = rest()
         if source.uses_get_pixels:
+            self.url = transport.get_pixels_url(source.asset)
+            self.templates = [transport.template({"fileFormat": "NPY"})]
             return
         if plan and image_id is None:
             self.expressions = ee_expression.serialize_each(
@@ -300,6 +335,10 @@ class EarthEngineReader:
             self.expression = self.expressions[0]
         else:
             self.expression = json.loads(ee_expression.serialize(self._with_valid_band(source.image(image_id, select))))
+        # the bodies' fixed part, the expression with it, encoded once (ee_rest.BodyTemplate)
+        self.url = transport.compute_pixels_url()
+        self.templates = [transport.template({"expression": e, "fileFormat": "NPY"})
+                          for e in (self.expressions or [self.expression])]
 
     def _with_valid_band(self, img):
         if self.source.mask != "none" and self.info is not None:  # (the describe probe needs data bands only)
@@ -313,14 +352,8 @@ class EarthEngineReader:
             band_ids = [self.info.band_names[b] for b in part.bands]
             if self.source.mask != "none":
                 band_ids.append(VALID_BAND)
-        params = {"fileFormat": "NPY", "grid": part_pixel_grid(spec, part)}
-        if band_ids:
-            params["bandIds"] = band_ids
-        if self.source.uses_get_pixels:
-            payload = self.ee.data.getPixels({"assetId": self.source.asset, **params})
-        else:
-            expression = self.expression if part is None or part.image is None else self.expressions[part.image]
-            payload = post_compute_pixels({"expression": expression, **params})
+        template = self.templates[0 if part is None or part.image is None else part.image]
+        payload = rest().post(self.url, template.body(part_pixel_grid(spec, part), band_ids))
         return decode_npy(payload)
 
     def fetch(self, spec: PatchSpec, part: RequestPart) -> PartResult:

@@ -1,12 +1,14 @@
 """The `ee` client, once per process: credentials, `ee.Initialize` (offline for a loopback url),
-its own retries off, a connection per fetch thread, and the one function that sends a pixel
-request whose expression is already serialized.
+its own retries off, a connection per fetch thread, and the lean transport pixel requests go
+through.
 
-`post_compute_pixels` is the transport: it posts `projects/*/image:computePixels` through the
-`ee` client's own authorized resource with a body whose `expression` is the serialized graph
-(a dict, built once per worker process), so the graph is not re-serialized per request as
-`ee.data.computePixels(ee.Image)` does (its `serializer.encode` hashes every node). Keep request
-building here, in this one small function, so another transport can replace it.
+Pixel requests do not go through the `ee` client's discovery resource (googleapiclient and an
+httplib2 shim over `requests`, several CPU-milliseconds a request): `rest()` is the process's
+`ee_rest.EERest`, built from the state `ee` was initialized with (base url, project,
+credentials, headers), which posts `image:computePixels` / `assets/*:getPixels` with the
+serialized expression already encoded (see ee_rest). `post_compute_pixels` posts one body
+through it. The `ee` client stays for initialization, serialization and the launcher's
+listing (`value:compute`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ EE_SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googlea
 
 _init_lock = threading.Lock()
 _initialized_for: Optional[tuple] = None
+_rest = None  # the EERest of the initialized state
+_rest_timeout_s = 120.0
 
 
 def is_loopback(url: str) -> bool:
@@ -61,7 +65,7 @@ def load_credentials(credentials: str, url: str):
 
 def initialize_earth_engine(url: str, project: Optional[str], credentials: str, timeout_s: float) -> None:
     """Initialize the `ee` client once per process for (url, project, credentials)."""
-    global _initialized_for
+    global _initialized_for, _rest, _rest_timeout_s
     key = (url, project, credentials, timeout_s)
     with _init_lock:
         if _initialized_for == key:
@@ -75,7 +79,28 @@ def initialize_earth_engine(url: str, project: Optional[str], credentials: str, 
         ee.data.setMaxRetries(0)
         ee.data.setDeadline(int(timeout_s * 1000))
         _widen_connection_pool(ee)
+        _rest, _rest_timeout_s = None, timeout_s
         _initialized_for = key
+
+
+def rest():
+    """The pixel transport of the `ee` state as it is now (initialize_earth_engine first); built
+    again if `ee` was initialized anew since (another url, project or credentials)."""
+    global _rest
+    from ee import data
+    state = data._get_state()
+    key = (state.cloud_api_base_url, state.cloud_api_user_project, id(state.credentials), state.cloud_api_key)
+    transport = _rest
+    if transport is None or transport.state_key != key:
+        with _init_lock:
+            if _rest is None or _rest.state_key != key:
+                from pixelbeam.transforms.sources.ee_rest import EERest
+                if state.cloud_api_resource_raw is None:
+                    raise RuntimeError("initialize_earth_engine must be called before a pixel request")
+                _rest = EERest.from_ee(_rest_timeout_s)
+                _rest.state_key = key
+            transport = _rest
+    return transport
 
 
 def _widen_connection_pool(ee, connections: int = 128) -> None:
@@ -101,12 +126,10 @@ def _initialize_offline(ee, creds, url: str, project: Optional[str]) -> None:
 
 def post_compute_pixels(body: dict) -> bytes:
     """The raw answer of `POST v1/projects/{project}/image:computePixels` for `body`
-    (`expression` already serialized, `fileFormat`, `grid`, `bandIds`); errors are the client's
-    (`ee.EEException` from the HTTP error, ConnectionError, TimeoutError), as for
-    `ee.data.computePixels`."""
-    from ee import data
-    body = dict(body)
-    data._maybe_populate_workload_tag(body)
-    call = data._get_cloud_projects_raw().image().computePixels(project=data._get_projects_path(), body=body)
-    return data._execute_cloud_call(call)
+    (`expression` already serialized, `fileFormat`, `grid`, `bandIds`), through `rest()`;
+    errors as ee_rest says (FetchErrors for HTTP errors, urllib3's transport errors)."""
+    fixed = dict(body)
+    grid, band_ids = fixed.pop("grid"), fixed.pop("bandIds", None)
+    transport = rest()
+    return transport.post(transport.compute_pixels_url(), transport.template(fixed).body(grid, band_ids))
 
