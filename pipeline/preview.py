@@ -370,19 +370,33 @@ def raster_overview(uris: Sequence[str], cfg_bands, band_names: Sequence[str], v
     return visualize.render_rgb(canvas, valid, vis, band_names, alpha=True)
 
 
-def _draw_geometry(ax, geometry, **style) -> None:
-    kind = geometry.geom_type
-    if kind in ("Polygon",):
-        for ring in [geometry.exterior, *geometry.interiors]:
-            ax.plot(*ring.xy, **style)
-    elif kind in ("MultiPolygon", "GeometryCollection", "MultiPoint"):
-        for part in geometry.geoms:
-            _draw_geometry(ax, part, **style)
-    elif kind == "Point":
-        ax.plot(geometry.x, geometry.y, marker="o", markersize=4, linestyle="none",
-                color=style.get("color"), label=style.get("label"))
-    else:  # lines
-        ax.plot(*geometry.xy, **style)
+def region_outlines(geometries) -> tuple[list, list]:
+    """(lines, points) of `geometries` in lon/lat: every ring or line as an (n, 2) array, every
+    point as (x, y); drawn as one collection each, not one matplotlib call per region."""
+    lines, points = [], []
+    stack = list(geometries)
+    while stack:
+        geometry = stack.pop()
+        kind = geometry.geom_type
+        if kind == "Polygon":
+            lines.extend(np.asarray(ring.coords)[:, :2] for ring in [geometry.exterior, *geometry.interiors])
+        elif kind in ("MultiPolygon", "GeometryCollection", "MultiPoint", "MultiLineString"):
+            stack.extend(geometry.geoms)
+        elif kind == "Point":
+            points.append((geometry.x, geometry.y))
+        else:  # lines
+            lines.append(np.asarray(geometry.coords)[:, :2])
+    return lines, points
+
+
+def _draw_regions(ax, geometries, color: str) -> None:
+    from matplotlib.collections import LineCollection
+    lines, points = region_outlines(geometries)
+    if lines:
+        ax.add_collection(LineCollection(lines, colors=color, linewidths=1.4, zorder=3))
+    if points:
+        xy = np.asarray(points)
+        ax.plot(xy[:, 0], xy[:, 1], marker="o", markersize=4, linestyle="none", color=color, zorder=3)
 
 
 def write_footprints_png(output_path: str, meta: dict, rows: Sequence[dict],
@@ -445,8 +459,7 @@ def write_footprints_png(output_path: str, meta: dict, rows: Sequence[dict],
         if polys:
             ax.add_collection(PolyCollection(polys, facecolors=matplotlib.colors.to_rgba(color, 0.18),
                                              edgecolors=color, linewidths=0.8, zorder=2))
-    for region in regions:
-        _draw_geometry(ax, region.geometry, color="#1f4fd1", linewidth=1.4, zorder=3)
+    _draw_regions(ax, [region.geometry for region in regions], "#1f4fd1")
     ax.set_xlim(extent[0], extent[2])
     ax.set_ylim(extent[1], extent[3])
     ax.set_aspect(1.0 / math.cos(math.radians((extent[1] + extent[3]) / 2)))
