@@ -26,7 +26,7 @@ import yaml
 
 from pixelbeam.pipeline.config import Config, ConfigError, load_config, parse_config, resolve_paths
 from pixelbeam.pipeline.results import PATCHES, ROWS, RunResult
-from pixelbeam.transforms.loaders.common import join_path, read_bytes
+from pixelbeam.transforms.loaders.common import arrow_source, join_path, read_bytes
 from pixelbeam.transforms.patch import FAILED, FILTERED, WRITTEN, PatchSpec
 from pixelbeam.transforms.secrets import hide_secrets_in, hide_secrets_in_logs
 
@@ -297,10 +297,7 @@ class Output:
         fmt = self.dataset["config"]["table"]["formats"][0]
         files = [f for f in self.dataset["files"] if f.endswith(f".{fmt}")]
         read = pq.read_table if fmt == "parquet" else pcsv.read_csv
-        # an Arrow buffer, not a Python file object: Arrow's threads may drop their last reference
-        # to a Python file while the interpreter exits, which aborts it ("terminate called
-        # without an active exception", seen in 1 of 6 runs of docs/api.md's example)
-        return pa.concat_tables([read(pa.BufferReader(read_bytes(join_path(self.path, f)))) for f in files])
+        return pa.concat_tables([read(arrow_source(join_path(self.path, f))) for f in files])
 
     @property
     def preview(self) -> Optional[str]:

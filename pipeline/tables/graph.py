@@ -23,6 +23,7 @@ from pixelbeam.pipeline.tables import plan as table_plan
 from pixelbeam.pipeline.tables.plan import TableJob
 from pixelbeam.pipeline.tables.resume import TableResume
 from pixelbeam.transforms.patch import FAILED
+from pixelbeam.transforms.loaders.common import arrow_source
 from pixelbeam.transforms.tables.points import group_columns
 from pixelbeam.transforms.storage import join, to_json_line
 from pixelbeam.transforms.planning import staged
@@ -123,15 +124,12 @@ def count_table_files(out: str, fmt: str) -> tuple[int, int, list[str]]:
                    for m in result.metadata_list)
     rows = 0
     for path in files:
-        if fmt == "parquet" and path.endswith(".parquet"):
+        if fmt == "parquet" and path.endswith(".parquet"):  # not a Python file: see arrow_buffer
             import pyarrow.parquet as pq
-            with FileSystems.open(path) as f:
-                rows += pq.ParquetFile(f).metadata.num_rows
+            rows += pq.ParquetFile(arrow_source(path)).metadata.num_rows
         elif fmt == "csv" and path.endswith(".csv"):  # parsed: a quoted point id may hold a newline
             import pyarrow.csv as pcsv
-            import pyarrow as pa
-            with FileSystems.open(path) as f:  # an Arrow buffer, not the Python file (api.py OutputFolder.table)
-                rows += sum(batch.num_rows for batch in pcsv.open_csv(pa.BufferReader(f.read())))
+            rows += sum(batch.num_rows for batch in pcsv.open_csv(arrow_source(path)))
     lost = 0
     failed = join(out, "failed.jsonl")
     if FileSystems.exists(failed):

@@ -29,6 +29,26 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def arrow_buffer(data: bytes):
+    """`data` copied into memory Arrow owns (a pyarrow.Buffer). Arrow objects made from it (a
+    Parquet fragment, a CSV reader) hold no Python object, so their destructors, which may run on
+    Arrow's threads while the interpreter exits, need not take the GIL; taking it then aborts the
+    process ("terminate called without an active exception", from ~PyBuffer)."""
+    import pyarrow as pa
+    buffer = pa.allocate_buffer(len(data))
+    memoryview(buffer).cast("B")[:] = data
+    return buffer
+
+
+def arrow_source(path: str):
+    """What pyarrow's readers should read `path` from: a local path as it is (Arrow opens it
+    itself), a remote one (gs://...) as a BufferReader over `arrow_buffer` of its bytes."""
+    if "://" not in path:
+        return path
+    import pyarrow as pa
+    return pa.BufferReader(arrow_buffer(read_bytes(path)))
+
+
 def read_dataset_json(output_path: str) -> dict:
     """The output's dataset.json; FileNotFoundError says what to do when it is missing."""
     path = join_path(output_path, "dataset.json")

@@ -15,7 +15,6 @@ CSV files have their own folder, so `pyarrow.parquet.read_table("OUT/table")` re
 
 from __future__ import annotations
 
-import io
 import json
 import zlib
 from typing import Iterable, Sequence
@@ -71,7 +70,7 @@ def write_shard(output_path: str, shard: int, shards: int, tables: Iterable[pa.T
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     written = []
     for fmt in formats:
-        buf = io.BytesIO()
+        buf = pa.BufferOutputStream()  # Arrow's memory, not a Python file (loaders/common.py arrow_buffer)
         if fmt == "parquet":
             import pyarrow.parquet as pq
             pq.write_table(table, buf, compression="zstd")
@@ -79,7 +78,7 @@ def write_shard(output_path: str, shard: int, shards: int, tables: Iterable[pa.T
             import pyarrow.csv as pcsv
             pcsv.write_csv(table, buf)
         name = shard_name(shard, shards, "parquet" if fmt == "parquet" else "csv", run_id)
-        write_atomically(join(output_path, name), buf.getvalue())
+        write_atomically(join(output_path, name), buf.getvalue().to_pybytes())
         written.append(name)
     if run_id:
         record = {"run_id": run_id, "groups": sorted(groups), "rows": table.num_rows, "files": written}
