@@ -1,0 +1,127 @@
+"""Point regions held as columns (transforms/planning/point_set.py PointRegions) plan exactly the
+patches the same points give as a list of Region objects (the launcher's former in-memory form):
+GeoJSON, GeoJSON sequence, GeoParquet and CSV; plain, `centered_on_points`, `per_region`,
+`per_class`, splits, and regions outside the source skipped."""
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import shapely
+import yaml
+
+from pixelbeam.pipeline import plan as plan_module
+from pixelbeam.pipeline.config import load_config
+from pixelbeam.pipeline.plan import prepare_job
+from pixelbeam.transforms.planning.point_set import PointRegions
+from pixelbeam.transforms.planning.regions import Region, load_regions
+from tests.test_point_regions import LANDSAT, SCENE
+
+N = 2000
+
+
+def points(seed=0, n=N, outside=0):
+    """(id, lon, lat, cls, n) rows over the scene, some sharing a patch; `outside` of them far off."""
+    rng = np.random.default_rng(seed)
+    lon, lat = rng.uniform(SCENE[0], SCENE[2], n).round(6), rng.uniform(SCENE[1], SCENE[3], n).round(6)
+    twins = np.arange(0, n - 1, 5)
+    lon[twins], lat[twins] = lon[twins + 1], lat[twins + 1]  # two points in one patch: the owner rule matters
+    lon[:outside] = 10.0
+    return [(f"p{rng.integers(10**6)}-{i}", float(x), float(y), f"c{i % 3}", i) for i, (x, y) in enumerate(zip(lon, lat))]
+
+
+def write(tmp_path, kind, rows):
+    feats = [{"type": "Feature", "id": rid, "properties": {"cls": cls, "n": n},
+              "geometry": {"type": "Point", "coordinates": [x, y]}} for rid, x, y, cls, n in rows]
+    if kind == "geojson":
+        path = tmp_path / "pts.geojson"
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    elif kind == "geojsonseq":
+        path = tmp_path / "pts.geojsonl"
+        path.write_text("".join(json.dumps(f) + "\n" for f in feats))
+    elif kind == "parquet":
+        path = tmp_path / "pts.parquet"
+        geo = {"version": "1.0.0", "primary_column": "geometry",
+               "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Point"]}}}
+        table = pa.table({"id": [r[0] for r in rows], "cls": [r[3] for r in rows], "n": [r[4] for r in rows],
+                          "geometry": [shapely.to_wkb(shapely.Point(r[1], r[2])) for r in rows]})
+        pq.write_table(table.replace_schema_metadata({b"geo": json.dumps(geo).encode()}), path)
+    else:
+        path = tmp_path / "pts.csv"
+        with open(path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["id", "lon", "lat", "cls", "n"])
+            out.writerows([(rid, repr(x), repr(y), cls, n) for rid, x, y, cls, n in rows])
+    return str(path)
+
+
+def config(tmp_path, regions, split=None, **sample):
+    doc = {"source": {"uri": LANDSAT}, "regions": regions,
+           "grid": {"crs": "native", "scale": "native", "patch_size": 24, "overlap": 8},
+           "output": {"path": str(tmp_path / "out")}, "sample": sample}
+    if split:
+        doc["split"] = split
+    if sample.pop("skip", False):
+        doc["regions_outside"] = "skip"
+        doc["sample"] = sample
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load_config(str(path))
+
+
+def plan(cfg):
+    job = prepare_job(cfg)
+    return (job.planned, job.split_counts, [(s.patch_id, s.region_id, s.label, s.split, s.transform, s.width,
+                                            s.height, s.crs) for s in job.specs],
+            [(s.region_id, s.reason) for s in job.skipped_regions or ()]), job
+
+
+SAMPLES = [{}, {"centered_on_points": True}, {"per_region": 1, "seed": 3},
+           {"per_class": 30, "label_property": "cls", "seed": 5},
+           {"centered_on_points": True, "label_property": "cls", "per_region": 1, "skip": True}]
+
+
+@pytest.mark.parametrize("kind", ["geojson", "geojsonseq", "parquet", "csv"])
+@pytest.mark.parametrize("sample", SAMPLES, ids=["plain", "centered", "per_region", "per_class", "skip"])
+def test_columns_plan_exactly_the_patches_of_region_objects(tmp_path, monkeypatch, kind, sample):
+    rows = points(seed=len(kind), outside=7 if sample.get("skip") else 0)
+    cfg = config(tmp_path, write(tmp_path, kind, rows),
+                 split={"train": 0.6, "val": 0.4, "block": 2, "seed": 1} if "per_region" in sample else None, **sample)
+    columns, job = plan(cfg)
+    if kind != "geojsonseq":  # a GeoJSON sequence is read by OGR feature by feature (as today)
+        assert isinstance(job.regions, PointRegions)
+    loader = plan_module.load_regions
+    monkeypatch.setattr(plan_module, "load_regions", lambda *a, **k: list(loader(*a, **k)))
+    objects, job = plan(cfg)
+    assert isinstance(job.regions, list) and not isinstance(job.regions[0], PointRegions)
+    assert columns == objects and columns[0] > 0
+    if sample.get("skip"):
+        assert len(columns[3]) == 7
+
+
+def test_columns_give_the_regions_properties_as_they_were(tmp_path):
+    """Keys that differ between points, mixed kinds, nested values, big ints: as decoded."""
+    feats = [{"type": "Feature", "id": i, "properties": {"a": i, "b": 0.5 * i, "s": f"x{i}", "t": i % 2 == 0}}
+             for i in range(200)]
+    feats[150]["properties"] = {"b": 1, "a": None, "deep": [1, {"k": "v"}], "big": 2**70}
+    feats[10]["properties"]["b"] = 3  # an int among floats
+    for i, f in enumerate(feats):
+        f["geometry"] = {"type": "Point", "coordinates": [-77.0 + i * 1e-3, 24.0]}
+    path = tmp_path / "mixed.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    regions = load_regions(str(path))
+    assert isinstance(regions, PointRegions) and regions.rows is not None  # one dict per point: the keys differ
+    assert [(r.region_id, r.properties) for r in regions] == [(str(f["id"]), f["properties"]) for f in feats]
+    assert all(type(r.properties["b"]) is type(f["properties"]["b"]) for r, f in zip(regions, feats))
+    uniform = [dict(f, properties={"a": i, "b": 0.5 * i if i != 10 else 3, "s": f"x{i}", "deep": [i]})
+               for i, f in enumerate(feats)]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": uniform}))
+    regions = load_regions(str(path))
+    assert regions.rows is None and [k for k, _ in regions.columns] == ["a", "b", "s", "deep"]
+    assert [r.properties for r in regions] == [f["properties"] for f in uniform]
+    assert type(regions[10].properties["b"]) is int and type(regions[11].properties["b"]) is float
+    assert regions[5] == Region("5", shapely.Point(-77.0 + 5e-3, 24.0)) and regions[-1].region_id == "199"
+    assert list(regions[10:13]) == list(regions)[10:13]
