@@ -12,7 +12,6 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
-import pyarrow as pa
 import pyproj
 import shapely
 import shapely.affinity
@@ -224,7 +223,7 @@ def points_inside(points: PointRegions, info: SourceInfo, skipped: Optional[Sequ
         inside |= (west + turn <= points.lon) & (points.lon <= east + turn) & (south <= points.lat) & (points.lat <= north)
     if inside.all():
         return points, (None if skipped is None else tuple(skipped))
-    outside_ids = points.ids.filter(pa.array(~inside)).to_pylist()
+    outside_ids = points.ids.take(np.flatnonzero(~inside)).slice(0, int((~inside).sum()))
     fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat)
     if skipped is None:
         raise ConfigError(regions_outside_message(outside_ids, fp))

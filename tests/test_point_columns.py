@@ -91,8 +91,7 @@ def test_columns_plan_exactly_the_patches_of_region_objects(tmp_path, monkeypatc
     cfg = config(tmp_path, write(tmp_path, kind, rows),
                  split={"train": 0.6, "val": 0.4, "block": 2, "seed": 1} if "per_region" in sample else None, **sample)
     columns, job = plan(cfg)
-    if kind != "geojsonseq":  # a GeoJSON sequence is read by OGR feature by feature (as today)
-        assert isinstance(job.regions, PointRegions)
+    assert isinstance(job.regions, PointRegions)
     loader = plan_module.load_regions
     monkeypatch.setattr(plan_module, "load_regions", lambda *a, **k: list(loader(*a, **k)))
     objects, job = plan(cfg)

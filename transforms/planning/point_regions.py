@@ -46,14 +46,14 @@ def project_points(region_ids: Sequence[str], geometries: Sequence, crs: str, gr
 
 
 def project_point_columns(ids, lon: np.ndarray, lat: np.ndarray, crs: str, grid: GridSpec) -> ProjectedPoints:
-    """`project_points` of point_set.PointRegions' columns (`ids` an Arrow string array), with no
+    """`project_points` of point_set.PointRegions' columns (`ids` point_set.Strings), with no
     Python object per point: the same patches and owners."""
     from pixelbeam.transforms.planning.point_set import sorted_owner_index
     rows, cols = project_lonlat_points(lon, lat, crs, grid)
     order = sorted_owner_index(ids, rows, cols)
     rows, cols = rows[order], cols[order]
     first = patch_starts(rows, cols)
-    owners = ids.take(order[first]).to_numpy(zero_copy_only=False).astype(object)
+    owners = np.array(ids.take(order[first]).slice(0, int(first.sum())) or [], dtype=object)
     return ProjectedPoints(rows[first], cols[first], owners)
 
 
