@@ -124,3 +124,31 @@ def test_columns_give_the_regions_properties_as_they_were(tmp_path):
     assert type(regions[10].properties["b"]) is int and type(regions[11].properties["b"]) is float
     assert regions[5] == Region("5", shapely.Point(-77.0 + 5e-3, 24.0)) and regions[-1].region_id == "199"
     assert list(regions[10:13]) == list(regions)[10:13]
+
+
+def test_a_resumed_run_finds_the_same_plan_digest_for_columns(tmp_path, monkeypatch):
+    """pipeline/resume.py plan_digest of point regions as columns is the digest of the Regions."""
+    from pixelbeam.pipeline.resume import plan_digest
+    from pixelbeam.transforms.planning import point_set
+    monkeypatch.setattr(point_set, "ITER_CHUNK", 7)  # Strings built and taken across many chunks
+    cfg = config(tmp_path, write(tmp_path, "geojson", points(n=300)))
+    job = prepare_job(cfg)
+    assert isinstance(job.regions, PointRegions)
+    columns = plan_digest(job)
+    job.regions = list(job.regions)
+    assert plan_digest(job) == columns
+
+
+def test_strings_across_chunks(monkeypatch):
+    from pixelbeam.transforms.planning import point_set
+    monkeypatch.setattr(point_set, "ITER_CHUNK", 3)
+    values = ["b", "", "ä€x", "a", "zz", "é" * 9, "a0", "", "q"]
+    strings = point_set.Strings.concat([point_set.Strings.of(values[:4]), point_set.Strings.of(values[4:])])
+    assert [strings[i] for i in range(len(values))] == values == strings.slice(0, len(values))
+    index = np.array([8, 2, 0, 5, 5, 1])
+    assert strings.take(index).slice(0, index.size) == [values[i] for i in index]
+    assert [b.decode() for b in strings.fixed()] == values
+    assert np.argsort(strings.fixed(), kind="stable").tolist() == sorted(range(len(values)), key=values.__getitem__)
+    assert not point_set.ids_unique_and_printable(strings)  # "" twice
+    assert point_set.ids_unique_and_printable(point_set.Strings.of(["a", "b", "ab"]))
+    assert not point_set.ids_unique_and_printable(point_set.Strings.of(["a", "b\tc"]))
