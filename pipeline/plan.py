@@ -373,14 +373,19 @@ def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Option
     if s.per_region is None and s.label_property is None and split is None:
         return None, None
     labels, dtype = (), None
-    if s.label_property:
+    columns = None
+    if s.label_property and isinstance(regions, PointRegions):  # the labels of the regions owning a patch
+        columns = regions.labels_of({o for _, o in owned_patch_ids(cells, projected, grid, split)}, s.label_property)
+    if columns is not None:
+        labels, dtype = columns
+    elif s.label_property:
         try:
             labels = region_labels(regions, s.label_property)
             dtype = label_dtype(labels)
         except SampleError as e:
             raise ConfigError(str(e)) from None
-        if dtype == "float32":
-            labels = tuple((r, float(v)) for r, v in labels)
+    if s.label_property and dtype == "float32":
+        labels = tuple((r, float(v)) for r, v in labels)
     thresholds = ()
     if s.per_region is not None:
         thresholds = region_thresholds(owned_patch_ids(cells, projected, grid, split), s.per_region, s.seed)

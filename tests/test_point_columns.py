@@ -34,7 +34,7 @@ def points(seed=0, n=N, outside=0):
 
 
 def write(tmp_path, kind, rows):
-    feats = [{"type": "Feature", "id": rid, "properties": {"cls": cls, "n": n},
+    feats = [{"type": "Feature", "id": rid, "properties": {"cls": cls, "n": n, "x": n / 7},
               "geometry": {"type": "Point", "coordinates": [x, y]}} for rid, x, y, cls, n in rows]
     if kind == "geojson":
         path = tmp_path / "pts.geojson"
@@ -47,14 +47,15 @@ def write(tmp_path, kind, rows):
         geo = {"version": "1.0.0", "primary_column": "geometry",
                "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Point"]}}}
         table = pa.table({"id": [r[0] for r in rows], "cls": [r[3] for r in rows], "n": [r[4] for r in rows],
+                          "x": [r[4] / 7 for r in rows],
                           "geometry": [shapely.to_wkb(shapely.Point(r[1], r[2])) for r in rows]})
         pq.write_table(table.replace_schema_metadata({b"geo": json.dumps(geo).encode()}), path)
     else:
         path = tmp_path / "pts.csv"
         with open(path, "w", newline="") as f:
             out = csv.writer(f)
-            out.writerow(["id", "lon", "lat", "cls", "n"])
-            out.writerows([(rid, repr(x), repr(y), cls, n) for rid, x, y, cls, n in rows])
+            out.writerow(["id", "lon", "lat", "cls", "n", "x"])
+            out.writerows([(rid, repr(x), repr(y), cls, n, repr(n / 7)) for rid, x, y, cls, n in rows])
     return str(path)
 
 
@@ -76,22 +77,26 @@ def plan(cfg):
     job = prepare_job(cfg)
     return (job.planned, job.split_counts, [(s.patch_id, s.region_id, s.label, s.split, s.transform, s.width,
                                             s.height, s.crs) for s in job.specs],
-            [(s.region_id, s.reason) for s in job.skipped_regions or ()]), job
+            [(s.region_id, s.reason) for s in job.skipped_regions or ()], job.label_dtype), job
 
 
 SAMPLES = [{}, {"centered_on_points": True}, {"per_region": 1, "seed": 3},
            {"per_class": 30, "label_property": "cls", "seed": 5},
-           {"centered_on_points": True, "label_property": "cls", "per_region": 1, "skip": True}]
+           {"centered_on_points": True, "label_property": "cls", "per_region": 1, "skip": True},
+           {"label_property": "n", "per_class": 2, "seed": 2}, {"label_property": "x"}]
 
 
 @pytest.mark.parametrize("kind", ["geojson", "geojsonseq", "parquet", "csv"])
-@pytest.mark.parametrize("sample", SAMPLES, ids=["plain", "centered", "per_region", "per_class", "skip"])
+@pytest.mark.parametrize("sample", SAMPLES, ids=["plain", "centered", "per_region", "per_class", "skip", "int_label",
+                                                 "float_label"])
 def test_columns_plan_exactly_the_patches_of_region_objects(tmp_path, monkeypatch, kind, sample):
     rows = points(seed=len(kind), outside=7 if sample.get("skip") else 0)
     cfg = config(tmp_path, write(tmp_path, kind, rows),
                  split={"train": 0.6, "val": 0.4, "block": 2, "seed": 1} if "per_region" in sample else None, **sample)
     columns, job = plan(cfg)
     assert isinstance(job.regions, PointRegions)
+    if "label_property" in sample and kind != "geojsonseq":  # the labels of the regions owning a patch only
+        assert 0 < len(job.sample.labels) < len(job.regions)
     loader = plan_module.load_regions
     monkeypatch.setattr(plan_module, "load_regions", lambda *a, **k: list(loader(*a, **k)))
     objects, job = plan(cfg)

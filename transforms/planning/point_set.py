@@ -135,6 +135,25 @@ class PointRegions(Sequence):
         """(min lon, min lat, max lon, max lat) of the points, degrees."""
         return (float(self.lon.min()), float(self.lat.min()), float(self.lon.max()), float(self.lat.max()))
 
+    def labels_of(self, owners: Sequence[str], key: str) -> Optional[tuple[tuple, str]]:
+        """(((owner id, label), ...) sorted, the labels' dtype) of property `key` for the region
+        ids `owners`, read from its column; None when `key` is no int, float or text column (the
+        Region-by-Region `sampling.region_labels` then checks every point and names a bad one)."""
+        values = dict(self.columns or ()).get(key)
+        if isinstance(values, np.ndarray) and values.dtype.kind in "if":
+            dtype = "int64" if values.dtype.kind == "i" else "float32"
+        elif isinstance(values, Strings):
+            dtype = "string"
+        else:
+            return None
+        owners = sorted(owners)
+        fixed = self.ids.fixed()
+        order = np.argsort(fixed, kind="stable")
+        wanted = np.array([o.encode("utf-8") for o in owners], dtype=fixed.dtype) if owners else fixed[:0]
+        index = order[np.searchsorted(fixed[order], wanted)] if owners else np.zeros(0, np.int64)
+        picked = values.take(index).slice(0, index.size) if dtype == "string" else values[index].tolist()
+        return tuple(zip(owners, picked)), dtype
+
     def take(self, index: np.ndarray) -> "PointRegions":
         """The points at `index` (positions or a boolean mask), in that order."""
         index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, dtype=np.int64)
