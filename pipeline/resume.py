@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import time
 from typing import Optional
 
@@ -185,10 +186,23 @@ def point_digest_text(grid: dict, points: PointRegions, chunk: int = 65_536):
     order = np.argsort(points.ids.fixed(), kind="stable")  # as str sorts (point_set.Strings.fixed)
     for k in range(0, order.size, chunk):
         part = points.take(order[k:k + chunk])
-        hexes = shapely.to_wkb(shapely.points(part.lon, part.lat), hex=True).tolist()
+        hexes = point_wkb_hex(part.lon, part.lat)
         ids = part.ids.slice(0, len(part))
-        yield (", " if k else "") + ", ".join(json.dumps([i, h]) for i, h in zip(ids, hexes))
+        yield (", " if k else "") + json.dumps(list(zip(ids, hexes)))[1:-1]  # the pairs, without the list's brackets
     yield "]]"
+
+
+WKB_POINT = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])  # 21 bytes, unpadded
+
+
+def point_wkb_hex(lon: np.ndarray, lat: np.ndarray) -> list[str]:
+    """Each point's `wkb_hex` (shapely's: 2-D, machine byte order), from the arrays at once."""
+    if sys.byteorder != "little":
+        return shapely.to_wkb(shapely.points(lon, lat), hex=True).tolist()
+    rec = np.empty(lon.size, WKB_POINT)
+    rec["order"], rec["type"], rec["x"], rec["y"] = 1, 1, lon, lat  # little-endian, Point
+    text = rec.tobytes().hex().upper()
+    return [text[i:i + 42] for i in range(0, len(text), 42)]
 
 
 def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:
