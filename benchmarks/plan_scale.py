@@ -11,11 +11,14 @@ RSS, for:
 Point regions (issue 15.6 / 17.3): `--points 300000,1000000` plans that many point regions
 (a GeoJSON FeatureCollection of points with two properties each, ~170 bytes a feature: 300,000
 points are the issue's 50 MB file) with `centered_on_points`, in a fresh process each, and
-reports the load and plan time and the peak RSS; `--former` also plans them the former way
-(one region at a time: `cells.BULK_POINTS = False` and the feature-by-feature loader), for the ratio.
+reports the load and plan time (wall and CPU) and the peak RSS; `--former` also plans them the
+former way (one region at a time: `cells.BULK_POINTS = False` and the feature-by-feature loader),
+and `--before REV` with the code of git revision REV (a `git archive` of it, imported instead of
+the editable install), for before/after in one run; `--sample per_region|per_class` plans with
+that sample instead of only `centered_on_points`.
 
     .venv/bin/python benchmarks/plan_scale.py [--sizes 100000,1000000,10000000]
-    .venv/bin/python benchmarks/plan_scale.py --points 300000,1000000 [--former]
+    .venv/bin/python benchmarks/plan_scale.py --points 300000,1000000 [--former] [--before 2bd608f] [--sample per_class]
 """
 
 from __future__ import annotations
