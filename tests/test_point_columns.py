@@ -157,3 +157,22 @@ def test_strings_across_chunks(monkeypatch):
     assert not point_set.ids_unique_and_printable(strings)  # "" twice
     assert point_set.ids_unique_and_printable(point_set.Strings.of(["a", "b", "ab"]))
     assert not point_set.ids_unique_and_printable(point_set.Strings.of(["a", "b\tc"]))
+
+
+@pytest.mark.parametrize("grid, split", [({"crs": "EPSG:32618", "scale": 250, "patch_size": 16}, {"by": "cls"}),
+                                         ({"crs": "EPSG:4326", "scale": 0.002, "patch_size": 16, "overlap": 4},
+                                          {"train": 0.5, "val": 0.5, "block": 3})],
+                         ids=["projected_split_by_property", "geographic_block_split"])
+def test_columns_on_other_grids_and_splits(tmp_path, monkeypatch, grid, split):
+    """A projected grid other than the source's with a split by property (the points visited one by
+    one for it), and a geographic grid. (`crs: utm` also visits them one by one, for their zone.)"""
+    path = write(tmp_path, "geojson", points(seed=9, n=600))
+    body = {"source": {"uri": LANDSAT}, "regions": path, "grid": grid, "split": split,
+            "output": {"path": str(tmp_path / "out")}, "sample": {"per_region": 1, "label_property": "n", "seed": 4}}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(body))
+    cfg = load_config(str(tmp_path / "g.yaml"))
+    columns, job = plan(cfg)
+    assert isinstance(job.regions, PointRegions) and columns[0] > 0
+    loader = plan_module.load_regions
+    monkeypatch.setattr(plan_module, "load_regions", lambda *a, **k: list(loader(*a, **k)))
+    assert plan(cfg)[0] == columns

@@ -88,9 +88,11 @@ GEOJSON_SUFFIXES = (".geojson", ".json")
 
 
 def load_regions(regions: str | Sequence[float], where: str = "regions",
-                 skipped: Optional[list] = None) -> list[Region]:
+                 skipped: Optional[list] = None) -> Sequence[Region]:
     """Regions from a vector file (GeoJSON FeatureCollection, Feature or bare geometry; or any
-    OGR format or GeoParquet, in any CRS) or a `[min_lon, min_lat, max_lon, max_lat]` bbox.
+    OGR format or GeoParquet, in any CRS) or a `[min_lon, min_lat, max_lon, max_lat]` bbox: a
+    list, or for a file of many points a point_set.PointRegions (a Sequence of Region held as
+    columns; `list(...)` makes it a list).
     Every bad feature is reported in one RegionError; given a `skipped` list, features outside
     lon/lat are appended to it (SkippedRegion) instead."""
     if isinstance(regions, (list, tuple)):
