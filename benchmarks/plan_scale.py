@@ -11,11 +11,14 @@ RSS, for:
 Point regions (issue 15.6 / 17.3): `--points 300000,1000000` plans that many point regions
 (a GeoJSON FeatureCollection of points with two properties each, ~170 bytes a feature: 300,000
 points are the issue's 50 MB file) with `centered_on_points`, in a fresh process each, and
-reports the load and plan time and the peak RSS; `--former` also plans them the former way
-(one region at a time: `cells.BULK_POINTS = False` and the feature-by-feature loader), for the ratio.
+reports the load and plan time (wall and CPU) and the peak RSS; `--former` also plans them the
+former way (one region at a time: `cells.BULK_POINTS = False` and the feature-by-feature loader),
+and `--before REV` with the code of git revision REV (a `git archive` of it, imported instead of
+the editable install), for before/after in one run; `--sample per_region|per_class` plans with
+that sample instead of only `centered_on_points`.
 
     .venv/bin/python benchmarks/plan_scale.py [--sizes 100000,1000000,10000000]
-    .venv/bin/python benchmarks/plan_scale.py --points 300000,1000000 [--former]
+    .venv/bin/python benchmarks/plan_scale.py --points 300000,1000000 [--former] [--before 2bd608f] [--sample per_class]
 """
 
 from __future__ import annotations
@@ -70,9 +73,31 @@ def child(mode: str, config_path: str) -> dict:
             "cells": len(job.cells)}
 
 
+def use_checkout(root: str) -> None:
+    """Import pixelbeam from `root` (a checkout made by `checkout`), not from the editable install."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()
+                        and "editable" not in type(f).__module__.lower()]
+    sys.path.insert(0, root)
+
+
+def checkout(rev: str, folder: str) -> str:
+    """The tree of git revision `rev` under `folder`, laid out as the installed package is."""
+    root = os.path.join(folder, f"rev-{rev}")
+    os.makedirs(root)
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+    for name in ("pipeline", "transforms"):
+        os.symlink(os.path.join("..", name), os.path.join(root, "pixelbeam", name))
+    return root
+
+
 def points_child(mode: str, config_path: str) -> dict:
-    """Runs in a fresh process: load and plan point regions (mode `bulk` or `former`)."""
-    sys.path.insert(0, ROOT)
+    """Runs in a fresh process: load and plan point regions (mode `bulk`, `former`, or
+    `rev:<folder>`: the bulk way of the checkout in folder)."""
+    if mode.startswith("rev:"):
+        use_checkout(mode[4:])
+    else:
+        sys.path.insert(0, ROOT)
     from pixelbeam.pipeline.config import load_config
     from pixelbeam.pipeline.plan import prepare_job
     from pixelbeam.transforms.planning import cells, region_loading
@@ -86,11 +111,17 @@ def points_child(mode: str, config_path: str) -> dict:
             "cells": len(job.cells)}
 
 
-def write_points_config(tmp: str, points: int) -> str:
+SAMPLES = {"centered": "{centered_on_points: true}", "per_region": "{centered_on_points: true, per_region: 1, seed: 1}",
+           "per_class": "{centered_on_points: true, per_class: 100, label_property: class, seed: 1}"}
+
+
+def write_points_config(tmp: str, points: int, sample: str = "centered") -> str:
     """`points` random points over the bundled scene, as the issue's file (ids, a class, a name)."""
     rng = np.random.default_rng(points)
     lon, lat = rng.uniform(-78.9, -76.6, points), rng.uniform(23.6, 25.5, points)
     path = os.path.join(tmp, f"points-{points}.geojson")
+    if os.path.exists(path):
+        return write_sample_config(tmp, points, path, sample)
     with open(path, "w") as f:
         f.write('{"type": "FeatureCollection", "features": [')
         for i in range(points):
@@ -98,27 +129,35 @@ def write_points_config(tmp: str, points: int) -> str:
                 {"type": "Feature", "id": f"pt-{i}", "properties": {"class": i % 5, "name": f"point number {i}"},
                  "geometry": {"type": "Point", "coordinates": [round(float(lon[i]), 7), round(float(lat[i]), 7)]}}))
         f.write("]}")
+    return write_sample_config(tmp, points, path, sample)
+
+
+def write_sample_config(tmp: str, points: int, path: str, sample: str) -> str:
     config = os.path.join(tmp, f"points-{points}.yaml")
     with open(config, "w") as f:
         f.write(f"source: {{uri: {LANDSAT}}}\nregions: {path}\n"
-                "grid: {crs: native, scale: native, patch_size: 16}\nsample: {centered_on_points: true}\n"
+                f"grid: {{crs: native, scale: native, patch_size: 16}}\nsample: {SAMPLES[sample]}\n"
                 f"output: {{path: {os.path.join(tmp, 'out')}}}\n")
     return config
 
 
-def plan_points(sizes: str, former: bool) -> list[dict]:
+def plan_points(sizes: str, former: bool, before: str | None = None, sample: str = "centered") -> list[dict]:
     results = []
-    print(f"{'points':>9} {'file MB':>8} {'patches':>8} {'way':>7} {'wall s':>7} {'CPU s':>6} {'peak MB':>8} {'imports MB':>11}")
-    with tempfile.TemporaryDirectory() as tmp:
+    print(f"{'points':>9} {'file MB':>8} {'patches':>8} {'way':>12} {'wall s':>7} {'CPU s':>6} {'peak MB':>8} {'imports MB':>11}")
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        modes = ("bulk",) + (("former",) if former else ())
+        if before:
+            modes += (f"rev:{checkout(before, tmp)}",)
         for points in map(int, sizes.split(",")):
-            config = write_points_config(tmp, points)
+            config = write_points_config(tmp, points, sample)
             size_mb = os.path.getsize(config.replace(".yaml", ".geojson")) / 1e6
-            for mode in ("bulk",) + (("former",) if former else ()):
+            for mode in modes:
                 out = subprocess.run([sys.executable, __file__, "--points-child", mode, config], capture_output=True,
                                      text=True, cwd=ROOT, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                results.append({"points": points, "mode": mode, **r})
-                print(f"{points:>9} {size_mb:>8.0f} {r['patches']:>8} {mode:>7} {r['seconds']:>7.1f} {r['cpu_s']:>6.1f} "
+                way = f"before {before[:7]}" if mode.startswith("rev:") else mode
+                results.append({"points": points, "mode": way, "sample": sample, **r})
+                print(f"{points:>9} {size_mb:>8.0f} {r['patches']:>8} {way:>12} {r['seconds']:>7.1f} {r['cpu_s']:>6.1f} "
                       f"{r['peak_mb']:>8.0f} {r['imports_mb']:>11.0f}", flush=True)
     return results
 
@@ -149,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     parser.add_argument("--points", metavar="N,N", help="plan that many point regions instead (module doc)")
     parser.add_argument("--former", action="store_true", help="with --points: also the former one-at-a-time way")
+    parser.add_argument("--before", metavar="REV", help="with --points: also the code of git revision REV (before/after)")
+    parser.add_argument("--sample", choices=sorted(SAMPLES), default="centered", help="with --points: the sample: section")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--points-child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -159,7 +200,7 @@ def main(argv=None) -> int:
         print(json.dumps(points_child(*args.points_child)))
         return 0
     if args.points:
-        results = plan_points(args.points, args.former)
+        results = plan_points(args.points, args.former, args.before, args.sample)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"benchmark": "plan_scale_points", "results": results}, f)

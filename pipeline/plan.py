@@ -11,6 +11,7 @@ import functools
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import pyproj
 import shapely
 import shapely.affinity
@@ -27,6 +28,7 @@ from pixelbeam.pipeline.sizes import check_grid_units, check_patch_memory, check
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, is_geographic, lonlat_extent, regions_lonlat_box
 from pixelbeam.transforms.planning.orientation import NotNorthUp
+from pixelbeam.transforms.planning.point_set import PointRegions
 from pixelbeam.transforms.patch import INPUT, PatchSpec
 from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
 from pixelbeam.transforms.planning.regions import LISTED_PROBLEMS, Region, RegionError, SkippedRegion, load_regions
@@ -193,6 +195,8 @@ def regions_inside(regions: list[Region], info: SourceInfo, skipped: Optional[Se
     None). Without a `skipped` list (regions_outside: error) every region wholly outside is
     named in one line; with it (regions_outside: skip, holding the regions the loader skipped)
     they are skipped too. Either way at least one region must remain."""
+    if isinstance(regions, PointRegions):
+        return points_inside(regions, info, skipped)
     outside = [] if not info.footprint_lonlat else [r for r in regions if not meets_footprint(r, info.footprint_lonlat)]
     fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat or ())
     if outside and skipped is None:
@@ -206,6 +210,27 @@ def regions_inside(regions: list[Region], info: SourceInfo, skipped: Optional[Se
     if not kept:
         raise ConfigError(no_region_left(skipped))
     return kept, tuple(skipped)
+
+
+def points_inside(points: PointRegions, info: SourceInfo, skipped: Optional[Sequence[SkippedRegion]] = None):
+    """`regions_inside` of point regions held as columns, with one array test instead of one
+    shapely test per point (a point meets a box when it lies inside or on its edge)."""
+    if not info.footprint_lonlat:
+        return points, (None if skipped is None else tuple(skipped))
+    west, south, east, north = info.footprint_lonlat
+    inside = np.zeros(len(points), bool)
+    for turn in (0.0, -360.0, 360.0):  # as meets_footprint: the box moved by a turn either way
+        inside |= (west + turn <= points.lon) & (points.lon <= east + turn) & (south <= points.lat) & (points.lat <= north)
+    if inside.all():
+        return points, (None if skipped is None else tuple(skipped))
+    outside_ids = points.ids.take(np.flatnonzero(~inside)).slice(0, int((~inside).sum()))
+    fp = ", ".join(f"{v:.4f}" for v in info.footprint_lonlat)
+    if skipped is None:
+        raise ConfigError(regions_outside_message(outside_ids, fp))
+    skipped = list(skipped) + [SkippedRegion(r, f"outside the source's footprint (lon/lat {fp})") for r in outside_ids]
+    if not inside.any():
+        raise ConfigError(no_region_left(skipped))
+    return points.take(inside), tuple(skipped)
 
 
 def no_region_left(skipped: Optional[Sequence[SkippedRegion]]) -> str:
@@ -256,7 +281,7 @@ def prepare_job(config: Config) -> Job:
     regions, skipped = regions_inside(regions, info, outside_lonlat)
     projected = project_regions(regions, grid)
     check_plan_size(projected, grid)
-    cells = plan_cells(regions, grid)
+    cells = plan_cells(regions, grid, projected=projected)
     sample, label_type = make_sample(config, regions, cells, projected, grid)
     try:
         by_split, guarded = count_by_split(cells, projected, grid, sample)
@@ -348,14 +373,19 @@ def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Option
     if s.per_region is None and s.label_property is None and split is None:
         return None, None
     labels, dtype = (), None
-    if s.label_property:
+    columns = None
+    if s.label_property and isinstance(regions, PointRegions):  # the labels of the regions owning a patch
+        columns = regions.labels_of({o for _, o in owned_patch_ids(cells, projected, grid, split)}, s.label_property)
+    if columns is not None:
+        labels, dtype = columns
+    elif s.label_property:
         try:
             labels = region_labels(regions, s.label_property)
             dtype = label_dtype(labels)
         except SampleError as e:
             raise ConfigError(str(e)) from None
-        if dtype == "float32":
-            labels = tuple((r, float(v)) for r, v in labels)
+    if s.label_property and dtype == "float32":
+        labels = tuple((r, float(v)) for r, v in labels)
     thresholds = ()
     if s.per_region is not None:
         thresholds = region_thresholds(owned_patch_ids(cells, projected, grid, split), s.per_region, s.seed)

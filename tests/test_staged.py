@@ -90,8 +90,8 @@ def test_a_staged_graph_does_not_grow_with_the_points(tmp_path):
         sizes[n] = (graph_bytes(build_pipeline(job, beam.Pipeline())),
                     graph_bytes(build_pipeline(job, beam.Pipeline(), stage_to=StageTo(str(tmp_path / "x"), False))))
     (small_embedded, small_staged), (big_embedded, big_staged) = sizes[200], sizes[4000]
-    assert big_embedded > small_embedded + 100_000  # the embedded plan grows with the points
-    assert abs(big_staged - small_staged) < 2_000 and big_staged < big_embedded - 100_000
+    assert big_embedded > small_embedded + 50_000  # the embedded plan grows with the points (held as columns)
+    assert abs(big_staged - small_staged) < 2_000 and big_staged < big_embedded - 50_000
     assert not os.path.exists(tmp_path / "x")  # write=False: only named
 
 

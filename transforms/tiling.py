@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 from pixelbeam.transforms.planning.cells import Cell, expand_cell, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec
 from pixelbeam.transforms.planning.regions import Region
+from pixelbeam.transforms.planning.point_set import PointRegions
 from pixelbeam.transforms.planning.sampling import Sample
 from pixelbeam.transforms.planning.staged import Staged, resolve, unstage_items
 
@@ -26,7 +27,7 @@ class ExpandCells(beam.DoFn):
 
     def __init__(self, regions: Union[Sequence[Region], Staged], grid: GridSpec,
                  sample: Union[Sample, Staged, None] = None):
-        self.regions = regions if isinstance(regions, Staged) else list(regions)
+        self.regions = regions if isinstance(regions, (Staged, PointRegions)) else list(regions)  # columns stay columns
         self.grid, self.sample = grid, sample
 
     def setup(self):

@@ -20,7 +20,8 @@ import shapely
 from pixelbeam.transforms.planning.grid import (GridSpec, _point_cells, kept_patches, make_spec, patch_id, project_lonlat, region_crs)
 from pixelbeam.transforms.planning.orientation import NotNorthUp, north_up
 from pixelbeam.transforms.patch import PatchSpec
-from pixelbeam.transforms.planning.point_regions import ProjectedPoints, point_cells, project_points
+from pixelbeam.transforms.planning.point_regions import ProjectedPoints, point_cells, project_point_columns, project_points
+from pixelbeam.transforms.planning.point_set import PointRegions
 from pixelbeam.transforms.planning.regions import Region
 from pixelbeam.transforms.planning.sampling import Sample
 from pixelbeam.transforms.planning.splits import SplitRule, assign_block_splits, assign_region_splits, overlap_reach
@@ -50,6 +51,8 @@ def project_regions(regions: Iterable[Region], grid: GridSpec) -> dict[str, list
     """Regions by the CRS they are planned in, projected, sorted by id (the owner rule): the
     polygons one by one (ProjectedRegion), the points of a CRS all together, last
     (transforms/planning/point_regions.py ProjectedPoints, which keeps the same owner rule)."""
+    if isinstance(regions, PointRegions) and BULK_POINTS and grid.crs.lower() != "utm":  # columns: no Region per point
+        return {grid.crs: [project_point_columns(regions.ids, regions.lon, regions.lat, grid.crs, grid)]} if len(regions) else {}
     out: dict[str, list] = {}
     points: dict[str, tuple[list, list]] = {}
     for region in sorted(regions, key=lambda r: r.region_id):
@@ -78,10 +81,13 @@ def cell_box(grid: GridSpec, cell: Cell):
     return shapely.box(left, bottom, right, top)
 
 
-def plan_cells(regions: Iterable[Region], grid: GridSpec, size: int = CELL_PATCHES) -> list[Cell]:
-    """The cells whose patches may be kept by some region; memory O(cells), not O(patches)."""
+def plan_cells(regions: Iterable[Region], grid: GridSpec, size: int = CELL_PATCHES,
+               projected: Optional[dict] = None) -> list[Cell]:
+    """The cells whose patches may be kept by some region; memory O(cells), not O(patches);
+    `projected`: `project_regions(regions, grid)` when the caller has it already."""
     cells: set[Cell] = set()
-    for crs, projected in project_regions(regions, grid).items():
+    projected_by_crs = projected if projected is not None else project_regions(regions, grid)
+    for crs, projected in projected_by_crs.items():
         for region in projected:
             cells.update(_region_cells(grid, crs, region, size))
     return sorted(cells)

@@ -24,6 +24,7 @@ from pyproj.database import query_utm_crs_info
 
 from pixelbeam.transforms.patch import PatchSpec
 from pixelbeam.transforms.planning.regions import Region
+from pixelbeam.transforms.planning.point_set import PointRegions
 
 # Longest segment (degrees) of a region's outline before projecting, so that edges that are
 # straight in lon/lat follow the right curve in the grid's CRS.
@@ -175,7 +176,10 @@ def bounds_to_lonlat(crs: str, bounds: Sequence[float]) -> tuple[float, float, f
 def lonlat_extent(regions: Iterable[Region], grid: GridSpec) -> Optional[tuple[float, float, float, float]]:
     """A lon/lat box holding every pixel the regions can plan: each region's box in its grid
     CRS grown by one fetch window (a patch and its margins) on every side; None when there is
-    no region or the box would cross the antimeridian."""
+    no region or the box would cross the antimeridian. Point regions held as columns
+    (point_set.py) on one CRS give the box of their union, grown and turned to lon/lat once."""
+    if isinstance(regions, PointRegions) and grid.crs.lower() != "utm":
+        regions = [Region("points", shapely.MultiPoint(np.column_stack([regions.lon, regions.lat])))] if len(regions) else []
     boxes = []
     for region in regions:
         if region.geometry.bounds[0] < -180 or region.geometry.bounds[2] > 180:
@@ -196,6 +200,8 @@ def lonlat_extent(regions: Iterable[Region], grid: GridSpec) -> Optional[tuple[f
 
 def regions_lonlat_box(regions: Iterable[Region]) -> Optional[tuple[float, float, float, float]]:
     """The regions' own lon/lat bounding box (degrees), or None when there is no region."""
+    if isinstance(regions, PointRegions):
+        return regions.bounds if len(regions) else None
     bounds = [region.geometry.bounds for region in regions]
     if not bounds:
         return None

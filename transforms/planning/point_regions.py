@@ -40,17 +40,42 @@ def project_points(region_ids: Sequence[str], geometries: Sequence, crs: str, gr
     """ProjectedPoints of point (or multipoint) lon/lat geometries, `region_ids[i]` owning `geometries[i]`."""
     coords, index = shapely.get_coordinates(np.asarray(geometries, dtype=object), return_index=True)
     ids = np.asarray(region_ids, dtype=object)[index]
-    x, y = coords[:, 0], coords[:, 1]
+    rows, cols = project_lonlat_points(coords[:, 0], coords[:, 1], crs, grid)
+    order = np.lexsort((ids.astype(str), cols, rows))  # by row, col, then id: the first of a patch owns it
+    return first_of_each_patch(rows[order], cols[order], ids[order])
+
+
+def project_point_columns(ids, lon: np.ndarray, lat: np.ndarray, crs: str, grid: GridSpec) -> ProjectedPoints:
+    """`project_points` of point_set.PointRegions' columns (`ids` point_set.Strings), with no
+    Python object per point: the same patches and owners."""
+    from pixelbeam.transforms.planning.point_set import sorted_owner_index
+    rows, cols = project_lonlat_points(lon, lat, crs, grid)
+    order = sorted_owner_index(ids, rows, cols)
+    rows, cols = rows[order], cols[order]
+    first = patch_starts(rows, cols)
+    owners = np.array(ids.take(order[first]).slice(0, int(first.sum())) or [], dtype=object)
+    return ProjectedPoints(rows[first], cols[first], owners)
+
+
+def project_lonlat_points(x: np.ndarray, y: np.ndarray, crs: str, grid: GridSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the patch each lon/lat point (degrees) keeps on `grid` in `crs`."""
     if is_geographic(crs):  # onto the raster's longitudes [lon_west, lon_west + 360), as project_lonlat does
         west = grid.lon_west
         x = np.where((x < west) | (x > west + 360), (x - west) % 360 + west, x)
     if _epsg_code(crs) != 4326:
         x, y = _transformer("EPSG:4326", crs).transform(x, y)
-    rows, cols = point_patches(grid, np.asarray(x), np.asarray(y))
-    order = np.lexsort((ids.astype(str), cols, rows))  # by row, col, then id: the first of a patch owns it
-    rows, cols, ids = rows[order], cols[order], ids[order]
+    return point_patches(grid, np.asarray(x), np.asarray(y))
+
+
+def patch_starts(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """True where a (row, col) run of sorted points starts."""
     first = np.ones(rows.size, bool)
     first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    return first
+
+
+def first_of_each_patch(rows: np.ndarray, cols: np.ndarray, ids: np.ndarray) -> ProjectedPoints:
+    first = patch_starts(rows, cols)
     return ProjectedPoints(rows[first], cols[first], ids[first])
 
 

@@ -28,7 +28,7 @@ MIN_BULK = 64  # fewer features: the feature-by-feature path is as fast
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # refused in region ids (regions.py)
 
 
-def point_features_to_regions(features: Sequence[Any]) -> Optional[list[tuple[str, Any, dict]]]:
+def point_features_to_regions(features: Sequence[Any]):
     """(id, point, properties) of all-Point features (module doc), or None to take the
     feature-by-feature path."""
     if len(features) < MIN_BULK:
@@ -36,13 +36,13 @@ def point_features_to_regions(features: Sequence[Any]) -> Optional[list[tuple[st
     return points_in_bulk(features, copy=True)
 
 
-def points_in_bulk(features: Iterable[Any], copy: bool = False,
-                   min_count: Optional[int] = None) -> Optional[list[tuple[str, Any, dict]]]:
-    """`point_features_to_regions` over any iterable of features (e.g. `stream_features`);
-    `copy`: each Region gets its own copy of the properties (the caller's dicts stay theirs)."""
+def points_in_bulk(features: Iterable[Any], copy: bool = False, min_count: Optional[int] = None):
+    """`point_features_to_regions` over any iterable of features (e.g. `stream_features`), as a
+    PointRegions (point_set.py: columns, not one Region per point); `copy`: properties kept per
+    point are copies (the caller's dicts stay theirs)."""
+    from pixelbeam.transforms.planning.point_set import ColumnBuilder, ids_unique_and_printable
     xs, ys = array("d"), array("d")
-    ids: list[str] = []
-    props_of: list[dict] = []
+    columns = ColumnBuilder()
     for i, feature in enumerate(features):
         if not isinstance(feature, dict):
             return None
@@ -58,18 +58,17 @@ def points_in_bulk(features: Iterable[Any], copy: bool = False,
         if not isinstance(props, dict):
             return None
         rid = feature.get("id", props.get("id", props.get("name")))
-        ids.append(str(rid) if rid is not None else f"region-{i:04d}")
-        props_of.append(dict(props) if copy else props)
-    if len(ids) < (MIN_BULK if min_count is None else min_count):
+        columns.add(str(rid) if rid is not None else f"region-{i:04d}", dict(props) if copy else props)
+    if len(xs) < (MIN_BULK if min_count is None else min_count):
         return None
-    lon, lat = np.frombuffer(xs, dtype=np.float64), np.frombuffer(ys, dtype=np.float64)
+    lon, lat = np.frombuffer(xs, dtype=np.float64).copy(), np.frombuffer(ys, dtype=np.float64).copy()
     if not (np.isfinite(lon).all() and np.isfinite(lat).all() and (np.abs(lon) <= 180).all()
             and (np.abs(lat) <= 90).all()):
         return None
-    if len(set(ids)) != len(ids) or any(CONTROL.search(rid) for rid in ids):
+    points = columns.build(lon, lat)
+    if not ids_unique_and_printable(points.ids):
         return None  # the feature-by-feature path names the duplicate or the control character
-    points = shapely.points(lon, lat)
-    return [(rid, point, props) for rid, point, props in zip(ids, points.tolist(), props_of)]
+    return points
 
 
 class NotPlain(Exception):
@@ -131,7 +130,7 @@ def check_tail(tail: str, typed: bool, path: str) -> None:
         raise NotPlain(path)
 
 
-def stream_point_regions(path: str) -> Optional[list[tuple[str, Any, dict]]]:
+def stream_point_regions(path: str):
     """(id, point, properties) of a GeoJSON file of many points, read streaming (module doc),
     or None to read it whole."""
     try:
@@ -140,7 +139,7 @@ def stream_point_regions(path: str) -> Optional[list[tuple[str, Any, dict]]]:
         return None
 
 
-def point_table_to_regions(geometries: np.ndarray, properties) -> Optional[list[tuple[str, Any, dict]]]:
+def point_table_to_regions(geometries: np.ndarray, properties):
     """(id, point, properties) of a vector file's lon/lat geometries when all are 2-D points (`properties(i)`:
     feature i's properties), else None."""
     if len(geometries) < MIN_BULK or any(g is None for g in geometries):
@@ -159,7 +158,7 @@ LON_NAMES = ("lon", "longitude", "lng", "x")
 LAT_NAMES = ("lat", "latitude", "y")
 
 
-def csv_point_regions(path: str, where: str = "regions") -> list[tuple[str, Any, dict]]:
+def csv_point_regions(path: str, where: str = "regions"):
     """(id, point, properties) of a CSV of points in lon/lat degrees (WGS 84), read row by row:
     a header naming a longitude column (lon, longitude, lng or x) and a latitude column (lat,
     latitude or y); the other columns become properties (integers and decimals as numbers, the

@@ -88,9 +88,11 @@ GEOJSON_SUFFIXES = (".geojson", ".json")
 
 
 def load_regions(regions: str | Sequence[float], where: str = "regions",
-                 skipped: Optional[list] = None) -> list[Region]:
+                 skipped: Optional[list] = None) -> Sequence[Region]:
     """Regions from a vector file (GeoJSON FeatureCollection, Feature or bare geometry; or any
-    OGR format or GeoParquet, in any CRS) or a `[min_lon, min_lat, max_lon, max_lat]` bbox.
+    OGR format or GeoParquet, in any CRS) or a `[min_lon, min_lat, max_lon, max_lat]` bbox: a
+    list, or for a file of many points a point_set.PointRegions (a Sequence of Region held as
+    columns; `list(...)` makes it a list).
     Every bad feature is reported in one RegionError; given a `skipped` list, features outside
     lon/lat are appended to it (SkippedRegion) instead."""
     if isinstance(regions, (list, tuple)):
@@ -102,7 +104,7 @@ def load_regions(regions: str | Sequence[float], where: str = "regions",
     if not is_url and regions.lower().endswith(".csv"):  # points as lon,lat columns (region_loading.py)
         from pixelbeam.transforms.planning.region_loading import csv_point_regions
         try:
-            return [Region(*fields) for fields in csv_point_regions(regions, where)]
+            return csv_point_regions(regions, where)
         except ValueError as e:
             raise RegionError(str(e)) from None
     if is_url or not regions.lower().endswith(GEOJSON_SUFFIXES):
@@ -110,7 +112,7 @@ def load_regions(regions: str | Sequence[float], where: str = "regions",
     from pixelbeam.transforms.planning.region_loading import stream_point_regions
     bulk = stream_point_regions(regions)  # many points: streamed and in bulk, the same Regions
     if bulk is not None:
-        return [Region(*fields) for fields in bulk]
+        return bulk
     try:
         with open(regions, encoding="utf-8") as f:
             doc = json.load(f)
@@ -133,7 +135,7 @@ def regions_from_vector_file(path: str, where: str = "regions", skipped: Optiona
     from pixelbeam.transforms.planning.region_loading import point_table_to_regions
     bulk = point_table_to_regions(geometries, table.properties)  # many points: in bulk, same Regions
     if bulk is not None:
-        return [Region(*fields) for fields in bulk]
+        return bulk
     features = [{"type": "Feature", "properties": table.properties(i),
                  "geometry": None if g is None else shapely.geometry.mapping(g)} for i, g in enumerate(geometries)]
     return regions_from_geojson({"type": "FeatureCollection", "features": features}, where=label, skipped=skipped)
@@ -161,7 +163,7 @@ def regions_from_geojson(doc: Any, where: str = "regions", skipped: Optional[lis
         from pixelbeam.transforms.planning.region_loading import point_features_to_regions
         bulk = point_features_to_regions(features)
         if bulk is not None:
-            return [Region(*fields) for fields in bulk]
+            return bulk
     out, seen, problems = [], set(), []
     for index, feature in enumerate(features):
         try:
