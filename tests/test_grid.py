@@ -55,6 +55,30 @@ def test_overlapping_regions_plan_a_patch_once_for_the_smallest_id():
     assert both and all(s.region_id == "a-first" for s in specs if s.patch_id in both)
 
 
+def test_utm_zone_arithmetic_agrees_with_projs_database():
+    """The arithmetic zone equals PROJ's first zone by area of use, inside zones, beside their
+    edges (either side of the margin), at the equator, UTM's latitude limits, the antimeridian and
+    EPSG:32629's wider area (-12.01°W, 84.01°N); points PROJ has no zone for raise."""
+    from pixelbeam.transforms.planning.grid import UTM_EDGE_MARGIN_DEG, _utm_crs_from_database
+    ask_proj = _utm_crs_from_database.__wrapped__
+    m = UTM_EDGE_MARGIN_DEG
+    lons = [-180.0, -179.9, -12.005, -12.0, -11.99, -9.0, 0.0, 3.0, 6.0 - m + 0.001, 6.0 + m + 0.001,
+            17.9, 179.99, 180.0] + [-180.0 + 6.0 * z + d for z in (7, 30, 59) for d in (-m - 0.01, -m + 0.01, m + 0.01)]
+    lats = [-80.0, -80.0 + m + 0.01, -33.0, -m - 0.01, -0.01, 0.0, 0.01, m + 0.01, 45.0, 83.99, 84.0, 84.005]
+    checked = 0
+    for lon in lons:
+        for lat in lats:
+            try:
+                expected = ask_proj(lon, lat)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    utm_crs_for(lon, lat)
+                continue
+            assert utm_crs_for(lon, lat) == expected, (lon, lat)
+            checked += 1
+    assert checked > 200
+
+
 def test_utm_picks_each_regions_zone():
     assert utm_crs_for(-77.5, 24.0) == "EPSG:32618"
     assert utm_crs_for(10.0, -33.0) == "EPSG:32732"
