@@ -401,7 +401,7 @@ def no_time(start, end, max_cloud):
     ({"expression": "bad.py:nothing_here"}, "source.expression", "has no function 'nothing_here'"),
     ({"expression": "bad.py:raises"}, "source.expression", "raised ValueError: no such season"),
     ({"expression": "bad.py:not_an_image"}, "source.expression", "returned dict, not an ee.Image"),
-    ({"expression": "bad.py:no_time", "collection_mode": "stack", "bands": []}, "source.expression",
+    ({"expression": "bad.py:no_time", "collection_mode": "stack", "bands": None}, "source.expression",
      "no system:time_start"),
     ({"expression_json": "missing.json"}, "source.expression_json", "no file"),
     ({"expression_json": "notjson.json"}, "source.expression_json", "not JSON"),
@@ -424,8 +424,8 @@ def test_bad_expressions_are_one_line_before_any_patch_request(tmp_path, emulato
     for key, value in source.items():
         doc["source"][key] = os.path.join(str(tmp_path), value) if key in ("expression", "expression_json") and \
             isinstance(value, str) else value
-    if source.get("collection_mode", "stack") is None:
-        doc["source"].pop("collection_mode")
+    for key in [k for k, v in source.items() if v is None]:  # left out: its default
+        doc["source"].pop(key)
     open(cfg, "w").write(yaml.safe_dump(doc))
     before = len(emulator.recorded)
     capsys.readouterr()
