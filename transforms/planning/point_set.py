@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import shapely
 
-from pixelbeam.transforms.planning.regions import Region
+from pixelbeam.transforms.planning.region import Region
 
 ITER_CHUNK = 65_536  # points made into Regions at a time when iterating
 

@@ -23,12 +23,12 @@ from shapely.errors import GEOSException
 from shapely.geometry import box, shape
 from shapely.validation import explain_validity, make_valid
 
+from pixelbeam.transforms.planning.region import PUNCTUAL, Region  # noqa: F401 (re-exported)
 from pixelbeam.transforms.formats.vector_files import VectorFileError, is_lonlat, read_vector, to_crs
 
 log = logging.getLogger(__name__)
 
 AREAL = ("Polygon", "MultiPolygon")
-PUNCTUAL = ("Point", "MultiPoint")
 
 
 class RegionError(ValueError):
@@ -69,19 +69,6 @@ def combined_error(where: str, problems: Sequence[RegionError]) -> RegionError:
     shown = [str(p).removeprefix(f"{where}: ") for p in problems[:LISTED_PROBLEMS]]
     more = f"; and {len(problems) - LISTED_PROBLEMS} more" if len(problems) > LISTED_PROBLEMS else ""
     return RegionError(f"{where}: {len(problems)} bad regions: " + "; ".join(shown) + more + hint)
-
-
-@dataclasses.dataclass(frozen=True)
-class Region:
-    """One region: `geometry` in lon/lat degrees (shapely), `region_id` unique in the job."""
-
-    region_id: str
-    geometry: Any
-    properties: dict = dataclasses.field(default_factory=dict, compare=False)
-
-    @property
-    def is_points(self) -> bool:
-        return self.geometry.geom_type in PUNCTUAL
 
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
