@@ -400,6 +400,11 @@ def layers_feature_spec(layers: Sequence[tuple[str, Sequence[str], Optional[int]
     return spec
 
 
+def npy_array(data: bytes) -> np.ndarray:
+    """The array of a `.npy` file's bytes (no pickle): the inverse of `npy_bytes`."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 _NPY_HEADERS: dict = {}  # (dtype, shape) -> the .npy header numpy writes for a C-ordered array
 
 

@@ -15,11 +15,11 @@ said.
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Callable
 
 import numpy as np
 
+from pixelbeam.transforms.formats.encode import npy_array
 from pixelbeam.transforms.formats.files import mask_npy_relpath, relpath
 from pixelbeam.transforms.formats.webdataset import SHARD_FOLDER
 from pixelbeam.transforms.patch import WRITTEN, Patch, PatchSpec
@@ -73,15 +73,11 @@ def all_valid(row: dict) -> bool:
     return row.get("valid_fraction") == 1.0 and not row.get("times") and pixels < EXACT_FRACTION_PIXELS
 
 
-def load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
 def stored_patch(spec: PatchSpec, row: dict, layout: StoredLayout, read: Callable[[str], bytes]) -> Patch:
     """The Patch a stored, written patch holds: `read(relpath)` gives a file's bytes (relative to
     the output folder). Raises StoredPatchError when the files do not match the row."""
     pid = spec.patch_id
-    pixels = load_npy(read(relpath("npy", pid)))
+    pixels = npy_array(read(relpath("npy", pid)))
     if layout.bands_axis == -1:
         pixels = np.moveaxis(pixels, -1, -3)
     height, width = spec.fetch_height, spec.fetch_width
@@ -89,7 +85,7 @@ def stored_patch(spec: PatchSpec, row: dict, layout: StoredLayout, read: Callabl
         raise StoredPatchError(f"{relpath('npy', pid)}: shape {list(pixels.shape)}, not {len(layout.band_names)} bands "
                                f"of {height} x {width} pixels as the manifest says")
     if mask_npy_relpath(pid) in (row.get("files") or ()):
-        mask = load_npy(read(mask_npy_relpath(pid))).astype(bool)
+        mask = npy_array(read(mask_npy_relpath(pid))).astype(bool)
     elif all_valid(row):
         mask = np.ones((height, width), dtype=bool)
     else:

@@ -13,14 +13,13 @@ row names (so a patch a killed run left in a shard of its own is never seen twic
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pixelbeam.transforms.formats.encode import npy_array
 from pixelbeam.transforms.formats.webdataset import SHARD_FOLDER, read_tar
 from pixelbeam.transforms.loaders.common import join_path, to_chw
 from pixelbeam.transforms.loaders.samples import assemble, row_keys, written_rows
@@ -106,11 +105,7 @@ class WebDatasetPatchDataset(_Samples, IterableDataset):
         arrays, masks = {}, {}
         for layer in self.layers:
             stem = f"{layer['name']}." if self.layered else ""
-            arrays[layer["name"]] = to_chw(load(members[f"{stem}npy"]), self.bands_axis)
+            arrays[layer["name"]] = to_chw(npy_array(members[f"{stem}npy"]), self.bands_axis)
             if f"{stem}mask.npy" in members:
-                masks[layer["name"]] = load(members[f"{stem}mask.npy"]) > 0
+                masks[layer["name"]] = npy_array(members[f"{stem}mask.npy"]) > 0
         return {**assemble(arrays, masks, self.layers, self.norm), **row_keys(row)}
-
-
-def load(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
