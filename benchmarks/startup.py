@@ -44,11 +44,24 @@ def demo_config(workdir: str) -> str:
     return path
 
 
-def timed_process(cmd: list[str], before=None) -> dict:
+def checkout(rev: str, folder: str) -> str:
+    """The tree of git revision `rev` under `folder`, laid out as the installed package is (as
+    plan_scale.py's); a child started with this folder as its current directory imports
+    pixelbeam from it (the current directory comes before the editable install's finder)."""
+    root = os.path.join(folder, f"rev-{rev}")
+    os.makedirs(root)
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+    for name in ("pipeline", "transforms"):
+        os.symlink(os.path.join("..", name), os.path.join(root, "pixelbeam", name))
+    return root
+
+
+def timed_process(cmd: list[str], before=None, cwd: str = ROOT) -> dict:
     if before:
         before()
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=CHILD_ENV, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=CHILD_ENV, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -56,41 +69,81 @@ def timed_process(cmd: list[str], before=None) -> dict:
     return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
-def run_parts(config: str, out: str) -> dict:
-    """One run in a child process, timed step by step (seconds)."""
-    code = f"""
-import json, time
-t0 = time.perf_counter()
-import pixelbeam.pipeline.run as run, apache_beam as beam
-from pixelbeam.pipeline import api, preview, summary, resume
-t1 = time.perf_counter()
-job = api.planned_job({config!r})
-t2 = time.perf_counter()
-parts = {{}}
-real_previews, real_dataset = run.write_previews_quietly, run.write_dataset_json
+# The timed run: `pixelbeam run CONFIG` as the program runs it (cli.main(), so the collector and
+# the exit behave as for a user), with the steps wrapped; the JSON line goes to stderr at the end.
+PARTS_CHILD = """
+import json, sys, time
+started = time.time()
+from pixelbeam.pipeline import api, cli
+parts = {{"started": started, "start": time.time() - started}}
 def timed(name, fn):
     def wrapper(*a, **k):
-        s = time.perf_counter(); r = fn(*a, **k); parts[name] = time.perf_counter() - s; return r
+        s = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            parts[name] = parts.get(name, 0.0) + time.perf_counter() - s
     return wrapper
-run.write_previews_quietly = timed("pictures", real_previews)
-run.write_dataset_json = timed("dataset_json", real_dataset)
-result = run.run_job(job, [], 1.0)
-t3 = time.perf_counter()
-print(json.dumps({{"import_run_path": t1 - t0, "plan": t2 - t1, "run_job": t3 - t2, **parts}}))
+def patch_run_path():
+    import pixelbeam.pipeline.run as run
+    for name, label in (("build_pipeline", "build_graph"), ("summarize", "summary"), ("write_previews_quietly", "pictures")):
+        if hasattr(run, name):
+            setattr(run, name, timed(label, getattr(run, name)))
+    if not hasattr(run.run_job, "__wrapped_by_bench__"):
+        run.run_job = timed("run_job", run.run_job)
+        run.run_job.__wrapped_by_bench__ = True
+real_preload = cli.preload_run_path
+def preload(config):
+    s = time.perf_counter()
+    real_preload(config)
+    parts["import_run_path"] = time.perf_counter() - s
+    patch_run_path()
+cli.preload_run_path = preload
+api.planned_job = timed("plan", api.planned_job)
+sys.argv = ["pixelbeam", "run", {config!r}]
+code = cli.main()
+parts["ended"] = time.time()
+parts["code"] = code
+print("PARTS " + json.dumps(parts), file=sys.stderr, flush=True)
+sys.exit(code)
 """
+
+
+def run_parts(config: str, out: str) -> dict:
+    """One `pixelbeam run` in a child process, timed step by step (seconds): start (the
+    interpreter and the CLI's imports), import_run_path (planning and Beam, imported before the
+    run), plan, build_graph, the pipeline (running it: run_job less the graph, the summary and
+    the pictures), summary, pictures, and exit (from the command's end to the process's)."""
     shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=CHILD_ENV, cwd=ROOT)
-    if proc.returncode != 0:
+    spawned = time.time()
+    proc = subprocess.run([PY, "-c", PARTS_CHILD.format(config=config)], capture_output=True, text=True, env=CHILD_ENV,
+                          cwd=ROOT)
+    exited = time.time()
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("PARTS ")]
+    if proc.returncode != 0 or not lines:
         raise SystemExit(f"timed run failed: {proc.stderr[-2000:]}")
-    parts = json.loads(proc.stdout.strip().splitlines()[-1])
-    parts["pipeline"] = parts["run_job"] - parts.get("pictures", 0) - parts.get("dataset_json", 0)
+    raw = json.loads(lines[-1][len("PARTS "):])
+    parts = {"start": raw["started"] - spawned + raw["start"]}
+    for name in ("import_run_path", "plan", "build_graph"):
+        parts[name] = raw.get(name, 0.0)
+    parts["pipeline"] = raw["run_job"] - sum(raw.get(k, 0.0) for k in ("build_graph", "summary", "pictures"))
+    for name in ("summary", "pictures"):
+        parts[name] = raw.get(name, 0.0)
+    parts["exit"] = exited - raw["ended"]
+    parts["whole"] = exited - spawned
     return parts
+
+
+def median_of(runs: dict) -> dict:
+    return {name: {"seconds": statistics.median(r["seconds"] for r in v),
+                   "cpu_s": statistics.median(r["cpu_s"] for r in v)} for name, v in runs.items()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: one repeat")
+    parser.add_argument("--before", metavar="REV", help="also pixelbeam's commands with the code of git revision REV")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
@@ -106,22 +159,31 @@ def main(argv=None) -> int:
             "pixelbeam run (43 patches)": ([PY, "-m", "pixelbeam", "run", config],
                                            lambda: shutil.rmtree(out, ignore_errors=True)),
         }
+        old_root = checkout(args.before, workdir) if args.before else None
         runs = {name: [] for name in commands}
-        for _ in range(repeat):  # interleaved
-            for name, (cmd, before) in commands.items():
-                runs[name].append(timed_process(cmd, before))
-        results = {name: {"seconds": statistics.median(r["seconds"] for r in v),
-                          "cpu_s": statistics.median(r["cpu_s"] for r in v)} for name, v in runs.items()}
+        before_runs = {name: [] for name in commands if name.startswith("pixelbeam")}
+        for _ in range(repeat):  # interleaved, now and before alternating
+            for name, (cmd, setup) in commands.items():
+                runs[name].append(timed_process(cmd, setup))
+                if old_root and name in before_runs:
+                    before_runs[name].append(timed_process(cmd, setup, cwd=old_root))
+        results = median_of(runs)
+        before = median_of(before_runs) if old_root else None
         parts = run_parts(config, out)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{'command':<32} {'seconds':>8} {'CPU s':>7}")
+    head = f"{'command':<32} {'seconds':>8} {'CPU s':>7}"
+    print(head + (f" {'before: seconds':>16} {'CPU s':>7}  ({args.before})" if before else ""))
     for name, r in results.items():
-        print(f"{name:<32} {r['seconds']:>8.2f} {r['cpu_s']:>7.2f}")
+        line = f"{name:<32} {r['seconds']:>8.2f} {r['cpu_s']:>7.2f}"
+        if before and name in before:
+            line += f" {before[name]['seconds']:>16.2f} {before[name]['cpu_s']:>7.2f}"
+        print(line)
     print("the run, step by step (s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"benchmark": "startup", "repeat": repeat, "commands": results, "run_parts": parts}, f, indent=2)
+            json.dump({"benchmark": "startup", "repeat": repeat, "commands": results, "run_parts": parts,
+                       **({"before": {"rev": args.before, "commands": before}} if before else {})}, f, indent=2)
     return 0
 
 
