@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -19,7 +20,7 @@ from pixelbeam.pipeline import resume
 from pixelbeam.pipeline.dataflow import (check_runner, graph_size_problem, is_dataflow, is_dry_run, job_info,
                                          launch_lines, plan_staging, sdk_processes, submission_problems)
 from pixelbeam.pipeline.graph import build_pipeline
-from pixelbeam.pipeline.preview import write_previews_quietly
+from pixelbeam.pipeline.preview import RUN_HOOK_MAX_PATCHES, warm_up_pictures, write_previews_quietly
 from pixelbeam.pipeline.progress import is_local, progress_bar
 from pixelbeam.pipeline.records import RunEnd
 from pixelbeam.pipeline.results import Requests, RunResult
@@ -41,6 +42,7 @@ class Launch:
     state: resume.ResumeState
     result: object  # Beam's PipelineResult
     started: float  # time.monotonic() at submission
+    pictures_warm_up: Optional[threading.Thread] = None  # preview.warm_up_pictures, for a local run
 
 
 def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite: bool = False,
@@ -87,8 +89,9 @@ def submit(job, options, overwrite: bool = False, stage_to=None):
     end = run_end(job, state, fingerprint, stage_to)
     with progress_bar(max(job.planned - state.done_before, 0), enabled=None if local else False) as progress_dir:
         pipeline = build_pipeline(job, beam.Pipeline(options=options), state, progress_dir, stage_to, end)
+        warm_up = warm_up_pictures() if local and job.planned <= RUN_HOOK_MAX_PATCHES else None
         result = pipeline.run()  # a local runner returns once the job is done
-    return Launch(job, options, state, result, started)
+    return Launch(job, options, state, result, started, warm_up)
 
 
 def run_end(job, state: resume.ResumeState, fingerprint: str, stage_to=None) -> RunEnd:
@@ -120,7 +123,7 @@ def finished(launch: Launch, max_failed_fraction: float) -> RunResult:
     job, state = launch.job, launch.state
     out = job.config.output.path
     summary = summarize(job, launch.result, time.monotonic() - launch.started)
-    pictures = write_previews_quietly(out)  # preview.png + footprints.png; a failure only warns
+    pictures = write_previews_quietly(out, launch.pictures_warm_up)  # preview.png + footprints.png; a failure only warns
     failed = summary.counts.get(FAILED, 0)
     problem = None
     if summary.complete and failed > max_failed_fraction * summary.planned:
