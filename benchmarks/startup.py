@@ -92,13 +92,13 @@ def patch_run_path():
     if not hasattr(run.run_job, "__wrapped_by_bench__"):
         run.run_job = timed("run_job", run.run_job)
         run.run_job.__wrapped_by_bench__ = True
-real_preload = cli.preload_run_path
-def preload(config):
+real_preload = cli.preload
+def preload(config, command):
     s = time.perf_counter()
-    real_preload(config)
+    real_preload(config, command)
     parts["import_run_path"] = time.perf_counter() - s
     patch_run_path()
-cli.preload_run_path = preload
+cli.preload = preload
 api.planned_job = timed("plan", api.planned_job)
 sys.argv = ["pixelbeam", "run", {config!r}]
 code = cli.main()

@@ -133,23 +133,24 @@ def causes(e: BaseException):
 
 
 RUNS = ("run", "demo", "retry-failed")  # the commands that import Beam and run a pipeline
+PRELOADED = ("plan",) + RUNS
 
 
-def preload_run_path(config) -> None:
-    """Import what a run of `config` will import (planning, Beam; `ee` for an Earth Engine job)
-    with the garbage collector paused, then freeze those objects (`gc.freeze`): imports make
-    ~250,000 objects and no garbage, and each full collection during and after them walks them
-    all (~1.3 CPU-s of collections in a small run). For the program's own process only: the
-    objects frozen are never collected, which is what a module's are anyway."""
+def preload(config, command: str) -> None:
+    """Import what `command` of `config` will import (planning; Beam for a run; `ee` for an Earth
+    Engine job), then freeze every object so far (`gc.freeze`) and restart the collector, which
+    the program paused from its start (`run_command`): imports make ~250,000 objects and no
+    garbage, and each full collection during and after them walked them all (~1.3 CPU-s of
+    collections in a small run). For the program's own process only: the objects frozen are
+    never collected, which is what a module's are anyway."""
     from pixelbeam.pipeline.config import EarthEngineSourceConfig
     sources = list(config.layers) if config.layers is not None else [config.source]
-    enabled = gc.isenabled()
-    gc.disable()
     try:
         import pixelbeam.pipeline.plan  # noqa: F401
-        import pixelbeam.pipeline.run  # noqa: F401  (Beam)
-        if config.table is not None:
-            import pixelbeam.pipeline.tables.run  # noqa: F401
+        if command in RUNS:
+            import pixelbeam.pipeline.run  # noqa: F401  (Beam)
+            if config.table is not None:
+                import pixelbeam.pipeline.tables.run  # noqa: F401
         if any(isinstance(src, EarthEngineSourceConfig) for src in sources):
             try:
                 import ee  # noqa: F401
@@ -157,11 +158,22 @@ def preload_run_path(config) -> None:
                 pass
     finally:
         gc.freeze()
-        if enabled:
-            gc.enable()
+        gc.enable()
 
 
 def run_command(argv: Sequence[str], program: bool = False) -> int:
+    """The command's exit status. Called as the program, a plan or a run pauses the garbage
+    collector until `preload` has imported what it needs."""
+    if program and argv and argv[0] in PRELOADED:
+        gc.disable()
+    try:
+        return dispatch(argv, program)
+    finally:
+        if program and not gc.isenabled():
+            gc.enable()
+
+
+def dispatch(argv: Sequence[str], program: bool = False) -> int:
     parser = make_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "emulate":
@@ -191,8 +203,8 @@ def run_command(argv: Sequence[str], program: bool = False) -> int:
             from pixelbeam.pipeline.runner import check_options
             check_options(rest, own_options(parser, args.command))
         config = command_config(args)
-        if program and args.command in RUNS:
-            preload_run_path(config)
+        if program and args.command in PRELOADED:
+            preload(config, args.command)
         if args.command == "plan":
             return print_plan(api.plan(config), as_json=args.json, footprints=args.footprints)
         result = api.run(config, beam_args=rest, overwrite=getattr(args, "overwrite", False),
