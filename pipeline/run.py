@@ -20,11 +20,12 @@ from pixelbeam.pipeline import resume
 from pixelbeam.pipeline.dataflow import (check_runner, graph_size_problem, is_dataflow, is_dry_run, job_info,
                                          launch_lines, plan_staging, sdk_processes, submission_problems)
 from pixelbeam.pipeline.graph import build_pipeline
-from pixelbeam.pipeline.preview import RUN_HOOK_MAX_PATCHES, warm_up_pictures, write_previews_quietly
+from pixelbeam.pipeline.preview import RUN_HOOK_MAX_PATCHES, write_previews_quietly
 from pixelbeam.pipeline.progress import is_local, progress_bar
 from pixelbeam.pipeline.records import RunEnd
 from pixelbeam.pipeline.results import Requests, RunResult
 from pixelbeam.pipeline.runner import describe_process_limits, pipeline_options
+from pixelbeam.pipeline.warm_up import warm_up_pictures
 from pixelbeam.pipeline.stats import with_recorded_stats
 from pixelbeam.pipeline.summary import dataset_description, manifest_outcomes, summarize, write_dataset_json
 from pixelbeam.transforms.planning.staged import stage
@@ -42,7 +43,7 @@ class Launch:
     state: resume.ResumeState
     result: object  # Beam's PipelineResult
     started: float  # time.monotonic() at submission
-    pictures_warm_up: Optional[threading.Thread] = None  # preview.warm_up_pictures, for a local run
+    pictures_warm_up: Optional[threading.Thread] = None  # warm_up.warm_up_pictures, for a local run
 
 
 def run_job(job, beam_args: Sequence[str], max_failed_fraction: float, overwrite: bool = False,
