@@ -19,6 +19,8 @@ PixelGrids planned by pixelbeam over the scene) with `getPixels` (NPY), each in 
   sequential   a plain loop of ee.data.getPixels, for --sequential-s seconds (a subset).
   notebook-64  ThreadPoolExecutor(max_workers=64) over all patches, ee's own retries at their
                default (as in Earth Engine's example notebooks).
+`--before REV` also runs pixelbeam with the code of git revision REV (a `git archive` of it), right
+after the current code, as the row `pixelbeam (REV)`.
 Then ideal, ee pool and pixelbeam again against an emulator injecting --faults transient faults
 (429 40 %, 500 20 %, 503 20 %, connection reset 10 %, truncated body 10 % of the faults).
 `--clients` picks the clients (ideal first: the ratios are to it).
@@ -38,7 +40,7 @@ right shape.
     .venv/bin/python benchmarks/ee_throughput.py --quick               # smoke run, ~1 min
     .venv/bin/python benchmarks/ee_throughput.py --latency 1 --concurrency 40 --patches 1000 --faults 0.05
     .venv/bin/python benchmarks/ee_throughput.py --latency 0.5 --concurrency 20 --patches 1000 --faults 0 \
-        --clients ideal,eepool,pixelbeam                                # the CPU comparison (~2 min)
+        --clients ideal,eepool,pixelbeam [--before REV]                 # the CPU comparison (~2 min)
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from _revisions import checkout  # noqa: E402  (benchmarks/, the script's own folder)
 
 SCENE = os.path.join(ROOT, "data", "RGB.byte.tif")
 ASSET = "projects/bench/assets/landsat"
@@ -275,14 +278,14 @@ class Row:
     note: str = ""
 
 
-def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float, "StatsSampler", dict]:
+def sampled_run(url: str, cmd: list, cwd: str = ROOT) -> tuple[subprocess.CompletedProcess, float, "StatsSampler", dict]:
     """Reset the emulator's stats, run `cmd` in its own process while sampling them; (process,
     wall seconds, the sampler, the emulator's final stats). The process's CPU seconds, start to
     exit, are `sampler.cpu_s`."""
     emulator_call(url, "/_emulator/reset", post=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the emulator is not waited for until the end
     started = time.monotonic()
-    popen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    popen = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = StatsSampler(url, popen.pid)
     sampler.start()
     out, err = popen.communicate()
@@ -296,9 +299,10 @@ def sampled_run(url: str, cmd: list) -> tuple[subprocess.CompletedProcess, float
     return proc, wall, sampler, emulator_call(url, "/_emulator/stats")
 
 
-def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = False) -> Row:
-    """Reset the emulator, run `cmd`, and read delivered patches, timing and quota stats."""
-    proc, wall, sampler, stats = sampled_run(url, cmd)
+def measure(name: str, url: str, cmd: list, count_delivered, subset: bool = False, cwd: str = ROOT) -> Row:
+    """Reset the emulator, run `cmd` (in folder `cwd`), and read delivered patches, timing and
+    quota stats."""
+    proc, wall, sampler, stats = sampled_run(url, cmd, cwd)
     delivered, attempted, note = count_delivered(proc)
     skip = max(0, stats["answered_200"] - delivered)  # pixelbeam's describe probe (1 request)
     seconds, mean_in_flight = sampler.window(skip, stats["answered_200"])
@@ -399,6 +403,12 @@ def run_clients(args, tmp: str, catalog: str, faults: float, kinds: list[str]) -
                 shutil.rmtree(out, ignore_errors=True)
                 rows.append(measure("pixelbeam" + suffix, url, [sys.executable, "-m", "pixelbeam", "run", config],
                                     pixelbeam_result(out, [pid for pid, _ in specs])))
+                if args.before:  # the same job with the code of an earlier revision, right after
+                    print(f"  running pixelbeam ({args.before}){suffix} ...", file=sys.stderr, flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
+                    rows.append(measure(f"pixelbeam ({args.before})" + suffix, url,
+                                        [sys.executable, "-m", "pixelbeam", "run", config],
+                                        pixelbeam_result(out, [pid for pid, _ in specs]), cwd=args.before_root))
             else:
                 threads = {"ideal": args.concurrency, "eepool": args.concurrency, "notebook": 64, "sequential": 1}[kind]
                 label = {"ideal": f"ideal ({threads} threads)", "eepool": f"ee pool ({threads} threads)",
@@ -453,6 +463,7 @@ def main(argv=None) -> int:
     p.add_argument("--clients", default=",".join(CLIENTS),
                    help="clients to run, comma-separated (ideal first: the ratios are to it)")
     p.add_argument("--quick", action="store_true", help="smoke run: L 0.5 s, C 10, 200 patches, 5 s loop")
+    p.add_argument("--before", metavar="REV", help="also run pixelbeam with the code of git revision REV, after it")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (benchmarks/run_all.py)")
     p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one baseline client
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -476,6 +487,7 @@ def main(argv=None) -> int:
         return 2
     tmp = tempfile.mkdtemp(prefix="pixelbeam-ee-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
+        args.before_root = checkout(args.before, tmp) if args.before else None
         catalog = os.path.join(tmp, "catalog.json")
         with open(catalog, "w") as f:
             json.dump({"images": {ASSET: {"path": SCENE, "bands": BANDS}}}, f)

@@ -3,11 +3,15 @@ run` cost as whole processes, and where the run's seconds go.
 
 Each command runs in its own process (median of --repeat; wall seconds and CPU-seconds of the
 process tree), against `python -c pass` and `python -c "import apache_beam"` in the same run
-(the interpreter's and Beam's own import, which a run cannot avoid). The run's parts come from
-one extra in-process run timed step by step: importing the run path (Beam), planning, building
-and running the pipeline, dataset.json and the summary, and the pictures drawn afterwards.
+(the interpreter's and Beam's own import, which a run cannot avoid); `--before REV` also runs
+pixelbeam's three commands with the code of git revision REV (a `git archive` of it), each
+right after the current code's, so that before and after share the machine's load. The run's
+parts come from one extra `pixelbeam run`, the real CLI with its steps timed: start (the
+interpreter and the CLI's imports), import_run_path (planning and Beam, imported before the
+run), plan, build_graph (the Beam graph), pipeline (running it), summary, pictures (preview.png
+and footprints.png, drawn after it), exit (from the command's end to the process's) and whole.
 
-    .venv/bin/python benchmarks/startup.py [--repeat 3] [--quick] [--json FILE]
+    .venv/bin/python benchmarks/startup.py [--repeat 3] [--quick] [--before REV] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import tempfile
 import time
 
 import yaml
+
+from _revisions import checkout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -42,19 +48,6 @@ def demo_config(workdir: str) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)
     return path
-
-
-def checkout(rev: str, folder: str) -> str:
-    """The tree of git revision `rev` under `folder`, laid out as the installed package is (as
-    plan_scale.py's); a child started with this folder as its current directory imports
-    pixelbeam from it (the current directory comes before the editable install's finder)."""
-    root = os.path.join(folder, f"rev-{rev}")
-    os.makedirs(root)
-    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
-    for name in ("pipeline", "transforms"):
-        os.symlink(os.path.join("..", name), os.path.join(root, "pixelbeam", name))
-    return root
 
 
 def timed_process(cmd: list[str], before=None, cwd: str = ROOT) -> dict:
