@@ -28,6 +28,7 @@ from pixelbeam.pipeline.sizes import check_grid_units, check_patch_memory, check
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, is_geographic, lonlat_extent, regions_lonlat_box
 from pixelbeam.transforms.planning.orientation import NotNorthUp
+from pixelbeam.transforms.planning.point_plan import PlannedPoints
 from pixelbeam.transforms.planning.point_set import PointRegions
 from pixelbeam.transforms.patch import INPUT, PatchSpec
 from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
@@ -64,6 +65,8 @@ class Job:
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
+        if isinstance(self.regions, PlannedPoints):  # a run's points (pipeline/point_run.py)
+            return self.regions.specs(self.grid, self.sample)
         return plan_by_cells(self.regions, self.grid, sample=self.sample)
 
     @property
