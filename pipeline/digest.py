@@ -40,9 +40,9 @@ def point_digest_text(grid: dict, points: PointRegions, chunk: int = 65_536):
     yield head[:-2]  # ends with ", [": the pairs follow
     order = np.argsort(points.ids.fixed(), kind="stable")  # as str sorts (point_set.Strings.fixed)
     for k in range(0, order.size, chunk):
-        part = points.take(order[k:k + chunk])
-        hexes = point_wkb_hex(part.lon, part.lat)
-        ids = part.ids.slice(0, len(part))
+        index = order[k:k + chunk]  # (ids and coordinates only: no property column is copied)
+        hexes = point_wkb_hex(points.lon[index], points.lat[index])
+        ids = points.ids.take(index).slice(0, index.size)
         yield (", " if k else "") + json.dumps(list(zip(ids, hexes)))[1:-1]  # the pairs, without the list's brackets
     yield "]]"
 

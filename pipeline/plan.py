@@ -62,6 +62,7 @@ class Job:
     split_guard: int = 0  # patches the split guard left out of the plan (transforms/planning/splits.py)
     layers: tuple[JobLayer, ...] = ()
     skipped_regions: Optional[tuple[SkippedRegion, ...]] = None  # regions_outside: skip; else None
+    projected: Optional[dict] = dataclasses.field(default=None, repr=False)  # point columns: project_regions' (for a run)
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
@@ -296,7 +297,8 @@ def prepare_job(config: Config) -> Job:
     job = Job(config=config, source=primary.source, info=info, regions=regions, grid=grid, cells=cells,
               planned=planned, sample=sample, rules=primary.rules, label_dtype=label_type, layers=layers,
               split_guard=guarded, split_counts={name: by_split.get(name, 0) for name in sample.split.names}
-              if sample is not None and sample.split is not None else None, skipped_regions=skipped)
+              if sample is not None and sample.split is not None else None, skipped_regions=skipped,
+              projected=projected if isinstance(regions, PointRegions) else None)
     check_pictures(job)
     try:
         job.requests_per_patch

@@ -89,11 +89,12 @@ def runs_on_point_cells(job) -> bool:
             and (split is None or split.by is None))
 
 
-def plan_point_cells(regions: PointRegions, grid, cells: Sequence[Cell],
-                     labels: Optional[dict] = None) -> tuple[PointCell, ...]:
+def plan_point_cells(regions: PointRegions, grid, cells: Sequence[Cell], labels: Optional[dict] = None,
+                     projected: Optional[dict] = None) -> tuple[PointCell, ...]:
     """One PointCell per cell of `cells` (the job's, in order), with the owners' labels from
-    `labels` ({region id: label}: the job sample's) when given."""
-    by_crs = project_regions(regions, grid)
+    `labels` ({region id: label}: the job sample's) when given; `projected`:
+    cells.project_regions(regions, grid) when the caller has it."""
+    by_crs = projected if projected is not None else project_regions(regions, grid)
     out = []
     for cell in cells:
         rows, cols, owners = by_crs[cell.crs][0].in_block(cell.row0, cell.col0, cell.size)
