@@ -26,7 +26,7 @@ def lean_point_job(job, in_place: bool = False):
     if not runs_on_point_cells(job):
         return job
     sample = job.sample
-    labels = dict(sample.labels) if sample is not None and job.config.sample.label_property else None
+    labels = sample if sample is not None and job.config.sample.label_property else None  # (its dict of labels)
     changes = {"regions": PlannedPoints(len(job.regions), plan_digest(job),
                                         plan_point_cells(job.regions, job.grid, job.cells, labels, job.projected)),
                "sample": lean_sample(sample), "projected": None}

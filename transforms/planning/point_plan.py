@@ -89,10 +89,10 @@ def runs_on_point_cells(job) -> bool:
             and (split is None or split.by is None))
 
 
-def plan_point_cells(regions: PointRegions, grid, cells: Sequence[Cell], labels: Optional[dict] = None,
+def plan_point_cells(regions: PointRegions, grid, cells: Sequence[Cell], labels: Optional[Sample] = None,
                      projected: Optional[dict] = None) -> tuple[PointCell, ...]:
     """One PointCell per cell of `cells` (the job's, in order), with the owners' labels from
-    `labels` ({region id: label}: the job sample's) when given; `projected`:
+    `labels` (the job's sample: Sample.label) when given; `projected`:
     cells.project_regions(regions, grid) when the caller has it."""
     by_crs = projected if projected is not None else project_regions(regions, grid)
     out = []
@@ -101,7 +101,7 @@ def plan_point_cells(regions: PointRegions, grid, cells: Sequence[Cell], labels:
         owners = owners.tolist()
         ids = Strings.of(owners)
         out.append(PointCell(cell, rows, cols, ids.data.tobytes(), ids.ends, None if labels is None else
-                             compact_labels([labels.get(o) for o in owners])))
+                             compact_labels([labels.label(o) for o in owners])))
     return tuple(out)
 
 
