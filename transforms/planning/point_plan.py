@@ -22,14 +22,15 @@ import numpy as np
 
 from pixelbeam.transforms.planning.cells import Cell, expand_cell, project_regions
 from pixelbeam.transforms.planning.point_regions import ProjectedPoints
-from pixelbeam.transforms.planning.point_set import PointRegions, Strings
+from pixelbeam.transforms.planning.point_set import PointRegions, Strings, compact
 from pixelbeam.transforms.planning.sampling import MAX_RANK, Sample
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PointCell:
     """A planned cell and the point patches in it: `rows`, `cols` (sorted by row, then col), the
-    owner region ids as UTF-8 bytes and ends, and the owners' labels (numbers, or Strings) or None."""
+    owner region ids as UTF-8 bytes and ends, and the owners' labels or None (point_set.compact:
+    an array, Strings, or a list holding None where the split guard left an owner's patch out)."""
 
     cell: Cell
     rows: np.ndarray
@@ -101,21 +102,8 @@ def plan_point_cells(regions: PointRegions, grid, cells: Sequence[Cell], labels:
         owners = owners.tolist()
         ids = Strings.of(owners)
         out.append(PointCell(cell, rows, cols, ids.data.tobytes(), ids.ends, None if labels is None else
-                             compact_labels([labels.label(o) for o in owners])))
+                             compact([labels.label(o) for o in owners])))
     return tuple(out)
-
-
-def compact_labels(values: list):
-    """A cell's labels as an array (all int or all float), Strings (all text), else the list
-    (None where the split guard left the owner's only patch out: no label was looked up)."""
-    kinds = {type(v) for v in values}
-    if kinds == {int}:
-        return np.array(values, np.int64)
-    if kinds == {float}:
-        return np.array(values, np.float64)
-    if kinds == {str}:
-        return Strings.of(values)
-    return values
 
 
 def lean_sample(sample: Optional[Sample]) -> Optional[Sample]:
