@@ -17,8 +17,17 @@ and `--before REV` with the code of git revision REV (a `git archive` of it, imp
 the editable install), for before/after in one run; `--sample per_region|per_class` plans with
 that sample instead of only `centered_on_points`.
 
+`--launcher` measures a `pixelbeam run` launcher instead: the whole process (interpreter start
+to the returned RunResult) of `pixelbeam.run(config, DataflowRunner options)`, which plans,
+checks the graph's size, plans the resume, stages the plan under --temp_location (a folder on
+/dev/shm) and translates the job for DataflowRunner; Beam's own `--dry_run=True` stops its
+runner just before it would upload the job (pixelbeam's dry-run branch is bypassed, and the
+check that the output and the source are on Cloud Storage is off: the benchmark's files are
+local; the plan is staged in a local folder instead of --temp_location's gs://). Wall is the child's elapsed time, CPU its user + system seconds, peak its ru_maxrss.
+
     .venv/bin/python benchmarks/plan_scale.py [--sizes 100000,1000000,10000000]
     .venv/bin/python benchmarks/plan_scale.py --points 300000,1000000 [--former] [--before 2bd608f] [--sample per_class]
+    .venv/bin/python benchmarks/plan_scale.py --points 1000000 --launcher [--before REV] [--sample per_class] [--scale 10]
 """
 
 from __future__ import annotations
@@ -111,17 +120,73 @@ def points_child(mode: str, config_path: str) -> dict:
             "cells": len(job.cells)}
 
 
+def launcher_child(mode: str, config_path: str) -> dict:
+    """Runs in a fresh process: a `pixelbeam run` launcher on DataflowRunner up to the job's
+    submission (module doc); mode `bulk` or `rev:<folder>`."""
+    if mode.startswith("rev:"):
+        use_checkout(mode[4:])
+    else:
+        sys.path.insert(0, ROOT)
+    from pixelbeam.pipeline import api
+    temp = os.path.join(os.path.dirname(config_path), "temp")
+    launch = api.run_planned
+
+    def run_planned(job, *args, **kwargs):  # Beam imported as the launcher imports it: once the job is planned
+        from pixelbeam.pipeline import dataflow, run
+        run.is_dry_run = dataflow.is_dry_run = lambda options: False  # pixelbeam's: a real launch; Beam's: stop at upload
+        dataflow.submission_problems = lambda job: []  # the benchmark's output and raster are local files
+        dataflow.stage_folder = lambda options, run_id: os.path.join(temp, f"pixelbeam-plan-{run_id or 'check'}")
+        return launch(job, *args, **kwargs)
+
+    api.run_planned = run_planned
+    args = ["--runner", "DataflowRunner", "--project", "bench", "--region", "us-central1",
+            "--temp_location", "gs://bench/temp",
+            "--machine_type", "n1-standard-2", "--max_num_workers", "2", "--dry_run=True"]
+    result = api.run(config_path, beam_args=args)
+    staged = [os.path.join(d, f) for d, _, fs in os.walk(temp) for f in fs]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"patches": result.planned, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024,
+            "staged_files": len(staged), "staged_mb": sum(map(os.path.getsize, staged)) / 1e6}
+
+
+def launch_points(sizes: str, before: str | None = None, sample: str = "centered", scale: str = "native") -> list[dict]:
+    """`--launcher`: each size, after (this tree) and before (`before`), in fresh processes."""
+    results = []
+    print(f"{'points':>9} {'file MB':>8} {'patches':>8} {'way':>14} {'wall s':>7} {'CPU s':>6} {'peak MB':>8} "
+          f"{'staged MB':>10}")
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        modes = (("bulk",) if not before else (f"rev:{checkout(before, tmp)}", "bulk"))
+        for points in map(int, sizes.split(",")):
+            config = write_points_config(tmp, points, sample, scale)
+            size_mb = os.path.getsize(config.replace(".yaml", ".geojson")) / 1e6
+            for mode in modes:
+                for leftover in ("out", "temp"):
+                    subprocess.run(["rm", "-rf", os.path.join(tmp, leftover)], check=True)
+                started = time.perf_counter()
+                out = subprocess.run([sys.executable, __file__, "--launcher-child", mode, config], capture_output=True,
+                                     text=True, cwd=ROOT)
+                wall = time.perf_counter() - started
+                if out.returncode != 0:
+                    raise RuntimeError(out.stderr[-3000:])
+                r = {"wall_s": wall, **json.loads(out.stdout.strip().splitlines()[-1])}
+                way = f"before {before[:7]}" if mode.startswith("rev:") else "this tree"
+                results.append({"points": points, "mode": way, "sample": sample, "scale": scale, **r})
+                print(f"{points:>9} {size_mb:>8.0f} {r['patches']:>8} {way:>14} {wall:>7.1f} {r['cpu_s']:>6.1f} "
+                      f"{r['peak_mb']:>8.0f} {r['staged_mb']:>10.1f}", flush=True)
+    return results
+
+
 SAMPLES = {"centered": "{centered_on_points: true}", "per_region": "{centered_on_points: true, per_region: 1, seed: 1}",
            "per_class": "{centered_on_points: true, per_class: 100, label_property: class, seed: 1}"}
 
 
-def write_points_config(tmp: str, points: int, sample: str = "centered") -> str:
+def write_points_config(tmp: str, points: int, sample: str = "centered", scale: str = "native") -> str:
     """`points` random points over the bundled scene, as the issue's file (ids, a class, a name)."""
     rng = np.random.default_rng(points)
     lon, lat = rng.uniform(-78.9, -76.6, points), rng.uniform(23.6, 25.5, points)
     path = os.path.join(tmp, f"points-{points}.geojson")
     if os.path.exists(path):
-        return write_sample_config(tmp, points, path, sample)
+        return write_sample_config(tmp, points, path, sample, scale)
     with open(path, "w") as f:
         f.write('{"type": "FeatureCollection", "features": [')
         for i in range(points):
@@ -129,14 +194,14 @@ def write_points_config(tmp: str, points: int, sample: str = "centered") -> str:
                 {"type": "Feature", "id": f"pt-{i}", "properties": {"class": i % 5, "name": f"point number {i}"},
                  "geometry": {"type": "Point", "coordinates": [round(float(lon[i]), 7), round(float(lat[i]), 7)]}}))
         f.write("]}")
-    return write_sample_config(tmp, points, path, sample)
+    return write_sample_config(tmp, points, path, sample, scale)
 
 
-def write_sample_config(tmp: str, points: int, path: str, sample: str) -> str:
+def write_sample_config(tmp: str, points: int, path: str, sample: str, scale: str = "native") -> str:
     config = os.path.join(tmp, f"points-{points}.yaml")
     with open(config, "w") as f:
         f.write(f"source: {{uri: {LANDSAT}}}\nregions: {path}\n"
-                f"grid: {{crs: native, scale: native, patch_size: 16}}\nsample: {SAMPLES[sample]}\n"
+                f"grid: {{crs: native, scale: {scale}, patch_size: 16}}\nsample: {SAMPLES[sample]}\n"
                 f"output: {{path: {os.path.join(tmp, 'out')}}}\n")
     return config
 
@@ -190,7 +255,11 @@ def main(argv=None) -> int:
     parser.add_argument("--former", action="store_true", help="with --points: also the former one-at-a-time way")
     parser.add_argument("--before", metavar="REV", help="with --points: also the code of git revision REV (before/after)")
     parser.add_argument("--sample", choices=sorted(SAMPLES), default="centered", help="with --points: the sample: section")
+    parser.add_argument("--launcher", action="store_true", help="with --points: a `pixelbeam run` launcher (module doc)")
+    parser.add_argument("--scale", default="native", help="with --launcher: grid.scale (m; native: the scene's 300 m, "
+                                                           "so 10^6 points share ~2,200 patches; 10: most points own one)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--launcher-child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--points-child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -198,6 +267,15 @@ def main(argv=None) -> int:
         return 0
     if args.points_child:
         print(json.dumps(points_child(*args.points_child)))
+        return 0
+    if args.launcher_child:
+        print(json.dumps(launcher_child(*args.launcher_child)))
+        return 0
+    if args.points and args.launcher:
+        results = launch_points(args.points, args.before, args.sample, args.scale)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"benchmark": "plan_scale_launcher", "results": results}, f)
         return 0
     if args.points:
         results = plan_points(args.points, args.former, args.before, args.sample)

@@ -189,14 +189,20 @@ def run(config: ConfigLike, *, beam_args: Union[Sequence[str], str] = (), overwr
     DataflowRunner it returns once the job is submitted (the job records its own completion;
     `pixelbeam status OUT` shows progress) unless `wait`. Raises ConfigError, before anything is
     written, for bad input."""
-    return run_planned(planned_job(config, image, collection), beam_args, overwrite=overwrite,
-                       max_failed_fraction=max_failed_fraction, wait=wait)
+    job = planned_job(config, image, collection)
+    if job.config.table is None:
+        from pixelbeam.pipeline.point_run import lean_point_job
+        lean_point_job(job, in_place=True)  # point columns freed before Beam is imported (issue 17.3)
+    return run_planned(job, beam_args, overwrite=overwrite, max_failed_fraction=max_failed_fraction, wait=wait)
 
 
 def run_planned(job, beam_args: Union[Sequence[str], str] = (), overwrite: bool = False,
                 max_failed_fraction: float = 0.0, wait: bool = False) -> RunResult:
     """`run` of an already prepared job (a `Plan.job`)."""
     args = shlex.split(beam_args) if isinstance(beam_args, str) else list(beam_args)
+    if job.config.table is None:
+        from pixelbeam.pipeline.point_run import lean_point_job
+        job = lean_point_job(job)  # the PointCells the graph takes (the caller's job keeps its columns)
     with quiet_expected_warnings():
         if job.config.table is not None:
             from pixelbeam.pipeline.tables.run import run_table_job

@@ -15,6 +15,7 @@ from pixelbeam.pipeline.runner import fetch_layers, fetch_settings
 from pixelbeam.pipeline.stats import layer_roles
 from pixelbeam.transforms.fetch import FAILED, FetchLayers, FetchPatches
 from pixelbeam.transforms.planning import staged
+from pixelbeam.transforms.planning.point_plan import PlannedPoints
 from pixelbeam.transforms.planning.staged import StageTo
 from pixelbeam.transforms.restore import RestorePatches
 from pixelbeam.transforms.sinks import FILTERED, JudgePatches, WritePatches, WriteReports
@@ -28,15 +29,18 @@ def build_pipeline(job: Job, pipeline: beam.Pipeline, resume: Optional[ResumeSta
                    end: Optional[RunEnd] = None) -> beam.Pipeline:
     """Adds every step of the job to `pipeline` and returns it. With `resume` naming a previous
     manifest, the patches it records as done are carried over instead of fetched. With
-    `stage_to`, the plan (cells, regions, sample) goes to files there instead of into the graph.
+    `stage_to`, the plan (cells, regions, sample) goes to files there instead of into the graph;
+    a job's PlannedPoints go as their PointCells, in the cells' chunks.
     With `end`, the last stage records the run's completion once every sink has finalized
     (pipeline/records.py)."""
     out = job.config.output
     resume = resume or ResumeState(run_id="")
     cells, regions, sample = job.cells, job.regions, job.sample
+    if isinstance(regions, PlannedPoints):  # a run's point regions: each cell with its own points (pipeline/point_run.py)
+        cells, regions = list(regions.cells), ()
     if stage_to is not None:
-        cells = staged.stage_chunks(job.cells, stage_to.folder, "cells", stage_to.write)
-        regions = staged.stage(job.regions, stage_to.folder, "regions", stage_to.write)
+        cells = staged.stage_chunks(cells, stage_to.folder, "cells", stage_to.write)
+        regions = staged.stage(regions, stage_to.folder, "regions", stage_to.write)
         sample = staged.stage(job.sample, stage_to.folder, "sample", stage_to.write)
     specs = pipeline | "TilePatches" >> TilePatches(cells, regions, job.grid, sample)
     restored = None

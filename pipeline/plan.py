@@ -28,6 +28,7 @@ from pixelbeam.pipeline.sizes import check_grid_units, check_patch_memory, check
 from pixelbeam.transforms.planning.cells import Cell, count_by_split, owned_patch_ids, plan_by_cells, plan_cells, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec, is_geographic, lonlat_extent, regions_lonlat_box
 from pixelbeam.transforms.planning.orientation import NotNorthUp
+from pixelbeam.transforms.planning.point_plan import PlannedPoints
 from pixelbeam.transforms.planning.point_set import PointRegions
 from pixelbeam.transforms.patch import INPUT, PatchSpec
 from pixelbeam.transforms.pixels.masking import LayerRules, PixelRules
@@ -61,9 +62,12 @@ class Job:
     split_guard: int = 0  # patches the split guard left out of the plan (transforms/planning/splits.py)
     layers: tuple[JobLayer, ...] = ()
     skipped_regions: Optional[tuple[SkippedRegion, ...]] = None  # regions_outside: skip; else None
+    projected: Optional[dict] = dataclasses.field(default=None, repr=False)  # point columns: project_regions' (for a run)
 
     @functools.cached_property
     def specs(self) -> list[PatchSpec]:
+        if isinstance(self.regions, PlannedPoints):  # a run's points (pipeline/point_run.py)
+            return self.regions.specs(self.grid, self.sample)
         return plan_by_cells(self.regions, self.grid, sample=self.sample)
 
     @property
@@ -293,7 +297,8 @@ def prepare_job(config: Config) -> Job:
     job = Job(config=config, source=primary.source, info=info, regions=regions, grid=grid, cells=cells,
               planned=planned, sample=sample, rules=primary.rules, label_dtype=label_type, layers=layers,
               split_guard=guarded, split_counts={name: by_split.get(name, 0) for name in sample.split.names}
-              if sample is not None and sample.split is not None else None, skipped_regions=skipped)
+              if sample is not None and sample.split is not None else None, skipped_regions=skipped,
+              projected=projected if isinstance(regions, PointRegions) else None)
     check_pictures(job)
     try:
         job.requests_per_patch

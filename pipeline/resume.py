@@ -20,22 +20,19 @@ import logging
 import os
 import re
 import secrets
-import sys
 import time
 from typing import Optional
 
-import numpy as np
-import shapely
 from apache_beam.io.filesystems import FileSystems
 
 from pixelbeam.pipeline.add_formats import added_formats, stored_layout, why_not_from_stored
 from pixelbeam.pipeline.config import Config, ConfigError
+from pixelbeam.pipeline.digest import plan_digest  # noqa: F401 (re-exported: resume's own and callers')
 from pixelbeam.pipeline.records import RUNNING_FILE, RUNS_FOLDER, completed_runs, latest_record, read_records
 from pixelbeam.pipeline.shards import shards_missing
 from pixelbeam.transforms.formats.stored import StoredLayout
 from pixelbeam.transforms.formats.webdataset import shard_run_id as webdataset_shard_run_id
 from pixelbeam.transforms.patch import FILTERED, WRITTEN
-from pixelbeam.transforms.planning.point_set import PointRegions
 from pixelbeam.transforms.secrets import hide_secrets_in
 from pixelbeam.transforms.storage import join
 
@@ -168,48 +165,6 @@ class ResumeState:
     manifest_counts: Optional[dict] = None  # {status: rows} of that manifest, from its run's record (if it has one)
     formats_added: tuple[str, ...] = ()  # formats this run adds to the written patches, from their stored NPY files
     restore: Optional[StoredLayout] = None  # with formats_added: what each written patch must have (add_formats.py)
-
-
-def plan_digest(job) -> str:
-    """Hash of what decides the set of planned patch ids: the grid and the regions (point
-    regions held as columns: the same hash, fed a chunk of points at a time)."""
-    grid = dataclasses.asdict(job.grid)
-    if grid["lon_west"] == -180.0:  # the default: digests as before the field existed
-        del grid["lon_west"]
-    if isinstance(job.regions, PointRegions):
-        digest = hashlib.sha256()
-        for text in point_digest_text(grid, job.regions):
-            digest.update(text.encode())
-        return digest.hexdigest()[:16]
-    regions = sorted((r.region_id, r.geometry.wkb_hex) for r in job.regions)
-    doc = json.dumps([grid, regions], sort_keys=True, default=str)
-    return hashlib.sha256(doc.encode()).hexdigest()[:16]
-
-
-def point_digest_text(grid: dict, points: PointRegions, chunk: int = 65_536):
-    """The text `json.dumps([grid, sorted (id, wkb hex) pairs], sort_keys=True)` is, in pieces."""
-    head = json.dumps([grid, []], sort_keys=True, default=str)
-    yield head[:-2]  # ends with ", [": the pairs follow
-    order = np.argsort(points.ids.fixed(), kind="stable")  # as str sorts (point_set.Strings.fixed)
-    for k in range(0, order.size, chunk):
-        part = points.take(order[k:k + chunk])
-        hexes = point_wkb_hex(part.lon, part.lat)
-        ids = part.ids.slice(0, len(part))
-        yield (", " if k else "") + json.dumps(list(zip(ids, hexes)))[1:-1]  # the pairs, without the list's brackets
-    yield "]]"
-
-
-WKB_POINT = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])  # 21 bytes, unpadded
-
-
-def point_wkb_hex(lon: np.ndarray, lat: np.ndarray) -> list[str]:
-    """Each point's `wkb_hex` (shapely's: 2-D, machine byte order), from the arrays at once."""
-    if sys.byteorder != "little":
-        return shapely.to_wkb(shapely.points(lon, lat), hex=True).tolist()
-    rec = np.empty(lon.size, WKB_POINT)
-    rec["order"], rec["type"], rec["x"], rec["y"] = 1, 1, lon, lat  # little-endian, Point
-    text = rec.tobytes().hex().upper()
-    return [text[i:i + 42] for i in range(0, len(text), 42)]
 
 
 def check_fingerprint(config: Config, output_path: str, overwrite: bool) -> str:

@@ -17,13 +17,15 @@ from apache_beam.metrics import Metrics
 from pixelbeam.transforms.planning.cells import Cell, expand_cell, project_regions
 from pixelbeam.transforms.planning.grid import GridSpec
 from pixelbeam.transforms.planning.regions import Region
+from pixelbeam.transforms.planning.point_plan import PointCell, expand_point_cell
 from pixelbeam.transforms.planning.point_set import PointRegions
 from pixelbeam.transforms.planning.sampling import Sample
 from pixelbeam.transforms.planning.staged import Staged, resolve, unstage_items
 
 
 class ExpandCells(beam.DoFn):
-    """Cell -> its PatchSpecs; regions (and sample) are loaded and projected once per worker."""
+    """Cell -> its PatchSpecs; regions (and sample) are loaded and projected once per worker. A
+    PointCell brings its own points (a run's point regions: no regions are given)."""
 
     def __init__(self, regions: Union[Sequence[Region], Staged], grid: GridSpec,
                  sample: Union[Sample, Staged, None] = None):
@@ -35,8 +37,11 @@ class ExpandCells(beam.DoFn):
         self.resolved_sample = resolve(self.sample)
         self.planned = Metrics.counter("pixelbeam", "patches_planned")
 
-    def process(self, cell: Cell):
-        specs = expand_cell(cell, self.projected[cell.crs], self.grid, self.resolved_sample)
+    def process(self, cell: Union[Cell, PointCell]):
+        if isinstance(cell, PointCell):  # a cell with its own points (transforms/planning/point_plan.py)
+            specs = expand_point_cell(cell, self.grid, self.resolved_sample)
+        else:
+            specs = expand_cell(cell, self.projected[cell.crs], self.grid, self.resolved_sample)
         self.planned.inc(len(specs))
         yield from specs
 
@@ -46,7 +51,7 @@ class TilePatches(beam.PTransform):
     """PBegin -> PCollection[PatchSpec] of the cells' patches. Each input may be staged
     (transforms/planning/staged.py): `cells` as chunks, `regions` and `sample` whole."""
 
-    cells: Sequence[Union[Cell, Staged]]
+    cells: Sequence[Union[Cell, PointCell, Staged]]
     regions: Union[Sequence[Region], Staged]
     grid: GridSpec
     sample: Union[Sample, Staged, None] = None  # per-region subset and labels (transforms/planning/sampling.py)

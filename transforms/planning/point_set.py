@@ -231,12 +231,18 @@ class ColumnBuilder:
         self.values, self.done = [], []
 
     def build(self, lon: np.ndarray, lat: np.ndarray) -> PointRegions:
+        """The PointRegions; the builder lets go of its chunks as each column is joined (so a
+        column is never held twice once it is built)."""
         self.flush()
         ids = Strings.concat(self.id_chunks)
+        self.id_chunks = []
         if self.rows is not None:
             return PointRegions(ids, lon, lat, None, self.rows)
-        columns = tuple((k, merge(done)) for k, done in zip(self.keys or (), self.done))
-        return PointRegions(ids, lon, lat, columns)
+        columns = []
+        for k in range(len(self.done)):
+            columns.append((self.keys[k], merge(self.done[k])))
+            self.done[k] = []
+        return PointRegions(ids, lon, lat, tuple(columns))
 
 
 def compact(values: list):

@@ -62,6 +62,7 @@ def points_in_bulk(features: Iterable[Any], copy: bool = False, min_count: Optio
     if len(xs) < (MIN_BULK if min_count is None else min_count):
         return None
     lon, lat = np.frombuffer(xs, dtype=np.float64).copy(), np.frombuffer(ys, dtype=np.float64).copy()
+    del xs, ys  # (the copies are exact: no spare capacity)
     if not (np.isfinite(lon).all() and np.isfinite(lat).all() and (np.abs(lon) <= 180).all()
             and (np.abs(lat) <= 90).all()):
         return None
