@@ -202,3 +202,74 @@ def test_plan_windows_sparse_and_other_grids_stay_single():
     assert all(isinstance(w, PatchSpec) for w in merging.plan_windows(other, (1,), RequestLimits(), 16))
     blocks = merging.plan_windows([spec(0, c) for c in range(8)], (1,), RequestLimits(), 16)
     assert [len(w.members) for w in blocks] == [4, 4]  # two blocks of the grid, never across
+
+
+# -- FetchPatches with a fake source that merges -----------------------------------------------
+
+FAKE_CALLS: list = []  # (window width, height) of each fetch, shared by the pickled copies in this process
+
+
+class MergingSource:
+    """Pixels = 1000 * global row + global col of the pixel (so a cut in the wrong place shows);
+    a window holding patch (1, 1) is refused (400), and so is that patch alone."""
+
+    merges_windows = True
+
+    def __init__(self, info):
+        self.info = info
+
+    def describe(self):
+        return self.info
+
+    def open(self, info=None):
+        return MergingReader(info or self.info)
+
+
+class MergingReader:
+    def __init__(self, info):
+        self.info, self.limits = info, info.limits
+
+    def fetch(self, spec, part):
+        from pixelbeam.transforms.fetching.retry import PermanentError
+        from pixelbeam.transforms.sources.base import PartResult
+        FAKE_CALLS.append((part.width, part.height))
+        a, _, c, _, e, f = spec.fetch_transform
+        col0, row0 = round(c / a), round(f / e)
+        if spec.patch_id == "p_1_1" or (spec.patch_id.startswith("merged:") and col0 <= 4 < col0 + part.width
+                                        and row0 <= 4 < row0 + part.height):
+            raise PermanentError("refused", cause="400")
+        rows, cols = np.mgrid[row0:row0 + part.height, col0:col0 + part.width]
+        data = np.stack([1000 * rows + cols] * len(part.bands)).astype(np.int32)
+        return PartResult(data, np.ones(data.shape[1:], bool), data.nbytes)
+
+    def close(self):
+        pass
+
+
+def test_fetch_patches_merges_blocks_falls_back_and_counts_requests():
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    from pixelbeam.transforms.fetch import FAILED, FetchPatches, FetchSettings
+    from pixelbeam.transforms.sources.base import SourceInfo
+    FAKE_CALLS.clear()
+    info = SourceInfo(band_names=("a", "b"), dtypes=("int32",) * 2, limits=RequestLimits())
+    settings = FetchSettings(max_concurrent=2, max_requests_per_second=1000, max_attempts=2, threads=2,
+                             patches_per_request=16)
+    grid = [spec(r, c, scale=1.0) for r in range(8) for c in range(4)]  # two 4 x 4 blocks
+    pipeline = TestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    with pipeline as p:
+        out = p | beam.Create(grid) | FetchPatches(MergingSource(info), info, settings)
+        # each patch's pixels are its own global pixels: row 0 of patch (r, c) is global row 4r
+        ok = out.patches | beam.Map(lambda pt: (pt.spec.patch_id, bool(
+            (pt.data[1] == 1000 * np.arange(4 * pt.spec.row, 4 * pt.spec.row + 4)[:, None]
+             + np.arange(4 * pt.spec.col, 4 * pt.spec.col + 4)).all()), pt.data.shape, pt.requests, pt.bytes))
+        assert_that(ok, equal_to([(s.patch_id, True, (2, 4, 4), 1, 4 * 4 * 8) for s in grid if s.patch_id != "p_1_1"]),
+                    label="patches")
+        failed = out[FAILED] | beam.Map(lambda f: (f.spec.patch_id, f.error_class, "merged" in f.message))
+        assert_that(failed, equal_to([("p_1_1", "PermanentError:400", False)]), label="failed")
+    counters = {c.key.metric.name: c.committed for c in pipeline.result.metrics().query()["counters"]}
+    # block 1: one window of 16; block 0: a refused window of 16, then 16 single patches
+    assert sorted(FAKE_CALLS) == sorted([(16, 16)] * 2 + [(4, 4)] * 16)
+    assert counters["requests"] == 18 and counters["patches_fetched"] == 31 and counters["patches_failed"] == 1
