@@ -108,7 +108,7 @@ def test_block_requests_are_union_windows_of_whole_pixels(tmp_path, emulator):
     assert (28, 28) in sizes and max(w * h for w, h in sizes) == 28 * 28
 
 
-def test_a_failing_merged_request_falls_back_to_one_request_per_patch(tmp_path, emulator):
+def test_a_failing_merged_request_falls_back_to_one_request_per_patch(tmp_path, emulator, capsys):
     single = job(tmp_path, emulator.url, "single", GRIDS["utm"], 1, formats=("npy",))
     run(emulator, single)
     expected = per_patch_files(str(tmp_path / "single"), "npy")
@@ -116,7 +116,9 @@ def test_a_failing_merged_request_falls_back_to_one_request_per_patch(tmp_path, 
     emulator.reset_stats()
     before = len(pixel_requests(emulator))
     cfg = job(tmp_path, emulator.url, "merged", GRIDS["utm"], 16, formats=("npy",))
+    capsys.readouterr()
     assert main(["run", cfg]) == 1  # some patches failed (failed.jsonl)
+    printed = capsys.readouterr().out
     bodies = pixel_requests(emulator)[before:]
     out = str(tmp_path / "merged")
     rows = manifest_by_id(out)
@@ -137,6 +139,8 @@ def test_a_failing_merged_request_falls_back_to_one_request_per_patch(tmp_path, 
     assert sorted(got) == sorted(f"{r['patch_id']}.npy" for r in written)
     assert all(got[name] == expected[name] for name in got)
     assert stats["requests_received"] == len(bodies) + refused  # the recorded bodies are the answered ones
+    # the run's own count (Beam counters, the summary) is the requests the server saw, less the probe
+    assert f"requests {stats['requests_received'] - 1} |" in printed, printed
 
 
 def test_a_merged_request_retried_as_a_whole(tmp_path, emulator):
