@@ -277,3 +277,13 @@ def test_fetch_patches_merges_blocks_falls_back_and_counts_requests():
     # block 1: one window of 16; block 0: a refused window of 16, then 16 single patches
     assert sorted(FAKE_CALLS) == sorted([(16, 16)] * 2 + [(4, 4)] * 16)
     assert counters["requests"] == 18 and counters["patches_fetched"] == 31 and counters["patches_failed"] == 1
+
+
+def test_plan_says_how_many_patches_share_a_request(tmp_path, emulator, capsys):
+    for per_request, expected in ((16, 16), (1, None)):
+        capsys.readouterr()
+        assert main(["plan", job(tmp_path, emulator.url, f"plan{per_request}", GRIDS["utm"], per_request), "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert plan.get("patches_per_request") == expected and plan["requests"] == plan["patches"]
+        if expected:
+            assert plan["requests_at_least"] == -(-plan["patches"] // 16)
