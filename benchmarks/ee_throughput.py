@@ -13,7 +13,8 @@ PixelGrids planned by pixelbeam over the scene) with `getPixels` (NPY), each in 
   ee pool      the same queue and threads through the bare `ee` client (ee.data.getPixels, its
                retries off, np.load): what the `ee` client costs.
   pixelbeam    `python -m pixelbeam run CONFIG` (the real job, local runner, NPY only) with
-               fetch.max_concurrent_requests C and max_requests_per_second 10*C/L. Its pixel
+               fetch.max_concurrent_requests C, max_requests_per_second 10*C/L and
+               patches_per_request 1 (a request per patch, as the other clients). Its pixel
                requests go through transforms/sources/ee_rest.py (the REST methods over
                google-auth + urllib3), not through the `ee` client.
   sequential   a plain loop of ee.data.getPixels, for --sequential-s seconds (a subset).
@@ -369,7 +370,9 @@ def write_job(tmp: str, url: str, patches: int, concurrency: int, latency: float
            "grid": {"crs": crs.to_string(), "scale": [t.a, -t.e], "origin": [t.c, t.f], "patch_size": PATCH_PX},
            # every answer written, masked or not, as the other clients keep every answer
            "output": {"path": os.path.join(tmp, name), "formats": ["npy"], "keep_empty": True},
-           "fetch": {"max_concurrent_requests": concurrency,
+           # one request per patch, as every other client sends (merged requests, Earth Engine's
+           # default, would fetch neighbouring patches together: benchmarks/scale_job.py)
+           "fetch": {"max_concurrent_requests": concurrency, "patches_per_request": 1,
                      "max_requests_per_second": 10 * concurrency / latency, "timeout_s": TIMEOUT_S}}
     path = os.path.join(tmp, f"{name}.yaml")
     with open(path, "w") as f:

@@ -11,6 +11,7 @@ that (hours here, at the throughput the smaller run reports).
 
     .venv/bin/python benchmarks/scale_job.py [--plan 1000000,10000000,100000000] [--run 5000]
     .venv/bin/python benchmarks/scale_job.py --quick    # plan 10^6, run 2,000
+    .venv/bin/python benchmarks/scale_job.py --plan "" --run 5000 --patches-per-request 1  # a request per patch
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ CENTER = (-77.75, 24.55)  # lon, lat inside the scene
 PATCH_PX = 4
 
 
-def write_config(folder: str, url: str, patches: int, out: str) -> str:
+def write_config(folder: str, url: str, patches: int, out: str, per_request: int = 0) -> str:
     scale = SIDE_M / (PATCH_PX * math.sqrt(patches))  # m per px: the square holds `patches` patches
     half_lon = SIDE_M / 2 / (111_320 * math.cos(math.radians(CENTER[1])))
     half_lat = SIDE_M / 2 / 110_540
@@ -43,6 +44,8 @@ def write_config(folder: str, url: str, patches: int, out: str) -> str:
            "grid": {"crs": "EPSG:32618", "scale": round(scale, 6), "patch_size": PATCH_PX},
            "output": {"path": out, "formats": ["webdataset"], "shard_size_mb": 64},
            "fetch": {"max_concurrent_requests": 16, "max_requests_per_second": 100000, "timeout_s": 60}}
+    if per_request:  # else the source's default (Earth Engine: 16, transforms/fetching/merging.py)
+        doc["fetch"]["patches_per_request"] = per_request
     path = os.path.join(folder, f"scale-{patches}.json")
     with open(path, "w") as f:
         json.dump(doc, f)
@@ -99,6 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument("--plan", default="1000000,10000000,100000000", help="patch counts to plan (plan only)")
     parser.add_argument("--run", type=int, default=5_000, help="patches of the end-to-end run (0: none)")
     parser.add_argument("--quick", action="store_true", help="plan 10^6, run 2,000")
+    parser.add_argument("--patches-per-request", type=int, default=0,
+                        help="fetch.patches_per_request of the run (default: the source's, 16; 1: a request per patch)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -116,7 +121,8 @@ def main(argv=None) -> int:
                 print(f"{r['patches']:>11,} {r['cells']:>7,} {r['plan_s']:>7.1f} {r['plan_cpu_s']:>6.1f} "
                       f"{r['peak_mb']:>8.0f} {r['graph_mb']:>9.2f}", flush=True)
             if args.run:
-                r = in_child("run", write_config(folder, url, args.run, os.path.join(folder, "run")))
+                r = in_child("run", write_config(folder, url, args.run, os.path.join(folder, "run"),
+                                                 args.patches_per_request))
                 print(f"end to end, about {args.run:,} patches asked: {r['written']:,} written into {r['shards']} shards in "
                       f"{r['wall_s']:.1f} s ({r['cpu_s']:.1f} CPU-s in the launcher process), "
                       f"{r['patches_per_s']:.0f} patches/s, peak RSS {r['peak_mb']:.0f} MB (DirectRunner: "

@@ -400,6 +400,18 @@ def make_sample(config: Config, regions, cells, projected, grid) -> tuple[Option
                   by_class=s.per_class is not None), dtype
 
 
+def patches_per_request(job: Job) -> int:
+    """Neighbouring patches fetched in one request (transforms/fetching/merging.py): the
+    source's `fetch.patches_per_request` for a job of one Earth Engine image, else 1."""
+    if job.layered or not job.layers:
+        return 1
+    layer = job.layers[0]
+    limits = layer.limits
+    if limits is None or limits.patches_per_request <= 1 or layer.info.collection is not None:
+        return 1
+    return limits.patches_per_request if getattr(layer.source, "merges_windows", False) else 1
+
+
 def plan_summary(job: Job) -> dict:
     """Counts for `pixelbeam plan`: patches, requests, output bytes (the patches' pixels as
     written, before compression), the least time at the request rates (s), and the limits of
@@ -425,6 +437,10 @@ def plan_summary(job: Job) -> dict:
         "limits": {layer.name: layer.limits.describe() if layer.limits else "none: rasterized locally, no request"
                    for layer in job.layers},
     }
+    merged = patches_per_request(job)
+    if merged > 1:  # neighbouring patches share requests: `requests` is one per patch, the most it can be
+        out["patches_per_request"] = merged
+        out["requests_at_least"] = -(-requests // merged)
     if job.layered:
         out["layers"] = [{"name": layer.name, "role": layer.role, "kind": layer.source_kind_name,
                           "bands": list(layer.info.band_names), "dtype": layer.output_info.dtype,

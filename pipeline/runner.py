@@ -104,7 +104,7 @@ def process_settings(limits: Limits, options: PipelineOptions, progress_dir: Opt
     return FetchSettings(max_concurrent=concurrent, max_requests_per_second=rate, max_attempts=limits.max_attempts,
                          timeout_s=limits.timeout_s, threads=concurrent if local else fetch_threads(concurrent),
                          progress_dir=progress_dir, quota_pool=limits.pool, abandon_hung_calls=not local,
-                         batch=LOCAL_BATCH if local else 1)
+                         batch=LOCAL_BATCH if local else 1, patches_per_request=limits.patches_per_request)
 
 
 def layer_fetch_settings(job, options: PipelineOptions,

@@ -32,10 +32,13 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pixelbeam.transforms.patch import (FAILED, INPUT, SOURCE_LAYER, FailedPatch, LayerPixels, Patch,  # FAILED: also
                                         PatchSpec)  # the dead-letter tag
+from pixelbeam.transforms.fetching import merging
 from pixelbeam.transforms.fetching.progress import ProgressFile
+from pixelbeam.transforms.fetching.sizing import RequestPart
 from pixelbeam.transforms.fetching.runner import RequestRunner, RequestStats
-from pixelbeam.transforms.fetching.retry import FetchError, RetryPolicy, classify_exception
-from pixelbeam.transforms.sources.base import PixelReader, PixelSource, SourceInfo, assemble_patch, patch_parts
+from pixelbeam.transforms.fetching.retry import FetchError, RetryPolicy, TransientError, classify_exception
+from pixelbeam.transforms.sources.base import (PartResult, PixelReader, PixelSource, SourceInfo, assemble_patch,
+                                               patch_parts)
 from pixelbeam.transforms.fetching.throttle import AdaptiveThrottler, Throttler
 
 METRICS_NAMESPACE = "pixelbeam"
@@ -61,6 +64,9 @@ class FetchSettings:
     # patch emitted as soon as it is done); more for local reads, where a hand-off per patch
     # (a future, a queue put, a thread wake-up) costs a good part of the read itself
     batch: int = 1
+    # neighbouring patches fetched in one request (transforms/fetching/merging.py), for sources
+    # whose answer for a window is the same pixels as for each patch in it (`merges_windows`)
+    patches_per_request: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +104,41 @@ def fetch_patch(spec: PatchSpec, info: SourceInfo, reader: PixelReader, runner: 
     except Exception as e:  # a bug or an unexpected library error: dead-letter it, keep the job
         err = classify_exception(e)
         return FailedPatch(spec, "fetch", type(e).__name__, f"{err}", attempts + 1)
+
+
+def fetch_window(window: merging.MergedWindow, info: SourceInfo, reader: PixelReader,
+                 runner: RequestRunner) -> list[Patch | FailedPatch]:
+    """The patches of one merged window, from one request for the window (retried as a whole
+    by `runner`) cut into them; never raises. Each patch then holds what its own request would
+    have brought: its pixels and mask, `requests` 1, the window's retries and its own bytes. A
+    window that fails permanently (refused, too large, undecodable, or any other error) is
+    fetched again patch by patch, so each patch ends with its own outcome; one that still fails
+    after every attempt (transient causes) fails each of its patches with that message."""
+    spec = window.spec
+    part = RequestPart(tuple(range(len(info.band_names))), 0, 0, spec.fetch_height, spec.fetch_width)
+    try:
+        result, tries = runner.run(lambda: reader.fetch(spec, part), describe=f"{spec.patch_id} ({len(window.members)} patches)")
+    except TransientError as e:
+        return [FailedPatch(m, "fetch", f"{type(e).__name__}:{e.cause}", str(e), getattr(e, "attempts", 1) or 1)
+                for m in window.members]
+    except Exception:  # noqa: BLE001 - permanent or unexpected: each patch on its own
+        return [fetch_patch(m, info, reader, runner) for m in window.members]
+    px_bytes = result.nbytes // max(1, spec.fetch_width * spec.fetch_height)  # bytes of one pixel, every band
+    out = []
+    for i, member in enumerate(window.members):
+        data, mask = merging.cut(result.data, result.mask, window, i)
+        whole = RequestPart(part.bands, 0, 0, member.fetch_height, member.fetch_width)
+        own = PartResult(data, mask, px_bytes * member.fetch_width * member.fetch_height)
+        out.append(assemble_patch(member, info, [whole], [own], retries=tries - 1))
+    return out
+
+
+def merge_cap(source: PixelSource, info: SourceInfo, settings: Optional[FetchSettings]) -> int:
+    """Patches per request for one layer: `settings.patches_per_request` for a source that
+    answers a window with each patch's own pixels (`merges_windows`, one image), else 1."""
+    if settings is None or settings.patches_per_request <= 1 or info.collection is not None:
+        return 1
+    return settings.patches_per_request if getattr(source, "merges_windows", False) else 1
 
 
 def fetch_layers(spec: PatchSpec, layers: Sequence[tuple[FetchLayer, PixelReader, object]]) -> Patch | FailedPatch:
@@ -156,10 +197,16 @@ class _WorkerFetcher:
         """One hand-off to a fetch thread: a future of the results of `specs`, in order."""
         return self.pool.submit(self.fetch_all, tuple(specs))
 
-    def fetch_all(self, specs: Sequence[PatchSpec]) -> list[Patch | FailedPatch]:
+    def fetch_all(self, specs: Sequence[PatchSpec | merging.MergedWindow]) -> list[Patch | FailedPatch]:
         if len(self.layers) == 1 and self.layers[0][0].name == SOURCE_LAYER:  # one source: as it always was
             layer, reader, runner = self.layers[0]
-            return [fetch_patch(spec, layer.info, reader, runner) for spec in specs]
+            out = []
+            for spec in specs:
+                if isinstance(spec, merging.MergedWindow):
+                    out.extend(fetch_window(spec, layer.info, reader, runner))
+                else:
+                    out.append(fetch_patch(spec, layer.info, reader, runner))
+            return out
         return [fetch_layers(spec, self.layers) for spec in specs]
 
 
@@ -169,6 +216,9 @@ class FetchLayersDoFn(beam.DoFn):
     def __init__(self, layers: Sequence[FetchLayer], threads: int, progress_dir: Optional[str] = None):
         self.layers, self.threads, self.progress_dir = tuple(layers), threads, progress_dir
         self.batch = hand_off_batch(layers)
+        # a single source that merges: elements are (block key, the block's specs), GroupBlocks
+        self.cap = merge_cap(layers[0].source, layers[0].info, layers[0].settings) \
+            if len(layers) == 1 and layers[0].name == SOURCE_LAYER else 1
         self._shared = Shared()
 
     def setup(self):
@@ -184,7 +234,12 @@ class FetchLayersDoFn(beam.DoFn):
         self._unreported = 0
 
     def process(self, spec: PatchSpec):
-        self.waiting.append(spec)
+        if self.cap > 1:  # a block: each merged window (or single patch) is one hand-off
+            info = self.layers[0].info
+            for item in merging.plan_windows(list(spec[1]), info.band_bytes, info.limits, self.cap):
+                self.pending.add(self.worker.submit([item]))
+        else:
+            self.waiting.append(spec)
         if len(self.waiting) >= self.batch:
             self.pending.add(self.worker.submit(self.waiting))
             self.waiting = []
@@ -282,8 +337,27 @@ class FetchPatches(beam.PTransform):
         super().__init__()
 
     def expand(self, specs):
-        return specs | "FetchPixels" >> beam.ParDo(FetchDoFn(self.source, self.info, self.settings)).with_outputs(
-            FAILED, main="patches")
+        dofn = FetchDoFn(self.source, self.info, self.settings)
+        if dofn.cap > 1:  # a block's patches reach one DoFn call together, to be merged into requests
+            specs = specs | "GroupBlocks" >> GroupBlocks(dofn.cap)
+        return specs | "FetchPixels" >> beam.ParDo(dofn).with_outputs(FAILED, main="patches")
+
+
+@dataclasses.dataclass
+class GroupBlocks(beam.PTransform):
+    """PCollection[PatchSpec] -> PCollection[(block key, [PatchSpec])]: the patches of each block
+    of `cap` grid cells together (transforms/fetching/merging.py), the blocks spread over workers
+    by their key as a Reshuffle spreads patches."""
+
+    cap: int
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, specs):
+        cap = self.cap
+        return (specs | "KeyByBlock" >> beam.Map(lambda s: (merging.block_key(s, cap), s))
+                | "GroupByBlock" >> beam.GroupByKey())
 
 
 @dataclasses.dataclass

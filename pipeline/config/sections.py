@@ -198,6 +198,9 @@ class FetchConfig(Strict):
     timeout_s: Optional[float] = Field(None, gt=0)  # default 120 s
     batch_size: int = Field(64, ge=1)
     max_patch_bytes: Optional[int] = Field(None, ge=1)  # a worker's memory for one patch; default 512 MiB
+    # neighbouring patches per pixel request (Earth Engine layers; default 16, 1 = one request
+    # per patch; transforms/fetching/merging.py); other sources fetch patch by patch
+    patches_per_request: Optional[int] = Field(None, ge=1, le=1024)
 
     @property
     def patch_bytes(self) -> int:

@@ -89,6 +89,16 @@ class EarthEngineSource:
         return bool(self.asset) and self.mask == "none" and not self.resampling
 
     @property
+    def merges_windows(self) -> bool:
+        """Whether neighbouring patches may be fetched in one request for their union window
+        (transforms/fetching/merging.py). Earth Engine computes each pixel of a request's grid
+        on its own, so a window's answer is each patch's; pixelbeam's emulator is shown to be
+        exact so for nearest-neighbour images, not for interpolated ones (its GDAL warp of a
+        resampled image differs in a few values with the window), so a resampled image
+        (`resampling`, or `Image.resample` in the expression) is fetched patch by patch."""
+        return not self.resampling and not (self.expression and '"Image.resample"' in self.expression)
+
+    @property
     def is_collection(self) -> bool:
         return bool(self.collection) or self.expression_kind == ee_expression.COLLECTION
 

@@ -17,7 +17,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
-from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.warp import Resampling, reproject, transform, transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from .catalog import CatalogImage
@@ -180,6 +180,8 @@ def _warp_file_band(path: str, band_index: int, dtype: Any, grid: Grid, mode: st
     window = _source_window(ds, (left, bottom, right, top), grid if mode is not None else None)
     if window is None:
         return BandPixels(data, codes.astype(bool), codes.astype(bool))
+    if grid.crs != ds.crs and mode is None:  # GDAL's exact transformer, pixel by pixel: see _warp_exact
+        return _warp_exact(ds, band_index, grid, window, data, codes)
     src = ds.read(band_index, window=window)
     src_codes = np.where(ds.read_masks(band_index, window=window) > 0, 2, 1).astype(np.uint8)
     src_transform = ds.window_transform(window)
@@ -189,6 +191,36 @@ def _warp_file_band(path: str, band_index: int, dtype: Any, grid: Grid, mode: st
                   src_nodata=ds.nodata if interpolate else None, dst_transform=grid.transform,
                   dst_crs=grid.crs, dst_nodata=ds.nodata if interpolate else None,
                   resampling=RESAMPLE_MODES[mode] if interpolate else Resampling.nearest)
+    valid = codes == 2
+    data[~valid] = 0
+    return BandPixels(data, valid, codes > 0)
+
+
+def _warp_exact(ds, band_index: int, grid: Grid, window: Window, data, codes) -> BandPixels:
+    """A warp across CRSs with GDAL's error threshold 0 (`gdalwarp -et 0`), so that each output
+    pixel depends on its own position only, not on the request's window: GDAL's default
+    approximate transformer (0.125 px) interpolates source positions between points it samples
+    across the request, so a pixel near a source pixel's edge took another source pixel in a
+    larger window (about 0.4 % of the pixels of an EPSG:4326 request of the UTM test scene);
+    Earth Engine computes every output pixel on its own. The rule is GDAL's nearest neighbour:
+    source pixel floor(position + 1e-10) of each output pixel's centre, the position found by
+    PROJ point by point. (Interpolation, ``Image.resample``, stays GDAL's approximate warp: with
+    tolerance 1e-9 a WarpedVRT still differed in 175 of 294,912 values between a 128 px request
+    and its 64 patches of 16 px across CRSs, so the fetch does not merge resampled images.)"""
+    rows, cols = np.mgrid[0:grid.height, 0:grid.width]
+    xs, ys = grid.transform * (cols.ravel() + 0.5, rows.ravel() + 0.5)
+    sx, sy = transform(grid.crs, ds.crs, xs, ys)
+    u, v = ~ds.transform * (np.asarray(sx), np.asarray(sy))
+    with np.errstate(invalid="ignore"):
+        src_cols, src_rows = np.floor(u + 1e-10), np.floor(v + 1e-10)
+    inside = (np.isfinite(src_cols) & np.isfinite(src_rows) & (src_cols >= window.col_off)
+              & (src_rows >= window.row_off) & (src_cols < window.col_off + window.width)
+              & (src_rows < window.row_off + window.height))
+    r = np.where(inside, src_rows, window.row_off).astype(np.int64) - int(window.row_off)
+    c = np.where(inside, src_cols, window.col_off).astype(np.int64) - int(window.col_off)
+    src_codes = np.where(ds.read_masks(band_index, window=window) > 0, 2, 1).astype(np.uint8)
+    codes[:] = np.where(inside, src_codes[r, c], 0).reshape(codes.shape)
+    data[:] = np.where(inside, ds.read(band_index, window=window)[r, c], 0).reshape(data.shape)
     valid = codes == 2
     data[~valid] = 0
     return BandPixels(data, valid, codes > 0)
