@@ -344,9 +344,12 @@ def pixelbeam_result(out_dir: str, planned: list[str]):
 
 # -- the job: the same patches for every client --------------------------------------------------
 
-def write_job(tmp: str, url: str, patches: int, concurrency: int, latency: float, name: str) -> str:
+def write_job(tmp: str, url: str, patches: int, concurrency: int, latency: float, name: str,
+              merging_known: bool = True) -> str:
     """A regions file with one point per patch (an even spread over the scene's 16 px cells) and
-    a pixelbeam config for the emulator at `url`; returns the config path."""
+    a pixelbeam config for the emulator at `url`; returns the config path. `merging_known` False
+    leaves `fetch.patches_per_request` out, for a revision older than the key (one request per
+    patch was all it did)."""
     import rasterio
     import yaml
     from pyproj import Transformer
@@ -374,7 +377,9 @@ def write_job(tmp: str, url: str, patches: int, concurrency: int, latency: float
            # default, would fetch neighbouring patches together: benchmarks/scale_job.py)
            "fetch": {"max_concurrent_requests": concurrency, "patches_per_request": 1,
                      "max_requests_per_second": 10 * concurrency / latency, "timeout_s": TIMEOUT_S}}
-    path = os.path.join(tmp, f"{name}.yaml")
+    if not merging_known:
+        del doc["fetch"]["patches_per_request"]
+    path = os.path.join(tmp, f"{name}{'' if merging_known else '-before'}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)
     return path
@@ -409,8 +414,12 @@ def run_clients(args, tmp: str, catalog: str, faults: float, kinds: list[str]) -
                 if args.before:  # the same job with the code of an earlier revision, right after
                     print(f"  running pixelbeam ({args.before}){suffix} ...", file=sys.stderr, flush=True)
                     shutil.rmtree(out, ignore_errors=True)
+                    sections = os.path.join(args.before_root, "pipeline", "config", "sections.py")
+                    known = os.path.exists(sections) and "patches_per_request" in open(sections).read()
+                    before_config = write_job(tmp, url, args.patches, args.concurrency, args.latency,
+                                              f"pixelbeam-{tag}", merging_known=known)
                     rows.append(measure(f"pixelbeam ({args.before})" + suffix, url,
-                                        [sys.executable, "-m", "pixelbeam", "run", config],
+                                        [sys.executable, "-m", "pixelbeam", "run", before_config],
                                         pixelbeam_result(out, [pid for pid, _ in specs]), cwd=args.before_root))
             else:
                 threads = {"ideal": args.concurrency, "eepool": args.concurrency, "notebook": 64, "sequential": 1}[kind]
