@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from _revisions import checkout  # noqa: E402  (benchmarks/, the script's own folder)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
 CENTER = (-77.6, 24.6)  # lon, lat: the bundled Landsat scene
@@ -87,17 +89,6 @@ def use_checkout(root: str) -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()
                         and "editable" not in type(f).__module__.lower()]
     sys.path.insert(0, root)
-
-
-def checkout(rev: str, folder: str) -> str:
-    """The tree of git revision `rev` under `folder`, laid out as the installed package is."""
-    root = os.path.join(folder, f"rev-{rev}")
-    os.makedirs(root)
-    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
-    for name in ("pipeline", "transforms"):
-        os.symlink(os.path.join("..", name), os.path.join(root, "pixelbeam", name))
-    return root
 
 
 def points_child(mode: str, config_path: str) -> dict:
