@@ -169,7 +169,8 @@ def test_transient_faults_are_survived(tmp_path, collection_files):
                             hang_s=30.0, fault_reset=0.01, fault_truncate=0.01, seed=7)
     with EmulatorServer(catalog(collection_files), faults) as server:
         cfg = ee_config(tmp_path, server.url, grid={"patch_size": 32},
-                        fetch={"max_concurrent_requests": 6, "timeout_s": 8, "max_attempts": 10},
+                        fetch={"max_concurrent_requests": 6, "timeout_s": 8, "max_attempts": 10,
+                               "patches_per_request": 1},  # a request per patch (merged: test_merged_requests)
                         output={"formats": ["npy"]})
         assert main(["run", cfg]) == 0
         stats = server.stats()
@@ -202,7 +203,8 @@ def test_permanent_errors_are_dead_lettered_and_the_rest_written(tmp_path, colle
     faults = EmulatorConfig(max_concurrent=6, fault_400=0.05, fault_429=0.05, fault_503=0.02, seed=3)
     with EmulatorServer(catalog(collection_files), faults) as server:
         cfg = ee_config(tmp_path, server.url, grid={"patch_size": 32},
-                        fetch={"max_concurrent_requests": 6, "max_attempts": 10}, output={"formats": ["npy"]})
+                        fetch={"max_concurrent_requests": 6, "max_attempts": 10, "patches_per_request": 1},
+                        output={"formats": ["npy"]})  # a request per patch, so each fault hits one patch
         assert main(["run", cfg]) == 1  # some patches failed: exit status 1 (max_failed_fraction 0)
         injected_400 = server.stats()["errors_by_code"].get("400", 0)
     out = str(tmp_path / "out")
