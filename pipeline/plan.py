@@ -451,10 +451,12 @@ def plan_summary(job: Job) -> dict:
 
 
 def min_seconds(job: Job) -> int:
-    """The least time the job's requests take at each layer's rate (layers fetch side by side)."""
+    """The least time the job's requests take at each layer's rate (layers fetch side by side),
+    in s; with merged requests, at the fewest requests they can be (`requests_at_least`)."""
+    merged = patches_per_request(job)
     seconds = 0.0
     for layer in job.layers:
         rate = layer.limits.max_requests_per_second if layer.limits else None
         if rate:
-            seconds = max(seconds, job.planned * layer.requests_per_patch(job.fetch_shape) / rate)
+            seconds = max(seconds, -(-job.planned * layer.requests_per_patch(job.fetch_shape) // merged) / rate)
     return math.ceil(seconds)

@@ -282,8 +282,15 @@ def test_fetch_patches_merges_blocks_falls_back_and_counts_requests():
 def test_plan_says_how_many_patches_share_a_request(tmp_path, emulator, capsys):
     for per_request, expected in ((16, 16), (1, None)):
         capsys.readouterr()
-        assert main(["plan", job(tmp_path, emulator.url, f"plan{per_request}", GRIDS["utm"], per_request), "--json"]) == 0
+        cfg = job(tmp_path, emulator.url, f"plan{per_request}", GRIDS["utm"], per_request)
+        doc = yaml.safe_load(open(cfg))
+        doc["fetch"]["max_requests_per_second"] = 1  # the least time in s is then the least number of requests
+        open(cfg, "w").write(yaml.safe_dump(doc))
+        assert main(["plan", cfg, "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)
         assert plan.get("patches_per_request") == expected and plan["requests"] == plan["patches"]
         if expected:
-            assert plan["requests_at_least"] == -(-plan["patches"] // 16)
+            assert plan["requests_at_least"] == -(-plan["patches"] // 16) < plan["patches"]
+            assert plan["min_seconds_at_quota"] == plan["requests_at_least"]  # not one request per patch
+        else:
+            assert plan["min_seconds_at_quota"] == plan["patches"]
