@@ -44,7 +44,7 @@ import time
 
 import numpy as np
 
-from _revisions import checkout  # noqa: E402  (benchmarks/, the script's own folder)
+from _revisions import checkout, use_checkout  # noqa: E402  (benchmarks/, the script's own folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -82,13 +82,6 @@ def child(mode: str, config_path: str) -> dict:
     seconds = time.perf_counter() - started
     return {"patches": patches, "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "cells": len(job.cells)}
-
-
-def use_checkout(root: str) -> None:
-    """Import pixelbeam from `root` (a checkout made by `checkout`), not from the editable install."""
-    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()
-                        and "editable" not in type(f).__module__.lower()]
-    sys.path.insert(0, root)
 
 
 def points_child(mode: str, config_path: str) -> dict:

@@ -13,6 +13,7 @@ cause not yet looked into).
     .venv/bin/python benchmarks/scale_job.py [--plan 1000000,10000000,100000000] [--run 5000]
     .venv/bin/python benchmarks/scale_job.py --quick    # plan 10^6, run 2,000
     .venv/bin/python benchmarks/scale_job.py --plan "" --run 5000 --patches-per-request 1  # a request per patch
+    .venv/bin/python benchmarks/scale_job.py --plan "" --run 60000 --before REV  # the run, then with REV's code
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from _revisions import checkout, use_checkout  # noqa: E402  (benchmarks/, the script's own folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDSAT = os.path.join(ROOT, "data", "RGB.byte.tif")
@@ -54,7 +57,6 @@ def write_config(folder: str, url: str, patches: int, out: str, per_request: int
 
 
 def child_plan(config_path: str) -> dict:
-    sys.path.insert(0, ROOT)
     import apache_beam as beam
     from pixelbeam.pipeline.config import load_config
     from pixelbeam.pipeline.graph import build_pipeline
@@ -68,7 +70,6 @@ def child_plan(config_path: str) -> dict:
 
 
 def child_run(config_path: str) -> dict:
-    sys.path.insert(0, ROOT)
     from pixelbeam.pipeline.cli import main
     started, cpu = time.perf_counter(), time.process_time()
     code = main(["run", config_path])
@@ -81,9 +82,11 @@ def child_run(config_path: str) -> dict:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def in_child(mode: str, config_path: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, config_path], capture_output=True, text=True,
-                         cwd=ROOT)
+def in_child(mode: str, config_path: str, root: str = ROOT) -> dict:
+    """`child_plan` or `child_run` in a fresh process, importing pixelbeam from `root` (this tree,
+    or a `checkout` of an earlier revision)."""
+    out = subprocess.run([sys.executable, __file__, "--child", mode, config_path, root], capture_output=True, text=True,
+                         cwd=root)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -105,10 +108,16 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="plan 10^6, run 2,000")
     parser.add_argument("--patches-per-request", type=int, default=0,
                         help="fetch.patches_per_request of the run (default: the source's, 16; 1: a request per patch)")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--before", metavar="REV", help="also run the end-to-end job with git revision REV's code, "
+                        "after this tree's, in the same sitting")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        mode, config_path = args.child
+        mode, config_path, root = args.child
+        if root == ROOT:
+            sys.path.insert(0, ROOT)
+        else:
+            use_checkout(root)
         print(json.dumps(child_plan(config_path) if mode == "plan" else child_run(config_path)))
         return 0
     if args.quick:
@@ -121,13 +130,16 @@ def main(argv=None) -> int:
                 r = in_child("plan", write_config(folder, url, n, os.path.join(folder, f"out-{n}")))
                 print(f"{r['patches']:>11,} {r['cells']:>7,} {r['plan_s']:>7.1f} {r['plan_cpu_s']:>6.1f} "
                       f"{r['peak_mb']:>8.0f} {r['graph_mb']:>9.2f}", flush=True)
-            if args.run:
+            ways = [("this tree", ROOT)] + ([(f"before {args.before[:7]}", checkout(args.before, folder))]
+                                            if args.before and args.run else [])
+            for way, root in ways if args.run else ():
+                subprocess.run(["rm", "-rf", os.path.join(folder, "run")], check=True)
                 r = in_child("run", write_config(folder, url, args.run, os.path.join(folder, "run"),
-                                                 args.patches_per_request))
-                print(f"end to end, about {args.run:,} patches asked: {r['written']:,} written into {r['shards']} shards in "
-                      f"{r['wall_s']:.1f} s ({r['cpu_s']:.1f} CPU-s in the launcher process), "
+                                                 args.patches_per_request), root)
+                print(f"end to end ({way}), about {args.run:,} patches asked: {r['written']:,} written into "
+                      f"{r['shards']} shards in {r['wall_s']:.1f} s ({r['cpu_s']:.1f} CPU-s in the launcher process), "
                       f"{r['patches_per_s']:.0f} patches/s, peak RSS {r['peak_mb']:.0f} MB (DirectRunner: "
-                      "launcher and workers in one process)")
+                      "launcher and workers in one process)", flush=True)
         finally:
             emulator.terminate()
             emulator.wait()

@@ -19,8 +19,31 @@ FAILED = "failed"
 STATUSES = (WRITTEN, FILTERED, FAILED)
 
 
+class PositionalPickle:
+    """Pickled as its class and its field values in field order, without the field names a
+    dataclass's default pickle repeats in every element: a PatchSpec's pickle is about 180 bytes
+    instead of 360, a tiny Patch's 475 instead of 757. Beam pickles these between stages (its
+    coder for an unknown type), so every shuffle, and the in-memory runner's buffers, hold less."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return type(self), tuple(getattr(self, name) for name in field_names(type(self)))
+
+
+_FIELD_NAMES: dict = {}
+
+
+def field_names(cls) -> tuple[str, ...]:
+    """The init fields of dataclass `cls`, in order (cached per class)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    return names
+
+
 @dataclasses.dataclass(frozen=True)
-class PatchSpec:
+class PatchSpec(PositionalPickle):
     """One planned patch on the global grid: which pixels to fetch, not the pixels.
 
     `transform`, `width` and `height` describe the patch proper (pixels). `margin` extra
@@ -88,7 +111,7 @@ SOURCE_LAYER = "image"  # the layer a job's single `source:` is
 
 
 @dataclasses.dataclass
-class LayerPixels:
+class LayerPixels(PositionalPickle):
     """One layer of a fetched patch: pixels and mask as in `Patch` (same fetch window)."""
 
     name: str
@@ -107,7 +130,7 @@ class LayerPixels:
 
 
 @dataclasses.dataclass
-class Patch:
+class Patch(PositionalPickle):
     """A fetched patch: pixels `(C, H, W)` (or `(T, C, H, W)` for time stacks) of the fetch
     window, and `mask`, True where every band of a pixel is valid, of shape `(H, W)`
     (or `(T, H, W)`).
@@ -173,7 +196,7 @@ def valid_fraction(mask: np.ndarray) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class FailedPatch:
+class FailedPatch(PositionalPickle):
     """A patch that could not be produced; it goes to the dead-letter output."""
 
     spec: PatchSpec
