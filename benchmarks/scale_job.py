@@ -7,8 +7,9 @@ an Earth Engine asset by pixelbeam's emulator (a local process on 127.0.0.1, no 
 pixel size is set so the square holds the number of patches asked for. Each measurement runs in
 a fresh process. The end-to-end run uses Beam's DirectRunner on this machine (2 shared cores);
 the default is a run that fits in a few minutes. `--run 1000000` runs 10^6 patches (about an
-hour here with merged requests, 16 patches a request; its process peaked at 4.8 GB of RSS, a
-cause not yet looked into).
+hour here with merged requests, 16 patches a request; its process peaked at 4.8 GB of RSS:
+the in-memory runner holds a whole stage's input and output, README.md says more).
+`--before REV` runs the end-to-end job again with revision REV's code, in the same sitting.
 
     .venv/bin/python benchmarks/scale_job.py [--plan 1000000,10000000,100000000] [--run 5000]
     .venv/bin/python benchmarks/scale_job.py --quick    # plan 10^6, run 2,000
