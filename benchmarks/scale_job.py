@@ -131,9 +131,10 @@ def main(argv=None) -> int:
                 r = in_child("plan", write_config(folder, url, n, os.path.join(folder, f"out-{n}")))
                 print(f"{r['patches']:>11,} {r['cells']:>7,} {r['plan_s']:>7.1f} {r['plan_cpu_s']:>6.1f} "
                       f"{r['peak_mb']:>8.0f} {r['graph_mb']:>9.2f}", flush=True)
-            ways = [("this tree", ROOT)] + ([(f"before {args.before[:7]}", checkout(args.before, folder))]
-                                            if args.before and args.run else [])
-            for way, root in ways if args.run else ():
+            ways = [("this tree", ROOT)] if args.run else []
+            if args.run and args.before:
+                ways.append((f"before {args.before[:7]}", checkout(args.before, folder)))
+            for way, root in ways:
                 subprocess.run(["rm", "-rf", os.path.join(folder, "run")], check=True)
                 r = in_child("run", write_config(folder, url, args.run, os.path.join(folder, "run"),
                                                  args.patches_per_request), root)

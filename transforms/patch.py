@@ -9,6 +9,7 @@ x = a*col + b*row + c and y = d*col + e*row + f. That is also Earth Engine's
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Union
 
 import numpy as np
@@ -31,15 +32,10 @@ class PositionalPickle:
         return type(self), tuple(getattr(self, name) for name in field_names(type(self)))
 
 
-_FIELD_NAMES: dict = {}
-
-
+@functools.cache
 def field_names(cls) -> tuple[str, ...]:
     """The init fields of dataclass `cls`, in order (cached per class)."""
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.init)
-    return names
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
 
 @dataclasses.dataclass(frozen=True)
